@@ -1,0 +1,4 @@
+"""Custom operators: fake kernels, autograd and backend routing, one module per family."""
+from cnnkernels.ops import conv
+
+__all__ = ["conv"]

@@ -1,0 +1,361 @@
+// conv2d on the CPU: forward, backward-input (flipped-kernel convolution), backward-weight and
+// the bias gradient. Hand-written loops, parallel with at::parallel_for.
+//
+// Layout strategy: activations are read channels-innermost (NHWC; NCHW inputs are repacked
+// once, which costs one pass over the tensor against C*R*S passes of arithmetic) and the
+// weight is repacked so that the innermost loop of every kernel runs over a contiguous run
+// of output (or input) channels: an axpy the compiler vectorises without reassociating sums.
+// Results are written through the output tensor's strides, so any memory format works.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cnnkernels/conv.h"
+#include "host/alloc.h"
+#include "host/conv.h"
+
+namespace cnnkernels {
+namespace {
+
+// Output pixels computed together in the forward kernel: each weight vector loaded from cache
+// feeds this many accumulators.
+constexpr int64_t kForwardPixelBlock = 4;
+// Pixels per partial sum in the reductions over N*P*Q (weight and bias gradients). The split
+// depends only on the problem size, never on the thread count, so results are reproducible.
+constexpr int64_t kReductionChunk = 1024;
+constexpr int64_t kMaxReductionChunks = 64;
+// Cap on the fp32/fp64 partial buffer of the weight gradient, in elements.
+constexpr int64_t kMaxPartialElements = int64_t{1} << 24;
+
+template <typename acc_t>
+inline void axpy(acc_t* __restrict__ y, acc_t a, const acc_t* __restrict__ x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
+  const int64_t by_work = std::max<int64_t>(1, ceil_div(pixels, kReductionChunk));
+  const int64_t by_memory = std::max<int64_t>(1, kMaxPartialElements / std::max<int64_t>(1, partial_size));
+  return std::min({by_work, by_memory, kMaxReductionChunks});
+}
+
+// ---- forward -------------------------------------------------------------------------------
+// out[n,k,p,q] = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
+template <typename scalar_t>
+void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                        const c10::optional<at::Tensor>& bias, at::Tensor& out,
+                        const Conv2dParams& p) {
+  using acc = acc_t<scalar_t>;
+  const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
+  const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
+
+  // Packed weight wp[g][r][s][c][k]: for one input value, the Kg weights it meets are contiguous.
+  std::vector<acc> wp(static_cast<size_t>(G * R * S * Cg * Kg));
+  const auto w = weight.accessor<scalar_t, 4>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t k = 0; k < Kg; ++k)
+            wp[(((g * R + r) * S + s) * Cg + c) * Kg + k] = static_cast<acc>(w[g * Kg + k][c][r][s]);
+
+  std::vector<acc> bias_acc(static_cast<size_t>(K), acc(0));
+  if (bias.has_value()) {
+    const auto b = bias->accessor<scalar_t, 1>();
+    for (int64_t k = 0; k < K; ++k) bias_acc[k] = static_cast<acc>(b[k]);
+  }
+
+  const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
+  scalar_t* y = out.mutable_data_ptr<scalar_t>();
+  const int64_t ys_n = out.stride(0), ys_k = out.stride(1), ys_p = out.stride(2), ys_q = out.stride(3);
+  const int64_t row_cost = p.out_w * K * Cg * R * S;
+
+  // One task per output row (n, oh); each row is split into blocks of kForwardPixelBlock pixels.
+  at::parallel_for(0, p.batch * p.out_h, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)),
+                   [&](int64_t begin, int64_t end) {
+    constexpr int64_t B = kForwardPixelBlock;
+    std::vector<acc> accum(static_cast<size_t>(B * K));
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.out_h, oh = row % p.out_h;
+      for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += B) {
+        const int64_t nb = std::min(B, p.out_w - ow0);
+        for (int64_t b = 0; b < B; ++b) std::copy(bias_acc.begin(), bias_acc.end(), accum.begin() + b * K);
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
+          if (ih < 0 || ih >= p.in_h) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            // Input rows of the block's pixels; a pixel whose tap falls in the padding reads zeros.
+            const scalar_t* xin[B];
+            bool any = false;
+            for (int64_t b = 0; b < B; ++b) {
+              const int64_t iw = conv_in_coord(ow0 + b, s, p.stride_w, p.pad_left, p.dilation_w);
+              const bool inside = b < nb && iw >= 0 && iw < p.in_w;
+              xin[b] = inside ? x + ((n * p.in_h + ih) * p.in_w + iw) * C : nullptr;
+              any = any || inside;
+            }
+            if (!any) continue;
+            for (int64_t g = 0; g < G; ++g) {
+              const acc* wtap = wp.data() + ((g * R + r) * S + s) * Cg * Kg;
+              for (int64_t c = 0; c < Cg; ++c) {
+                const acc* wrow = wtap + c * Kg;
+                for (int64_t b = 0; b < B; ++b) {
+                  if (xin[b] == nullptr) continue;
+                  axpy(accum.data() + b * K + g * Kg, static_cast<acc>(xin[b][g * Cg + c]), wrow, Kg);
+                }
+              }
+            }
+          }
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          scalar_t* yp = y + n * ys_n + oh * ys_p + (ow0 + b) * ys_q;
+          for (int64_t k = 0; k < K; ++k) yp[k * ys_k] = static_cast<scalar_t>(accum[b * K + k]);
+        }
+      }
+    }
+  });
+}
+
+// ---- backward-input ------------------------------------------------------------------------
+// The flipped-kernel convolution, as a gather: each input position collects, through the taps
+// of its stride phase only (backward_input_taps), the output gradients it contributed to:
+//   dx[n,c,i,j] = sum_{k,r,s} w[k,c,r,s] * dy[n, k, (i+pt-r*dh)/sh, (j+pl-s*dw)/sw]
+// Walking the taps r = first, first+step, ... visits the rotated kernel backwards; the packed
+// weight swaps input and output channels.
+template <typename scalar_t>
+void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weight, at::Tensor& dx,
+                               const Conv2dParams& p) {
+  using acc = acc_t<scalar_t>;
+  const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
+  const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
+
+  // Packed, channel-swapped weight wt[g][r][s][k][c].
+  std::vector<acc> wt(static_cast<size_t>(G * R * S * Kg * Cg));
+  const auto w = weight.accessor<scalar_t, 4>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t c = 0; c < Cg; ++c)
+            wt[(((g * R + r) * S + s) * Kg + k) * Cg + c] = static_cast<acc>(w[g * Kg + k][c][r][s]);
+
+  const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
+  scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
+  const int64_t xs_n = dx.stride(0), xs_c = dx.stride(1), xs_h = dx.stride(2), xs_w = dx.stride(3);
+  const int64_t row_cost = p.in_w * C * Kg * ceil_div(R, p.stride_h) * ceil_div(S, p.stride_w);
+
+  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc> accum(static_cast<size_t>(C));
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / p.in_h, ih = row % p.in_h;
+      const TapProgression rt = backward_input_taps(ih + p.pad_top, R, p.stride_h, p.dilation_h);
+      for (int64_t iw = 0; iw < p.in_w; ++iw) {
+        std::fill(accum.begin(), accum.end(), acc(0));
+        const TapProgression st = backward_input_taps(iw + p.pad_left, S, p.stride_w, p.dilation_w);
+        for (int64_t r = rt.first; r < R; r += rt.step) {
+          const int64_t oh = backward_input_out_coord(ih + p.pad_top, r, p.stride_h, p.dilation_h);
+          if (oh < 0 || oh >= p.out_h) continue;
+          for (int64_t s = st.first; s < S; s += st.step) {
+            const int64_t ow = backward_input_out_coord(iw + p.pad_left, s, p.stride_w, p.dilation_w);
+            if (ow < 0 || ow >= p.out_w) continue;
+            const scalar_t* dyrow = dy + ((n * p.out_h + oh) * p.out_w + ow) * K;
+            for (int64_t g = 0; g < G; ++g) {
+              const acc* wtap = wt.data() + ((g * R + r) * S + s) * Kg * Cg;
+              for (int64_t k = 0; k < Kg; ++k)
+                axpy(accum.data() + g * Cg, static_cast<acc>(dyrow[g * Kg + k]), wtap + k * Cg, Cg);
+            }
+          }
+        }
+        scalar_t* xp = dxp + n * xs_n + ih * xs_h + iw * xs_w;
+        for (int64_t c = 0; c < C; ++c) xp[c * xs_c] = static_cast<scalar_t>(accum[c]);
+      }
+    }
+  });
+}
+
+// ---- backward-weight -----------------------------------------------------------------------
+// dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
+// The N*P*Q reduction is split into fixed chunks; each (chunk, group, tap) task accumulates a
+// [Kg][Cg] partial, and the partials are summed in chunk order.
+template <typename scalar_t>
+void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_nhwc, at::Tensor& dw,
+                                const Conv2dParams& p) {
+  using acc = acc_t<scalar_t>;
+  const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
+  const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  const int64_t tile = Kg * Cg;
+  const int64_t weight_size = G * R * S * tile;
+  const int64_t chunks = reduction_chunks(pixels, weight_size);
+  const int64_t chunk_len = ceil_div(pixels, chunks);
+
+  // partial[chunk][g][r][s][k][c]
+  const at::Tensor partial = new_buffer({chunks * weight_size},
+                                        x_nhwc.options().dtype(c10::CppTypeToScalarType<acc>::value));
+  acc* part = partial.mutable_data_ptr<acc>();
+  const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
+  const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
+
+  at::parallel_for(0, chunks * G * R * S, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task % S, r = (task / S) % R, g = (task / (S * R)) % G, chunk = task / (S * R * G);
+      acc* t = part + chunk * weight_size + ((g * R + r) * S + s) * tile;
+      std::fill(t, t + tile, acc(0));
+      const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
+      for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
+        const int64_t ow = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
+        const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
+        const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_left, p.dilation_w);
+        if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
+        const scalar_t* dyrow = dy + m * K + g * Kg;
+        const scalar_t* xrow = x + ((n * p.in_h + ih) * p.in_w + iw) * C + g * Cg;
+        for (int64_t k = 0; k < Kg; ++k) {
+          const acc d = static_cast<acc>(dyrow[k]);
+          acc* trow = t + k * Cg;
+#pragma omp simd
+          for (int64_t c = 0; c < Cg; ++c) trow[c] += d * static_cast<acc>(xrow[c]);
+        }
+      }
+    }
+  });
+
+  // Sum the partials in chunk order and write through dw's strides.
+  scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
+  const int64_t ws_k = dw.stride(0), ws_c = dw.stride(1), ws_r = dw.stride(2), ws_s = dw.stride(3);
+  at::parallel_for(0, weight_size, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += part[chunk * weight_size + i];
+      const int64_t c = i % Cg, k = (i / Cg) % Kg, s = (i / tile) % S, r = (i / (tile * S)) % R,
+                    g = i / (tile * S * R);
+      dwp[(g * Kg + k) * ws_k + c * ws_c + r * ws_r + s * ws_s] = static_cast<scalar_t>(sum);
+    }
+  });
+}
+
+// ---- bias gradient -------------------------------------------------------------------------
+template <typename scalar_t>
+void conv2d_backward_bias_cpu(const at::Tensor& dy_nhwc, at::Tensor& db) {
+  using acc = acc_t<scalar_t>;
+  const int64_t K = dy_nhwc.size(1);
+  const int64_t pixels = dy_nhwc.size(0) * dy_nhwc.size(2) * dy_nhwc.size(3);
+  const int64_t chunks = reduction_chunks(pixels, K);
+  const int64_t chunk_len = ceil_div(pixels, chunks);
+  const at::Tensor partial = new_buffer({chunks, K}, dy_nhwc.options().dtype(c10::CppTypeToScalarType<acc>::value));
+  acc* part = partial.mutable_data_ptr<acc>();
+  const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
+
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      acc* sum = part + chunk * K;
+      std::fill(sum, sum + K, acc(0));
+      const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
+      for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
+        const scalar_t* row = dy + m * K;
+#pragma omp simd
+        for (int64_t k = 0; k < K; ++k) sum[k] += static_cast<acc>(row[k]);
+      }
+    }
+  });
+  scalar_t* out = db.mutable_data_ptr<scalar_t>();
+  for (int64_t k = 0; k < K; ++k) {
+    acc total = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) total += part[chunk * K + k];
+    out[k] = static_cast<scalar_t>(total);
+  }
+}
+
+// ---- operator entry points -----------------------------------------------------------------
+
+void check_floating(const char* op, const at::Tensor& t) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
+              ": the cpu backend supports float32, float64, float16 and bfloat16, got ", st);
+}
+
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d";
+  check_floating(op, input);
+  check_same_dtype_device(op, input, "input", weight, "weight");
+  if (bias.has_value()) {
+    check_same_dtype_device(op, input, "input", *bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": given weight of size ",
+                weight.sizes(), ", expected bias to be 1-dimensional with ", weight.size(0),
+                " elements, but got bias of size ", bias->sizes(), " instead");
+  }
+  const Conv2dParams p = make_conv2d_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  at::Tensor out = new_buffer({p.batch, p.out_channels, p.out_h, p.out_w}, input.options(),
+                              conv2d_memory_format(input, weight));
+  if (out.numel() == 0) return out;
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv2d_cpu", [&] {
+    conv2d_forward_cpu<scalar_t>(x, weight, bias, out, p);
+  });
+  return out;
+}
+
+at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                 at::IntArrayRef input_size, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d_backward_input";
+  check_floating(op, grad_output);
+  check_same_dtype_device(op, grad_output, "grad_output", weight, "weight");
+  const Conv2dParams p = make_conv2d_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_grad_output(op, grad_output, p);
+  at::Tensor dx = new_buffer(input_size, grad_output.options(), conv2d_memory_format(grad_output, weight));
+  if (dx.numel() == 0) return dx;
+  const at::Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "conv2d_backward_input_cpu", [&] {
+    conv2d_backward_input_cpu<scalar_t>(dy, weight, dx, p);
+  });
+  return dx;
+}
+
+at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                  at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d_backward_weight";
+  check_floating(op, grad_output);
+  check_same_dtype_device(op, grad_output, "grad_output", input, "input");
+  const Conv2dParams p = make_conv2d_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output(op, grad_output, p);
+  at::Tensor dw = new_buffer(weight_size, grad_output.options(), conv2d_memory_format(grad_output, input));
+  if (dw.numel() == 0) return dw;
+  if (grad_output.numel() == 0) return dw.zero_();  // nothing to reduce over: the gradient is zero
+  const at::Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "conv2d_backward_weight_cpu", [&] {
+    conv2d_backward_weight_cpu<scalar_t>(dy, x, dw, p);
+  });
+  return dw;
+}
+
+at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
+  const char* op = "cnnkernels::conv2d_backward_bias";
+  check_floating(op, grad_output);
+  TORCH_CHECK(grad_output.dim() == 4, op, ": expected a 4-D grad_output, got sizes ", grad_output.sizes());
+  at::Tensor db = new_buffer({grad_output.size(1)}, grad_output.options());
+  if (db.numel() == 0) return db;
+  if (grad_output.numel() == 0) return db.zero_();
+  const at::Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "conv2d_backward_bias_cpu", [&] {
+    conv2d_backward_bias_cpu<scalar_t>(dy, db);
+  });
+  return db;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnkernels, CPU, m) {
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward_input", &conv2d_backward_input);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight);
+  m.impl("conv2d_backward_bias", &conv2d_backward_bias);
+}
+
+}  // namespace cnnkernels

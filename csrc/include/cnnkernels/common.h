@@ -1,0 +1,40 @@
+// Shared, torch-free definitions usable from C++ (CPU kernels) and CUDA (.cu kernels).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CNNK_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define CNNK_HOST_DEVICE inline
+#endif
+
+namespace cnnkernels {
+
+// Element types the GPU kernels are instantiated for; host code maps at::ScalarType onto it.
+enum class DType { Float32, Float64, Float16, BFloat16 };
+
+// Accumulator type: fp32 for every floating type narrower than fp64, fp64 for fp64.
+template <typename scalar_t>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename scalar_t>
+using acc_t = typename AccType<scalar_t>::type;
+
+template <typename T>
+CNNK_HOST_DEVICE T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Floor division that is correct for negative numerators (C++ '/' truncates toward zero).
+CNNK_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (q * b > a) ? q - 1 : q;
+}
+
+}  // namespace cnnkernels

@@ -1,0 +1,86 @@
+// 2-D convolution: problem description and the index math shared by every backend.
+// Torch-free, so the CPU kernels and the CUDA kernels (.cu) include the same definitions.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkernels/common.h"
+
+namespace cnnkernels {
+
+// One conv2d problem. Sizes follow torch's names: input (N, C, H, W), weight (K, C/groups, R, S),
+// output (N, K, P, Q). Only the leading padding (top, left) is needed to index; the trailing
+// padding (which differs from the leading one for padding='same' with an even kernel) only
+// enters the output extent, which is stored here already.
+struct Conv2dParams {
+  int64_t batch;         // N
+  int64_t in_channels;   // C
+  int64_t in_h, in_w;    // H, W
+  int64_t out_channels;  // K
+  int64_t out_h, out_w;  // P, Q
+  int64_t kernel_h, kernel_w;  // R, S
+  int64_t stride_h, stride_w;
+  int64_t pad_top, pad_left;
+  int64_t dilation_h, dilation_w;
+  int64_t groups;
+
+  CNNK_HOST_DEVICE int64_t in_per_group() const { return in_channels / groups; }
+  CNNK_HOST_DEVICE int64_t out_per_group() const { return out_channels / groups; }
+};
+
+// Output extent along one spatial dimension: the number of window positions, stepping by
+// `stride`, of a window of dilated extent dilation*(kernel-1)+1 inside the padded input.
+CNNK_HOST_DEVICE int64_t conv_out_size(int64_t in, int64_t pad_begin, int64_t pad_end, int64_t kernel,
+                                       int64_t stride, int64_t dilation) {
+  return (in + pad_begin + pad_end - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+// The input coordinate that output position `o` reads through kernel tap `t`
+// (negative or >= the input extent when it falls into the zero padding).
+CNNK_HOST_DEVICE int64_t conv_in_coord(int64_t o, int64_t t, int64_t stride, int64_t pad,
+                                       int64_t dilation) {
+  return o * stride - pad + t * dilation;
+}
+
+CNNK_HOST_DEVICE int64_t gcd(int64_t a, int64_t b) {
+  while (b != 0) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  return a;
+}
+
+// Backward-input taps along one dimension.
+//
+// The input gradient is the output gradient, zero-inserted (stride-1 zeros between elements),
+// padded, and convolved with the kernel rotated by 180 degrees. Written as a gather, input
+// coordinate i receives from output position o through tap t exactly when
+//     o * stride == i + pad - t * dilation,
+// so only the taps with (i + pad - t*dilation) divisible by stride meet a real gradient
+// element; every other tap would multiply an inserted zero. Those taps form the arithmetic
+// progression first, first + step, ... with step = stride / gcd(stride, dilation), and they
+// depend only on the phase (i + pad) mod stride: the stride*stride phases of the input
+// gradient are each a stride-1 convolution over their own subset of taps.
+struct TapProgression {
+  int64_t first;  // smallest useful tap, or `kernel` when this phase has none
+  int64_t step;
+};
+
+CNNK_HOST_DEVICE TapProgression backward_input_taps(int64_t i_plus_pad, int64_t kernel,
+                                                    int64_t stride, int64_t dilation) {
+  const int64_t step = stride / gcd(stride, dilation);
+  for (int64_t t = 0; t < step && t < kernel; ++t) {
+    if ((i_plus_pad - t * dilation) % stride == 0) return {t, step};
+  }
+  return {kernel, step};
+}
+
+// Output position reached from input coordinate i through a useful tap t (see above); the
+// caller still checks 0 <= o < out extent.
+CNNK_HOST_DEVICE int64_t backward_input_out_coord(int64_t i_plus_pad, int64_t t, int64_t stride,
+                                                  int64_t dilation) {
+  return (i_plus_pad - t * dilation) / stride;
+}
+
+}  // namespace cnnkernels

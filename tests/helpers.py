@@ -1,0 +1,42 @@
+"""Shared test helpers: tolerances and comparison against torch."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+# (rtol, atol) of our result against torch's on the same inputs, per dtype. fp16/bf16 are
+# compared against torch in fp32 on the same (rounded) inputs: our kernels accumulate in fp32
+# and round once, so the error is a few units of the output's last place.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, scale: float = 1.0):
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=rtol, atol=atol * scale)
+
+
+def same_layout(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Same shape and strides, ignoring the strides of size-1 dimensions (they carry no layout)."""
+    if actual.shape != expected.shape:
+        return False
+    return all(a == e for a, e, n in zip(actual.stride(), expected.stride(), actual.shape) if n > 1)
+
+
+def raises_like_torch(ours, theirs, match: str):
+    """Our call raises the exception type torch's call raises, with a message matching `match`."""
+    with pytest.raises(Exception) as torch_error:
+        theirs()
+    with pytest.raises(type(torch_error.value), match=match):
+        ours()
+
+
+def message_names(*words: str) -> str:
+    """A regex that requires every word in the message, in any order."""
+    return "".join(f"(?=[\\s\\S]*{re.escape(w)})" for w in words)

@@ -1,0 +1,319 @@
+"""conv2d on the cpu backend against torch.nn.functional.conv2d and torch.autograd."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cnnkernels
+import cnnkernels.functional as F
+from helpers import assert_close, message_names, raises_like_torch, same_layout
+
+CL = torch.channels_last
+
+
+def _run(conv, x, w, b, grad, **kwargs):
+    """Output and (input, weight, bias) gradients of `conv` for the given output gradient."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w)] + ([b.detach().clone().requires_grad_()] if b is not None else [])
+    leaves[0] = leaves[0].contiguous(memory_format=CL) if x.dim() == 4 and x.is_contiguous(memory_format=CL) and not x.is_contiguous() else leaves[0]
+    out = conv(leaves[0], leaves[1], leaves[2] if b is not None else None, **kwargs)
+    grads = torch.autograd.grad(out, leaves, grad)
+    return out, grads
+
+
+def check_against_torch(x, w, b, dtype, **kwargs):
+    """Forward value and layout, and every gradient, against torch on the same inputs."""
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    with torch.no_grad():
+        ref_out = TF.conv2d(x.to(ref_dtype), w.to(ref_dtype), None if b is None else b.to(ref_dtype), **kwargs)
+    grad = torch.randn(ref_out.shape, dtype=dtype)
+    out, grads = _run(F.conv2d, x, w, b, grad, **kwargs)
+    ref_out, ref_grads = _run(TF.conv2d, x.to(ref_dtype), w.to(ref_dtype), None if b is None else b.to(ref_dtype),
+                              grad.to(ref_dtype), **kwargs)
+    # Gradients sum over many products: scale the absolute tolerance with the reduction length.
+    scale = max(1.0, (x.shape[-1] * x.shape[-2] * x.shape[0] / 64) ** 0.5)
+    assert out.dtype == dtype
+    assert_close(out, ref_out, dtype)
+    assert same_layout(out, ref_out), (out.stride(), ref_out.stride())
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.dtype == dtype
+        assert_close(ours, theirs, dtype, scale)
+        assert same_layout(ours, theirs), (ours.stride(), theirs.stride())
+
+
+# ---- the argument grid ---------------------------------------------------------------------
+
+KERNELS = [(1, 1), (3, 3), (2, 4)]
+STRIDES = [1, (2, 3)]
+PADDINGS = [0, (1, 2), "same", "valid"]
+DILATIONS = [1, (2, 1)]
+GROUPS = [1, 2]
+GRID = [
+    c for c in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, GROUPS, [True, False])
+    if not (c[2] == "same" and c[1] != 1)
+]
+
+
+def _grid_id(case):
+    k, s, p, d, g, b = case
+    return f"k{k[0]}x{k[1]}-s{s}-p{p}-d{d}-g{g}-{'bias' if b else 'nobias'}"
+
+
+def _inputs(kernel, groups, bias, dtype, batch=2, in_ch=4, out_ch=6, size=(9, 11)):
+    x = torch.randn(batch, in_ch, *size, dtype=dtype)
+    w = torch.randn(out_ch, in_ch // groups, *kernel, dtype=dtype)
+    b = torch.randn(out_ch, dtype=dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", GRID, ids=_grid_id)
+def test_grid_nchw(case, dtype):
+    kernel, stride, padding, dilation, groups, bias = case
+    x, w, b = _inputs(kernel, groups, bias, dtype)
+    check_against_torch(x, w, b, dtype, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("layout", ["input_cl", "weight_cl", "both_cl"])
+@pytest.mark.parametrize("case", GRID[::5], ids=_grid_id)
+def test_grid_channels_last(case, layout):
+    kernel, stride, padding, dilation, groups, bias = case
+    x, w, b = _inputs(kernel, groups, bias, torch.float32)
+    if layout in ("input_cl", "both_cl"):
+        x = x.contiguous(memory_format=CL)
+    if layout in ("weight_cl", "both_cl"):
+        w = w.contiguous(memory_format=CL)
+    check_against_torch(x, w, b, torch.float32, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # (N, C, H, W, K, kernel, stride, padding, dilation, groups)
+        (1, 1, 1, 1, 1, (1, 1), 1, 0, 1, 1),  # everything 1
+        (3, 3, 7, 5, 5, (7, 5), 1, 0, 1, 1),  # kernel covers the whole input: 1x1 output
+        (2, 3, 5, 13, 2, (5, 1), (1, 4), (0, 3), 1, 1),  # tall kernel, wide stride
+        (1, 6, 8, 8, 9, (3, 3), 3, 1, 1, 3),  # stride equal to kernel
+        (2, 6, 10, 9, 6, (3, 3), (3, 2), 2, (2, 3), 6),  # depthwise, stride and dilation mixed
+        (1, 8, 6, 6, 4, (2, 2), 2, 0, 1, 1),  # non-overlapping windows
+        (2, 4, 5, 6, 6, (4, 4), 1, "same", (1, 2), 2),  # even kernel, 'same', dilation
+        (1, 2, 4, 4, 3, (3, 3), 4, 2, 1, 1),  # stride larger than kernel: taps miss rows
+        (1, 16, 14, 14, 32, (3, 3), 1, 1, 1, 1),  # wider channels (vector loops, pixel blocks)
+        (2, 5, 17, 3, 7, (3, 2), (2, 1), (1, 0), (3, 1), 1),  # odd everything
+    ],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_odd_shapes(shape, bias):
+    n, c, h, w, k, kernel, stride, padding, dilation, groups = shape
+    x, wt, b = _inputs(kernel, groups, bias, torch.float64, batch=n, in_ch=c, out_ch=k, size=(h, w))
+    check_against_torch(x, wt, b, torch.float64, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_half_precision(dtype, channels_last):
+    x, w, b = _inputs((3, 3), 1, True, dtype, batch=2, in_ch=8, out_ch=8, size=(10, 10))
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    check_against_torch(x, w, b, dtype, stride=2, padding=1)
+
+
+def test_unbatched_input():
+    x, w, b = _inputs((3, 3), 1, True, torch.float64, batch=1)
+    check_against_torch(x[0], w, b, torch.float64, padding=1, stride=2)
+
+
+def test_resnet_sized_layer():
+    x, w, b = _inputs((3, 3), 1, False, torch.float32, batch=2, in_ch=64, out_ch=64, size=(28, 28))
+    check_against_torch(x.contiguous(memory_format=CL), w, b, torch.float32, padding=1)
+
+
+def test_non_contiguous_arguments():
+    # Views with gaps, transposed weights and an expanded (stride-0) output gradient.
+    base = torch.randn(2, 8, 12, 14, dtype=torch.float64)
+    x = base[:, 1::3, 1:, ::2]
+    w = torch.randn(3, 5, 4, 6, dtype=torch.float64).transpose(0, 1)
+    xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
+    xo, wo = x.detach().requires_grad_(), w.detach().requires_grad_()
+    ref = TF.conv2d(xr, wr, stride=2, padding=1)
+    out = F.conv2d(xo, wo, stride=2, padding=1)
+    torch.testing.assert_close(out, ref)
+    grad = torch.ones(1, dtype=torch.float64).expand_as(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (xo, wo), grad), torch.autograd.grad(ref, (xr, wr), grad))
+
+
+def test_empty_batch():
+    x, w, b = (torch.randn(0, 4, 9, 9), torch.randn(6, 4, 3, 3), torch.randn(6))
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    out = F.conv2d(*leaves)
+    ref = TF.conv2d(*[t.detach() for t in (x, w, b)])
+    assert out.shape == ref.shape
+    grads = torch.autograd.grad(out.sum(), leaves)
+    # No output elements: the weight and bias gradients are sums over nothing.
+    assert grads[0].shape == x.shape
+    torch.testing.assert_close(grads[1], torch.zeros_like(w))
+    torch.testing.assert_close(grads[2], torch.zeros_like(b))
+
+
+def test_zero_input_channels():
+    # A sum over no input channels: the output is the bias, broadcast. (torch returns an empty
+    # (N, 0, P, Q) tensor here whatever the weight's K; we return the mathematical result.)
+    x, w, b = (torch.randn(2, 0, 9, 9), torch.randn(6, 0, 3, 3), torch.randn(6))
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    out = F.conv2d(*leaves)
+    torch.testing.assert_close(out, b.detach().view(1, 6, 1, 1).expand(2, 6, 7, 7))
+    grads = torch.autograd.grad(out.sum(), leaves)
+    assert grads[0].shape == x.shape and grads[1].shape == w.shape
+    torch.testing.assert_close(grads[2], torch.full_like(b, 2 * 7 * 7))
+
+
+# ---- gradcheck, opcheck, compile -----------------------------------------------------------
+
+GRADCHECK_CASES = [
+    dict(stride=1, padding=1, dilation=1, groups=1),
+    dict(stride=(2, 3), padding=(1, 2), dilation=(2, 1), groups=2),
+    dict(stride=1, padding="same", dilation=2, groups=1),
+    dict(stride=3, padding=0, dilation=1, groups=4),
+]
+
+
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
+def test_gradcheck(kwargs):
+    groups = kwargs["groups"]
+    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kwargs), (x, w, b))
+
+
+def _opcheck_samples():
+    x = torch.randn(2, 4, 9, 11)
+    w = torch.randn(6, 2, 3, 4)
+    b = torch.randn(6)
+    yield (x, w, b, [1, 1], [0, 0, 0, 0], [1, 1], 2)
+    yield (x.contiguous(memory_format=CL), w, None, [2, 3], [1, 2, 0, 1], [2, 1], 2)
+    yield (x, w.contiguous(memory_format=CL), b, [1, 2], [2, 2, 1, 1], [1, 1], 2)
+    yield (x[0:1].double(), w.double(), b.double(), [3, 1], [0, 1, 3, 0], [1, 2], 2)
+
+
+@pytest.mark.parametrize("sample", range(4))
+def test_opcheck(sample):
+    x, w, b, stride, padding, dilation, groups = list(_opcheck_samples())[sample]
+    y = torch.ops.cnnkernels.conv2d(x, w, b, stride, padding, dilation, groups)
+    g = torch.randn_like(y)
+    args = [x.requires_grad_(), w.requires_grad_(), None if b is None else b.requires_grad_(), stride, padding, dilation, groups]
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d.default, tuple(args))
+    conv = (stride, padding, dilation, groups)
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_input.default, (g, w.detach(), list(x.shape), *conv))
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_weight.default, (g, x.detach(), list(w.shape), *conv))
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_bias.default, (g,))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(
+        cnnkernels.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        cnnkernels.nn.Conv2d(8, 8, 3, stride=2, groups=2, padding="valid", bias=False),
+        torch.nn.ReLU(),
+        cnnkernels.nn.Conv2d(8, 4, 2, padding="same", padding_mode="reflect"),
+    )
+    x = torch.randn(2, 3, 12, 12)
+    compiled = torch.compile(net, fullgraph=True)
+    out = compiled(x)
+    ref = net(x)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+# ---- determinism ---------------------------------------------------------------------------
+
+
+def test_weight_and_bias_gradients_are_deterministic_across_thread_counts():
+    x = torch.randn(4, 16, 40, 40)
+    g = torch.randn(4, 8, 40, 40)
+    args = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            results.append((torch.ops.cnnkernels.conv2d_backward_weight(g, x, [8, 16, 3, 3], *args),
+                            torch.ops.cnnkernels.conv2d_backward_bias(g)))
+    finally:
+        torch.set_num_threads(threads)
+    for dw, db in results[1:]:
+        assert torch.equal(dw, results[0][0])
+        assert torch.equal(db, results[0][1])
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+X = torch.randn(2, 4, 9, 9)
+W = torch.randn(6, 4, 3, 3)
+
+BAD_CALLS = {
+    "input_rank_2": ((torch.randn(9, 9), W), {}, message_names("3D", "4D", "[9, 9]")),
+    "input_rank_5": ((torch.randn(1, 2, 4, 9, 9), W), {}, message_names("3D", "4D")),
+    "weight_rank_3": ((X, torch.randn(6, 4, 3)), {}, "weight"),
+    "channel_mismatch": ((X, torch.randn(6, 5, 3, 3)), {}, message_names("5 channels", "got 4")),
+    "groups_channel_mismatch": ((X, torch.randn(6, 2, 3, 3)), {"groups": 3}, message_names("groups=3", "channels")),
+    "groups_not_dividing_out": ((X, torch.randn(5, 2, 3, 3)), {"groups": 2}, message_names("divisible by 2")),
+    "groups_zero": ((X, torch.randn(6, 2, 3, 3)), {"groups": 0}, "non-positive groups"),
+    "kernel_too_large": ((X, torch.randn(6, 4, 13, 3)), {}, message_names("Kernel size", "(13 x 3)")),
+    "kernel_larger_than_padded": ((X, torch.randn(6, 4, 12, 3)), {"padding": 1}, message_names("(11 x 11)", "Kernel size")),
+    "negative_padding": ((X, W), {"padding": -1}, "negative padding"),
+    "zero_stride": ((X, W), {"stride": 0}, "non-positive stride"),
+    "zero_dilation": ((X, W), {"dilation": (1, 0)}, "non-positive dilation"),
+    "stride_3_values": ((X, W), {"stride": (1, 2, 3)}, message_names("stride", "2 values")),
+    "padding_3_values": ((X, W), {"padding": (1, 2, 3)}, message_names("padding", "2 values")),
+    "same_with_stride": ((X, W), {"padding": "same", "stride": 2}, "'same' is not supported for strided"),
+    "bad_padding_string": ((X, W), {"padding": "full"}, "Invalid padding string: 'full'"),
+    "float_stride": ((X, W), {"stride": 1.5}, "stride"),
+    "weight_dtype": ((X, W.double()), {}, message_names("weight", "same")),
+    "bias_dtype": ((X, W, torch.randn(6).double()), {}, message_names("bias", "same")),
+    "bias_size": ((X, W, torch.randn(5)), {}, message_names("bias", "6 elements", "[5]")),
+    "bias_rank": ((X, W, torch.randn(6, 1)), {}, message_names("bias", "1-dimensional")),
+    "input_not_tensor": (([[1.0]], W), {}, "input"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_bad_input_raises_like_torch(name):
+    args, kwargs, match = BAD_CALLS[name]
+    raises_like_torch(lambda: F.conv2d(*args, **kwargs), lambda: TF.conv2d(*args, **kwargs), match)
+
+
+def test_device_mismatch_is_rejected():
+    # torch raises for a CPU/CUDA mix; without a GPU, the meta device stands in for the other device.
+    with pytest.raises(RuntimeError, match=message_names("weight", "same device", "meta")):
+        F.conv2d(X, W.to("meta"))
+
+
+def test_integer_input_is_rejected():
+    with pytest.raises(RuntimeError, match="floating-point"):
+        F.conv2d(X.int(), W.int())
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: torch.ops.cnnkernels.conv2d(X, W, None, [1, 1], [0, 0], [1, 1], 1), "padding"),
+        (lambda: torch.ops.cnnkernels.conv2d(X, W, None, [1, 1], [0, 0, -1, 0], [1, 1], 1), "negative padding"),
+        (lambda: torch.ops.cnnkernels.conv2d(X[0], W, None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "4-D"),
+        (lambda: torch.ops.cnnkernels.conv2d(X, W[:, :2], None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "channels"),
+        (lambda: torch.ops.cnnkernels.conv2d(X.int(), W.int(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),
+        (lambda: torch.ops.cnnkernels.conv2d_backward_input(torch.randn(2, 6, 5, 5), W, [2, 4, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1), "grad_output"),
+        (lambda: torch.ops.cnnkernels.conv2d_backward_weight(torch.randn(2, 6, 7, 7), X, [6, 4, 3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1), "grad_output"),
+        (lambda: torch.ops.cnnkernels.conv2d_backward_bias(torch.randn(6, 7)), "4-D"),
+    ],
+)
+def test_operators_check_their_arguments(call, match):
+    # The registered operators are public too (torch.ops.cnnkernels.*): they validate on their own.
+    with pytest.raises(RuntimeError, match=match):
+        call()
