@@ -1,0 +1,138 @@
+"""Self-check: every operator on every backend available here, against torch.
+
+One row per operator and backend: the largest absolute difference from torch over a few
+shapes (float32), and the time of our kernel against torch's on the same shapes and machine.
+
+    python -m cnnkernels.selfcheck
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as TF
+
+from cnnkernels import backend as use_backend
+from cnnkernels.backend import BackendError, select
+from cnnkernels.ops import conv as conv_ops
+
+
+@dataclass
+class Row:
+    op: str
+    backend: str
+    device: str
+    max_abs_err: float
+    ours_ms: float
+    torch_ms: float
+
+
+# (name, N, C, H, W, K, kernel, stride, padding): a LeNet-5 layer, a ResNet 3x3 layer, a
+# strided 7x7 stem and a 1x1 projection.
+CONV_SHAPES = [
+    ("lenet-c3", 64, 6, 14, 14, 16, 5, 1, 0),
+    ("resnet-3x3", 8, 64, 28, 28, 64, 3, 1, 1),
+    ("stem-7x7/2", 4, 3, 64, 64, 16, 7, 2, 3),
+    ("proj-1x1/2", 8, 64, 28, 28, 128, 1, 2, 0),
+]
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device, min_seconds: float = 0.2) -> float:
+    """Median wall time of fn() in milliseconds, after a warm-up call."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+def _conv_rows(device: torch.device, backend: str) -> list[Row]:
+    ops = torch.ops.cnnkernels
+    names = ["conv2d forward", "conv2d backward-input", "conv2d backward-weight", "conv2d backward-bias"]
+    err = dict.fromkeys(names, 0.0)
+    ours = dict.fromkeys(names, 0.0)
+    theirs = dict.fromkeys(names, 0.0)
+    for _, n, c, h, w, k, r, s, p in CONV_SHAPES:
+        x = torch.randn(n, c, h, w, device=device)
+        wt = torch.randn(k, c, r, r, device=device) / (c * r * r) ** 0.5
+        b = torch.randn(k, device=device)
+        conv = ([s, s], [p, p, p, p], [1, 1], 1)
+        y = ops.conv2d(x, wt, b, *conv)
+        g = torch.randn_like(y)
+
+        def aten_backward(mask):
+            return torch.ops.aten.convolution_backward(g, x, wt, [k], [s, s], [p, p], [1, 1], False, [0, 0], 1, mask)
+
+        ref_gx, ref_gw, ref_gb = aten_backward([True, True, True])
+        cases = {
+            "conv2d forward": (lambda: ops.conv2d(x, wt, b, *conv), lambda: TF.conv2d(x, wt, b, s, p), TF.conv2d(x, wt, b, s, p)),
+            "conv2d backward-input": (lambda: ops.conv2d_backward_input(g, wt, list(x.shape), *conv),
+                                      lambda: aten_backward([True, False, False]), ref_gx),
+            "conv2d backward-weight": (lambda: ops.conv2d_backward_weight(g, x, list(wt.shape), *conv),
+                                       lambda: aten_backward([False, True, False]), ref_gw),
+            "conv2d backward-bias": (lambda: ops.conv2d_backward_bias(g), lambda: aten_backward([False, False, True]), ref_gb),
+        }
+        for name, (our_fn, torch_fn, ref) in cases.items():
+            err[name] = max(err[name], (our_fn() - ref).abs().max().item())
+            ours[name] += _time_ms(our_fn, device)
+            theirs[name] += _time_ms(torch_fn, device)
+    return [Row(name, backend, device.type, err[name], ours[name], theirs[name]) for name in names]
+
+
+def collect() -> list[Row]:
+    """Rows for every operator family and every backend usable on this machine's devices."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        for backend in ("cpu", "cuda", "triton"):
+            try:
+                select("conv2d", device, conv_ops.IMPLEMENTED, backend)
+            except BackendError:
+                continue
+            with use_backend(backend):
+                rows += _conv_rows(device, backend)
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = f"| {'operator':<24} | {'backend':<7} | {'device':<6} | {'max abs err':>12} | {'ours ms':>9} | {'torch ms':>9} | {'torch/ours':>10} |"
+    lines = [header, "|" + "|".join("-" * (len(col)) for col in header.split("|")[1:-1]) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r.op:<24} | {r.backend:<7} | {r.device:<6} | {r.max_abs_err:>12.2e} | {r.ours_ms:>9.2f} | "
+            f"{r.torch_ms:>9.2f} | {r.torch_ms / r.ours_ms:>10.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    print(f"cnnkernels self-check on {machine()}")
+    print("float32; times are sums over the shapes " + ", ".join(s[0] for s in CONV_SHAPES) + "\n")
+    print(format_table(collect()))
+
+
+if __name__ == "__main__":
+    main()
