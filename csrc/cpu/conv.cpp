@@ -43,6 +43,29 @@ inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
   return std::min({by_work, by_memory, kMaxReductionChunks});
 }
 
+// The weight (K, Cg, R, S) repacked per group and tap as a [Cg][Kg] matrix (kInputMajor: the
+// forward, where one input value meets a contiguous run of output channels) or a [Kg][Cg]
+// matrix (kOutputMajor: the backward-input's channel swap), converted to the accumulator type:
+// packed[g][r][s][a][b].
+enum class WeightOrder { kInputMajor, kOutputMajor };
+
+template <typename scalar_t>
+std::vector<acc_t<scalar_t>> pack_weight(const at::Tensor& weight, const Conv2dParams& p, WeightOrder order) {
+  const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), R = p.kernel_h, S = p.kernel_w;
+  std::vector<acc_t<scalar_t>> packed(static_cast<size_t>(G * R * S * Cg * Kg));
+  const auto w = weight.accessor<scalar_t, 4>();
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s) {
+        acc_t<scalar_t>* tap = packed.data() + ((g * R + r) * S + s) * Cg * Kg;
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t c = 0; c < Cg; ++c)
+            tap[order == WeightOrder::kInputMajor ? c * Kg + k : k * Cg + c] =
+                static_cast<acc_t<scalar_t>>(w[g * Kg + k][c][r][s]);
+      }
+  return packed;
+}
+
 // ---- forward -------------------------------------------------------------------------------
 // out[n,k,p,q] = bias[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
 template <typename scalar_t>
@@ -53,15 +76,8 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // Packed weight wp[g][r][s][c][k]: for one input value, the Kg weights it meets are contiguous.
-  std::vector<acc> wp(static_cast<size_t>(G * R * S * Cg * Kg));
-  const auto w = weight.accessor<scalar_t, 4>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t k = 0; k < Kg; ++k)
-            wp[(((g * R + r) * S + s) * Cg + c) * Kg + k] = static_cast<acc>(w[g * Kg + k][c][r][s]);
+  // For one input value, the Kg weights it meets are contiguous.
+  const std::vector<acc> wp = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor);
 
   std::vector<acc> bias_acc(static_cast<size_t>(K), acc(0));
   if (bias.has_value()) {
@@ -132,15 +148,8 @@ void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weig
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // Packed, channel-swapped weight wt[g][r][s][k][c].
-  std::vector<acc> wt(static_cast<size_t>(G * R * S * Kg * Cg));
-  const auto w = weight.accessor<scalar_t, 4>();
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t k = 0; k < Kg; ++k)
-          for (int64_t c = 0; c < Cg; ++c)
-            wt[(((g * R + r) * S + s) * Kg + k) * Cg + c] = static_cast<acc>(w[g * Kg + k][c][r][s]);
+  // Channel-swapped: for one output-gradient value, the Cg weights it meets are contiguous.
+  const std::vector<acc> wt = pack_weight<scalar_t>(weight, p, WeightOrder::kOutputMajor);
 
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
   scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
