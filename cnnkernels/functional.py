@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels.ops import conv as _conv
 
 __all__ = ["conv2d"]
@@ -113,6 +114,6 @@ def conv2d(
 
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    _conv.conv2d_output_shape(x.shape, weight.shape, stride, padding, dilation, groups)
+    conv2d_output_shape(x.shape, weight.shape, stride, padding, dilation, groups)
     out = _conv.conv2d(x, weight, bias, stride, padding, dilation, groups, backend)
     return out.squeeze(0) if unbatched else out

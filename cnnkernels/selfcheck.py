@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as TF
 
-from cnnkernels import backend as use_backend
 from cnnkernels.backend import BackendError, select
 from cnnkernels.ops import conv as conv_ops
 
@@ -58,7 +57,7 @@ def _time_ms(fn: Callable[[], object], device: torch.device, min_seconds: float 
 
 
 def _conv_rows(device: torch.device, backend: str) -> list[Row]:
-    ops = torch.ops.cnnkernels
+    ops = conv_ops.BACKEND_OPS[backend]
     names = ["conv2d forward", "conv2d backward-input", "conv2d backward-weight", "conv2d backward-bias"]
     err = dict.fromkeys(names, 0.0)
     ours = dict.fromkeys(names, 0.0)
@@ -68,7 +67,7 @@ def _conv_rows(device: torch.device, backend: str) -> list[Row]:
         wt = torch.randn(k, c, r, r, device=device) / (c * r * r) ** 0.5
         b = torch.randn(k, device=device)
         conv = ([s, s], [p, p, p, p], [1, 1], 1)
-        y = ops.conv2d(x, wt, b, *conv)
+        y = ops.forward(x, wt, b, *conv)
         g = torch.randn_like(y)
 
         def aten_backward(mask):
@@ -76,12 +75,12 @@ def _conv_rows(device: torch.device, backend: str) -> list[Row]:
 
         ref_gx, ref_gw, ref_gb = aten_backward([True, True, True])
         cases = {
-            "conv2d forward": (lambda: ops.conv2d(x, wt, b, *conv), lambda: TF.conv2d(x, wt, b, s, p), TF.conv2d(x, wt, b, s, p)),
-            "conv2d backward-input": (lambda: ops.conv2d_backward_input(g, wt, list(x.shape), *conv),
+            "conv2d forward": (lambda: ops.forward(x, wt, b, *conv), lambda: TF.conv2d(x, wt, b, s, p), TF.conv2d(x, wt, b, s, p)),
+            "conv2d backward-input": (lambda: ops.backward_input(g, wt, list(x.shape), *conv),
                                       lambda: aten_backward([True, False, False]), ref_gx),
-            "conv2d backward-weight": (lambda: ops.conv2d_backward_weight(g, x, list(wt.shape), *conv),
+            "conv2d backward-weight": (lambda: ops.backward_weight(g, x, list(wt.shape), *conv),
                                        lambda: aten_backward([False, True, False]), ref_gw),
-            "conv2d backward-bias": (lambda: ops.conv2d_backward_bias(g), lambda: aten_backward([False, False, True]), ref_gb),
+            "conv2d backward-bias": (lambda: ops.backward_bias(g), lambda: aten_backward([False, False, True]), ref_gb),
         }
         for name, (our_fn, torch_fn, ref) in cases.items():
             err[name] = max(err[name], (our_fn() - ref).abs().max().item())
@@ -100,8 +99,7 @@ def collect() -> list[Row]:
                 select("conv2d", device, conv_ops.IMPLEMENTED, backend)
             except BackendError:
                 continue
-            with use_backend(backend):
-                rows += _conv_rows(device, backend)
+            rows += _conv_rows(device, backend)
     return rows
 
 

@@ -7,6 +7,11 @@ os.environ["CNNKERNELS_POISON_ALLOCATIONS"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors. This must be set
+# before triton is first imported (cnnkernels imports it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

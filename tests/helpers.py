@@ -1,10 +1,16 @@
 """Shared test helpers: tolerances and comparison against torch."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 import torch
+
+from cnnkernels.ops import conv as _conv_ops
+
+# Backends that run on CPU tensors in this process: cpu, and triton in the interpreter.
+CPU_BACKENDS = [b for b in _conv_ops.IMPLEMENTED if b == "cpu" or (b == "triton" and os.environ.get("TRITON_INTERPRET") == "1")]
 
 # (rtol, atol) of our result against torch's on the same inputs, per dtype. fp16/bf16 are
 # compared against torch in fp32 on the same (rounded) inputs: our kernels accumulate in fp32

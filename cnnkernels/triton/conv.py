@@ -1,0 +1,478 @@
+"""conv2d in Triton: forward, backward-input, backward-weight and bias gradient.
+
+All four are implicit GEMMs that read their operands through arbitrary strides (NCHW,
+channels_last, or the expanded/transposed gradients autograd hands over), accumulate in fp32
+(fp64 for fp64), and write through the output's strides.
+
+- forward: rows M = N*P*Q output pixels, columns = the group's K/G output channels, reduction
+  over the taps (r, s) and the group's input channels, channels innermost so channels_last
+  loads coalesce. A 1x1 convolution is one tap: the loop is a plain GEMM.
+- backward-input: the flipped-kernel convolution split into stride_h*stride_w phases. Every
+  input position of one phase meets real (not zero-inserted) gradient elements through the
+  same taps, r = first, first + step, ... (see csrc/include/cnnkernels/conv.h), so each phase is
+  a stride-1 convolution over those taps only: no multiply-add with an inserted zero.
+- backward-weight: a GEMM per tap, (K/G x N*P*Q) times (N*P*Q x C/G). The long N*P*Q reduction
+  is split across programs into fp32 partials whose count and boundaries depend only on the
+  problem shape; a second kernel adds them in split order, so results are reproducible.
+- bias gradient: per-channel sums with the same split-and-add scheme.
+
+Registered as torch.library.custom_op in the ``cnnkernels_triton`` namespace; their fake
+kernels and autograd are registered in cnnkernels.ops.conv, next to the C++ operators'.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from cnnkernels._conv_geometry import conv2d_output_shape
+from cnnkernels._layout import memory_format_of, new_buffer
+from cnnkernels.backend import triton_interpreted
+
+# ---- configurations ------------------------------------------------------------------------
+# On a GPU the launchers autotune over these lists; in the interpreter they use the first
+# entry (the largest tiles: the interpreter's cost is per program, not per element). Tests run
+# every entry (tests/test_conv_triton.py), so no untested config is ever picked.
+
+
+def _config(**meta):
+    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
+
+
+FORWARD_CONFIGS = [
+    _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    _config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
+    _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    _config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+    _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+]
+# Backward-input tiles: rows over one phase's input pixels, columns over input channels,
+# reduction over output channels.
+BACKWARD_INPUT_CONFIGS = FORWARD_CONFIGS
+# Backward-weight tiles: rows over output channels, columns over input channels. The
+# reduction tile (BLOCK_M, pixels) is fixed, not tuned: it sets the summation order.
+BACKWARD_WEIGHT_CONFIGS = [
+    _config(BLOCK_K=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    _config(BLOCK_K=32, BLOCK_N=32, num_warps=4, num_stages=2),
+    _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    _config(BLOCK_K=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    _config(BLOCK_K=64, BLOCK_N=128, num_warps=8, num_stages=3),
+]
+# (Larger in the interpreter, whose cost is per loop iteration, not per element.)
+WEIGHT_REDUCTION_BLOCK = 256 if triton_interpreted() else 64
+# Split of the N*P*Q reduction: aim for this many programs, and give each at least
+# MIN_PIXELS_PER_SPLIT pixels. Both depend on the shape only.
+TARGET_PROGRAMS = 512
+MIN_PIXELS_PER_SPLIT = 512
+BIAS_BLOCK_K = 32
+BIAS_BLOCK_M = 64
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: fp32 follows torch's cuDNN TF32 switch, as torch's convolution does."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not triton_interpreted():
+        return "tf32"
+    return "ieee"
+
+
+def _split(pixels: int, programs_per_split: int, block: int) -> tuple[int, int]:
+    """(number of splits, pixels per split) of an N*P*Q reduction; a multiple of `block`."""
+    splits = max(1, min(triton.cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
+                        triton.cdiv(pixels, MIN_PIXELS_PER_SPLIT)))
+    chunk = triton.cdiv(triton.cdiv(pixels, splits), block) * block
+    return triton.cdiv(pixels, chunk), chunk
+
+
+def _upcast_dot(dtype: torch.dtype) -> bool:
+    """Triton's interpreter computes bfloat16 tl.dot wrongly (Triton 3.8): there, and only
+    there, bfloat16 tiles are widened to fp32 before the product."""
+    return dtype == torch.bfloat16 and triton_interpreted()
+
+
+# ---- kernels -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+
+@triton.jit
+def _conv2d_forward_kernel(
+    x, w, bias, y,
+    N, H, W, P, Q, Cg, Kg,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sx_n, sx_c, sx_h, sx_w, sw_k, sw_c, sw_r, sw_s, sy_n, sy_k, sy_p, sy_q,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    g = tl.program_id(2)
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
+    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
+    m_ok = m < N * P * Q
+    k_ok = k < Kg
+    q = m % Q
+    p = (m // Q) % P
+    n = (m // (Q * P)).to(tl.int64)
+    x_img = x + n * sx_n + (g * Cg).to(tl.int64) * sx_c
+    w_out = w + (g * Kg + k).to(tl.int64) * sw_k
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for r in tl.static_range(R):
+        ih = p * stride_h - pad_h + r * dil_h
+        row_ok = m_ok & (ih >= 0) & (ih < H)
+        for s in tl.static_range(S):
+            iw = q * stride_w - pad_w + s * dil_w
+            pix_ok = row_ok & (iw >= 0) & (iw < W)
+            x_pix = x_img + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
+            w_tap = w_out + r * sw_r + s * sw_s
+            for c0 in range(0, Cg, BLOCK_K):
+                c = c0 + tl.arange(0, BLOCK_K)
+                c_ok = c < Cg
+                a = tl.load(x_pix[:, None] + c[None, :].to(tl.int64) * sx_c,
+                            mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(w_tap[None, :] + c[:, None].to(tl.int64) * sw_c,
+                            mask=c_ok[:, None] & k_ok[None, :], other=0.0)
+                acc = _dot(a, b, acc, PRECISION, UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(bias + g * Kg + k, mask=k_ok, other=0.0).to(ACC)[None, :]
+    y_pix = y + n * sy_n + p.to(tl.int64) * sy_p + q.to(tl.int64) * sy_q
+    out = y_pix[:, None] + (g * Kg + k)[None, :].to(tl.int64) * sy_k
+    tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def _first_tap(phase, stride, dilation, step, kernel: tl.constexpr):
+    """Smallest tap t with t*dilation = phase (mod stride), or `kernel` if there is none
+    (csrc/include/cnnkernels/conv.h: backward_input_taps)."""
+    first = kernel
+    for t in range(0, step):
+        hit = (first == kernel) & ((phase - t * dilation) % stride == 0) & (t < kernel)
+        first = tl.where(hit, t, first)
+    return first
+
+
+@triton.jit
+def _conv2d_backward_input_kernel(
+    dy, w, dx,
+    N, H, W, P, Q, Cg, Kg,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
+    sd_n, sd_k, sd_p, sd_q, sw_k, sw_c, sw_r, sw_s, sx_n, sx_c, sx_h, sx_w,
+    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    z = tl.program_id(2)
+    g = z // (stride_h * stride_w)
+    phase_h = (z // stride_w) % stride_h  # = (ih + pad_h) mod stride_h for every row of this program
+    phase_w = z % stride_w
+    # The phase's first input row/column and its extent.
+    ih0 = (phase_h - pad_h % stride_h + stride_h) % stride_h
+    iw0 = (phase_w - pad_w % stride_w + stride_w) % stride_w
+    Hp = (H - ih0 + stride_h - 1) // stride_h
+    Wp = (W - iw0 + stride_w - 1) // stride_w
+    # A phase can be empty (H < stride): divide by at least 1, the mask keeps every lane off.
+    Hd = tl.maximum(Hp, 1)
+    Wd = tl.maximum(Wp, 1)
+
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
+    c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
+    m_ok = m < N * Hp * Wp
+    c_ok = c < Cg
+    ih = ih0 + ((m // Wd) % Hd) * stride_h
+    iw = iw0 + (m % Wd) * stride_w
+    n = (m // (Wd * Hd)).to(tl.int64)
+    dy_img = dy + n * sd_n + (g * Kg).to(tl.int64) * sd_k
+    w_in = w + (g * Kg).to(tl.int64) * sw_k + c.to(tl.int64) * sw_c
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for r in range(_first_tap(phase_h, stride_h, dil_h, step_h, R), R, step_h):
+        oh = (ih + pad_h - r * dil_h) // stride_h  # exact: the phase makes it a multiple
+        row_ok = m_ok & (oh >= 0) & (oh < P)
+        for s in range(_first_tap(phase_w, stride_w, dil_w, step_w, S), S, step_w):
+            ow = (iw + pad_w - s * dil_w) // stride_w
+            pix_ok = row_ok & (ow >= 0) & (ow < Q)
+            dy_pix = dy_img + oh.to(tl.int64) * sd_p + ow.to(tl.int64) * sd_q
+            w_tap = w_in + r * sw_r + s * sw_s
+            for k0 in range(0, Kg, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = k < Kg
+                a = tl.load(dy_pix[:, None] + k[None, :].to(tl.int64) * sd_k,
+                            mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(w_tap[None, :] + k[:, None].to(tl.int64) * sw_k,
+                            mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+                acc = _dot(a, b, acc, PRECISION, UPCAST)
+    x_pix = dx + n * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
+    out = x_pix[:, None] + (g * Cg + c)[None, :].to(tl.int64) * sx_c
+    tl.store(out, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _conv2d_backward_weight_kernel(
+    dy, x, partial,
+    N, H, W, P, Q, Cg, Kg, K, chunk,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w,
+    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    tiles_c = tl.cdiv(Cg, BLOCK_N)
+    k = (tl.program_id(0) // tiles_c) * BLOCK_K + tl.arange(0, BLOCK_K)  # output channels in group
+    c = (tl.program_id(0) % tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels in group
+    z = tl.program_id(1)
+    s = z % S
+    r = (z // S) % R
+    g = z // (S * R)
+    split = tl.program_id(2)
+    k_ok = k < Kg
+    c_ok = c < Cg
+    dy_k = dy + (g * Kg + k).to(tl.int64) * sd_k
+    x_c = x + (g * Cg + c).to(tl.int64) * sx_c
+    M = N * P * Q
+    m_begin = split * chunk
+    m_end = tl.minimum(m_begin + chunk, M)
+
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    for m0 in range(m_begin, m_end, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = m < m_end
+        q = m % Q
+        p = (m // Q) % P
+        n = (m // (Q * P)).to(tl.int64)
+        ih = p * stride_h - pad_h + r * dil_h
+        iw = q * stride_w - pad_w + s * dil_w
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        d_off = n * sd_n + p.to(tl.int64) * sd_p + q.to(tl.int64) * sd_q
+        x_off = n * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
+        a = tl.load(dy_k[:, None] + d_off[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        b = tl.load(x_c[None, :] + x_off[:, None], mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = _dot(a, b, acc, PRECISION, UPCAST)
+    # partial[split] has the weight's contiguous (K, Cg, R, S) layout.
+    out = partial + split.to(tl.int64) * K * Cg * R * S + ((g * Kg + k)[:, None] * Cg + c[None, :]) * (R * S) + r * S + s
+    tl.store(out, acc, mask=k_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _bias_grad_kernel(
+    dy, partial, N, K, P, Q, chunk,
+    sd_n, sd_k, sd_p, sd_q,
+    ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    split = tl.program_id(1)
+    k_ok = k < K
+    M = N * P * Q
+    m_begin = split * chunk
+    m_end = tl.minimum(m_begin + chunk, M)
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+    for m0 in range(m_begin, m_end, BLOCK_M):
+        m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = m < m_end
+        off = (m // (Q * P)).to(tl.int64) * sd_n + ((m // Q) % P).to(tl.int64) * sd_p + (m % Q).to(tl.int64) * sd_q
+        acc += tl.load(dy + off[:, None] + k[None, :].to(tl.int64) * sd_k,
+                       mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
+    tl.store(partial + split.to(tl.int64) * K + k, tl.sum(acc, axis=0), mask=k_ok)
+
+
+@triton.jit
+def _sum_partials_kernel(
+    partial, out, splits, numel, D1, D2, D3, so_0, so_1, so_2, so_3,
+    BLOCK: tl.constexpr,
+):
+    """out[i] = sum over splits of partial[split, i], in split order; `i` walks a contiguous
+    (D0, D1, D2, D3) index space and `out` is written through its own strides."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < numel
+    src = partial + i
+    total = tl.load(src, mask=ok, other=0.0)
+    for _ in range(1, splits):
+        src += numel  # the next split's partial
+        total += tl.load(src, mask=ok, other=0.0)
+    i3 = i % D3
+    i2 = (i // D3) % D2
+    i1 = (i // (D3 * D2)) % D1
+    i0 = i // (D3 * D2 * D1)
+    off = i0.to(tl.int64) * so_0 + i1.to(tl.int64) * so_1 + i2.to(tl.int64) * so_2 + i3.to(tl.int64) * so_3
+    tl.store(out + off, total.to(out.dtype.element_ty), mask=ok)
+
+
+_SUM_BLOCK = 1024
+
+# Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
+_TUNED = {
+    _conv2d_forward_kernel: triton.autotune(
+        FORWARD_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"]
+    )(_conv2d_forward_kernel),
+    _conv2d_backward_input_kernel: triton.autotune(
+        BACKWARD_INPUT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"]
+    )(_conv2d_backward_input_kernel),
+    _conv2d_backward_weight_kernel: triton.autotune(
+        BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"]
+    )(_conv2d_backward_weight_kernel),
+}
+
+
+def _launch(kernel, grid, args, config: triton.Config | None, default_configs, **constexprs):
+    """Runs `kernel` with `config`, or autotuned on a GPU, or with the first config in the
+    interpreter (where timing means nothing)."""
+    if config is None and not triton_interpreted():
+        _TUNED[kernel][grid](*args, **constexprs)
+        return
+    config = config or default_configs[0]
+    kernel[grid(config.kwargs)](*args, **constexprs, **config.kwargs,
+                                num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _check_device(*tensors):
+    for t in tensors:
+        if t.device.type != "cuda" and not (t.device.type == "cpu" and triton_interpreted()):
+            raise RuntimeError(
+                f"cnnkernels_triton: tensors must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {t.device}"
+            )
+
+
+def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], strides: list[int]) -> None:
+    numel = partial[0].numel()
+    grid = (triton.cdiv(numel, _SUM_BLOCK),)
+    _sum_partials_kernel[grid](partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides,
+                               BLOCK=_SUM_BLOCK)
+
+
+# ---- launchers -----------------------------------------------------------------------------
+
+
+def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
+    _check_device(input, weight)
+    N, C, H, W = input.shape
+    K, Cg, R, S = weight.shape
+    _, _, P, Q = shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
+    y = new_buffer(shape, input, memory_format=memory_format_of(input, weight))
+    if y.numel() == 0:
+        return y
+    Kg = K // groups
+
+    def grid(meta):
+        return (triton.cdiv(N * P * Q, meta["BLOCK_M"]), triton.cdiv(Kg, meta["BLOCK_N"]), groups)
+
+    args = (input, weight, bias if bias is not None else weight, y, N, H, W, P, Q, Cg, Kg,
+            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+            *input.stride(), *weight.stride(), *y.stride())
+    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, R=R, S=S, HAS_BIAS=bias is not None,
+            ACC=_acc_dtype(input.dtype), PRECISION=_precision(input.dtype), UPCAST=_upcast_dot(input.dtype))
+    return y
+
+
+def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
+    _check_device(grad_output, weight)
+    N, C, H, W = input_size
+    K, Cg, R, S = weight.shape
+    _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, weight))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    Kg = K // groups
+    sh, sw = stride
+    step_h = sh // _gcd(sh, dilation[0])
+    step_w = sw // _gcd(sw, dilation[1])
+    phase_pixels = N * triton.cdiv(H, sh) * triton.cdiv(W, sw)  # the largest phase
+
+    def grid(meta):
+        return (triton.cdiv(phase_pixels, meta["BLOCK_M"]), triton.cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
+
+    args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
+            dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
+    _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, R=R, S=S,
+            ACC=_acc_dtype(dx.dtype), PRECISION=_precision(dx.dtype), UPCAST=_upcast_dot(dx.dtype))
+    return dx
+
+
+def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
+    _check_device(grad_output, input)
+    N, C, H, W = input.shape
+    K, Cg, R, S = weight_size
+    _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
+    dw = new_buffer(list(weight_size), grad_output, memory_format=memory_format_of(grad_output, input))
+    if dw.numel() == 0:
+        return dw
+    if grad_output.numel() == 0:
+        return dw.zero_()
+    Kg = K // groups
+    # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
+    tiles = triton.cdiv(Kg, 64) * triton.cdiv(Cg, 64) * groups * R * S
+    splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
+    acc_dtype = torch.float64 if dw.dtype == torch.float64 else torch.float32
+    partial = new_buffer([splits, K, Cg, R, S], grad_output, dtype=acc_dtype)
+
+    def grid(meta):
+        return (triton.cdiv(Kg, meta["BLOCK_K"]) * triton.cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
+
+    args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
+            padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
+    _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS, R=R, S=S,
+            ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype), UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
+    _sum_partials(partial, dw, [K, Cg, R, S], list(dw.stride()))
+    return dw
+
+
+def conv2d_backward_bias(grad_output):
+    _check_device(grad_output)
+    N, K, P, Q = grad_output.shape
+    db = new_buffer([K], grad_output)
+    if db.numel() == 0:
+        return db
+    if grad_output.numel() == 0:
+        return db.zero_()
+    splits, chunk = _split(N * P * Q, triton.cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
+    acc_dtype = torch.float64 if db.dtype == torch.float64 else torch.float32
+    partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
+    _bias_grad_kernel[(triton.cdiv(K, BIAS_BLOCK_K), splits)](
+        grad_output, partial, N, K, P, Q, chunk, *grad_output.stride(),
+        ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
+    _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])
+    return db
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+# ---- operators -----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("cnnkernels_triton::conv2d", mutates_args=())
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
+           padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    """Same contract as torch.ops.cnnkernels.conv2d (csrc/ops.cpp)."""
+    return conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("cnnkernels_triton::conv2d_backward_input", mutates_args=())
+def conv2d_backward_input_op(grad_output: torch.Tensor, weight: torch.Tensor, input_size: list[int],
+                             stride: list[int], padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    return conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("cnnkernels_triton::conv2d_backward_weight", mutates_args=())
+def conv2d_backward_weight_op(grad_output: torch.Tensor, input: torch.Tensor, weight_size: list[int],
+                              stride: list[int], padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    return conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("cnnkernels_triton::conv2d_backward_bias", mutates_args=())
+def conv2d_backward_bias_op(grad_output: torch.Tensor) -> torch.Tensor:
+    return conv2d_backward_bias(grad_output)

@@ -1,0 +1,132 @@
+"""The Triton conv2d operators beyond the shared grid of test_conv.py: every tuning
+configuration, opcheck, torch.compile, determinism. On CPU tensors in Triton's interpreter
+where there is no GPU, on CUDA tensors where there is one."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cnnkernels
+from cnnkernels.backend import triton_interpreted
+from cnnkernels.ops import conv as conv_ops
+
+if "triton" not in conv_ops.IMPLEMENTED:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+from cnnkernels.triton import conv as T  # noqa: E402
+
+DEVICE = "cpu" if triton_interpreted() else "cuda"
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("the triton backend needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+# A problem that exercises the edges of every tile: groups, stride, dilation, asymmetric
+# padding, channel counts that fill no tile evenly.
+X_SHAPE, W_SHAPE = (3, 6, 11, 13), (10, 3, 3, 2)
+CONV = ([2, 1], [1, 2, 0, 1], [1, 2], 2)
+
+
+def _problem():
+    x = torch.randn(X_SHAPE, device=DEVICE)
+    w = torch.randn(W_SHAPE, device=DEVICE)
+    y_shape = torch.ops.cnnkernels.conv2d(x.cpu(), w.cpu(), None, *CONV).shape
+    return x, w, torch.randn(y_shape, device=DEVICE)
+
+
+def _reference(x, w, g):
+    """Our float64 CPU operators, which test_conv.py checks against torch on every argument
+    (torch itself has no asymmetric padding to compare with directly)."""
+    ops = torch.ops.cnnkernels
+    xd, wd, gd = (t.cpu().double() for t in (x, w, g))
+    return (ops.conv2d(xd, wd, None, *CONV), ops.conv2d_backward_input(gd, wd, list(x.shape), *CONV),
+            ops.conv2d_backward_weight(gd, xd, list(w.shape), *CONV))
+
+
+@pytest.mark.parametrize("index", range(len(T.FORWARD_CONFIGS)))
+def test_every_forward_config(index):
+    x, w, g = _problem()
+    ref = _reference(x, w, g)[0]
+    out = T.conv2d_forward(x, w, None, *CONV, config=T.FORWARD_CONFIGS[index])
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("index", range(len(T.BACKWARD_INPUT_CONFIGS)))
+def test_every_backward_input_config(index):
+    x, w, g = _problem()
+    ref = _reference(x, w, g)[1]
+    out = T.conv2d_backward_input(g, w, list(x.shape), *CONV, config=T.BACKWARD_INPUT_CONFIGS[index])
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("index", range(len(T.BACKWARD_WEIGHT_CONFIGS)))
+def test_every_backward_weight_config(index):
+    x, w, g = _problem()
+    ref = _reference(x, w, g)[2]
+    out = T.conv2d_backward_weight(g, x, list(w.shape), *CONV, config=T.BACKWARD_WEIGHT_CONFIGS[index])
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-3)
+
+
+def test_opcheck():
+    x, w, g = _problem()
+    b = torch.randn(W_SHAPE[0], device=DEVICE)
+    args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *CONV)
+    torch.library.opcheck(T.conv2d, args)
+    torch.library.opcheck(T.conv2d_backward_input_op, (g, w.detach(), list(x.shape), *CONV))
+    torch.library.opcheck(T.conv2d_backward_weight_op, (g, x.detach(), list(w.shape), *CONV))
+    torch.library.opcheck(T.conv2d_backward_bias_op, (g,))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(
+        cnnkernels.nn.Conv2d(3, 8, 3, padding=1, backend="triton"),
+        torch.nn.ReLU(),
+        cnnkernels.nn.Conv2d(8, 4, 3, stride=2, groups=2, backend="triton"),
+    ).to(DEVICE)
+    x = torch.randn(2, 3, 10, 10, device=DEVICE)
+    out = torch.compile(net, fullgraph=True)(x)
+    ref = net(x)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    torch.testing.assert_close(grads, ref_grads)
+
+
+def test_weight_and_bias_gradients_are_deterministic():
+    x = torch.randn(4, 8, 24, 24, device=DEVICE)
+    g = torch.randn(4, 8, 24, 24, device=DEVICE)
+    conv = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    first_w = T.conv2d_backward_weight(g, x, [8, 8, 3, 3], *conv)
+    first_b = T.conv2d_backward_bias(g)
+    for _ in range(2):
+        assert torch.equal(T.conv2d_backward_weight(g, x, [8, 8, 3, 3], *conv), first_w)
+        assert torch.equal(T.conv2d_backward_bias(g), first_b)
+    torch.testing.assert_close(first_b, g.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-4)
+
+
+def test_reduction_split_covers_the_pixels_in_whole_blocks():
+    splits, chunk = T._split(1 << 20, 1, T.WEIGHT_REDUCTION_BLOCK)
+    assert splits > 1 and chunk % T.WEIGHT_REDUCTION_BLOCK == 0 and splits * chunk >= 1 << 20
+    splits, chunk = T._split(100, 10_000, T.WEIGHT_REDUCTION_BLOCK)
+    assert splits == 1 and chunk >= 100 and chunk % T.WEIGHT_REDUCTION_BLOCK == 0
+
+
+def test_refuses_tensors_it_cannot_run_on():
+    if DEVICE == "cpu":
+        x = torch.randn(1, 2, 5, 5, device="meta")
+        with pytest.raises(RuntimeError, match="CUDA device"):
+            T.conv2d_forward(x, torch.randn(2, 2, 3, 3, device="meta"), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)
+    else:
+        with pytest.raises(RuntimeError, match="CUDA device"):
+            T.conv2d_forward(torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)
+
+
+def test_matches_torch_on_a_strided_channels_last_layer():
+    x = torch.randn(2, 16, 15, 15, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 16, 3, 3, device=DEVICE)
+    b = torch.randn(24, device=DEVICE)
+    out = cnnkernels.functional.conv2d(x, w, b, stride=2, padding=1, backend="triton")
+    ref = TF.conv2d(x, w, b, stride=2, padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-3 if DEVICE == "cpu" else 3e-2  # on a GPU both sides use TF32 by default
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
