@@ -3,14 +3,36 @@ from __future__ import annotations
 
 import os
 import re
+from typing import NamedTuple
 
 import pytest
 import torch
 
 from cnnkernels.ops import conv as _conv_ops
 
-# Backends that run on CPU tensors in this process: cpu, and triton in the interpreter.
-CPU_BACKENDS = [b for b in _conv_ops.IMPLEMENTED if b == "cpu" or (b == "triton" and os.environ.get("TRITON_INTERPRET") == "1")]
+class Target(NamedTuple):
+    """A backend and the device its tensors live on."""
+
+    backend: str
+    device: str
+
+
+def _targets():
+    """Every (backend, device) this process can test: cpu; triton on CPU tensors in Triton's
+    interpreter; cuda and triton on CUDA tensors where a GPU is present (marker `cuda`)."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    targets = [pytest.param(Target("cpu", "cpu"), id="cpu")]
+    if "triton" in _conv_ops.IMPLEMENTED and interpreted:
+        targets.append(pytest.param(Target("triton", "cpu"), id="triton-interpreter"))
+    if torch.cuda.is_available() and not interpreted:
+        for backend in ("cuda", "triton"):
+            if backend in _conv_ops.IMPLEMENTED:
+                targets.append(pytest.param(Target(backend, "cuda"), id=f"{backend}-gpu", marks=pytest.mark.cuda))
+    return targets
+
+
+TARGETS = _targets()
+
 
 # (rtol, atol) of our result against torch's on the same inputs, per dtype. fp16/bf16 are
 # compared against torch in fp32 on the same (rounded) inputs: our kernels accumulate in fp32

@@ -1,6 +1,7 @@
-"""conv2d against torch.nn.functional.conv2d and torch.autograd, on every backend that runs on
-CPU tensors here: cpu, and triton in Triton's interpreter (TRITON_INTERPRET=1, set by conftest
-when there is no GPU)."""
+"""conv2d against torch.nn.functional.conv2d and torch.autograd, on every backend testable here
+(helpers.TARGETS): cpu; triton in Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, set
+by conftest when there is no GPU); cuda and triton on a GPU. The reference is always torch on
+the CPU, in the same dtype (fp32 for fp16/bf16 inputs)."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +13,7 @@ import torch.nn.functional as TF
 
 import cnnkernels
 import cnnkernels.functional as F
-from helpers import CPU_BACKENDS, assert_close, message_names, raises_like_torch, same_layout
+from helpers import TARGETS, assert_close, message_names, raises_like_torch, same_layout
 
 CL = torch.channels_last
 
@@ -26,18 +27,20 @@ def _run(conv, x, w, b, grad, **kwargs):
     return out, grads
 
 
-@pytest.fixture(params=CPU_BACKENDS)
-def backend(request):
+@pytest.fixture(params=TARGETS)
+def target(request):
     return request.param
 
 
-def check_against_torch(x, w, b, dtype, backend, **kwargs):
+def check_against_torch(x, w, b, dtype, target, **kwargs):
     """Forward value and layout, and every gradient, against torch on the same inputs."""
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     with torch.no_grad():
         ref_out = TF.conv2d(x.to(ref_dtype), w.to(ref_dtype), None if b is None else b.to(ref_dtype), **kwargs)
     grad = torch.randn(ref_out.shape, dtype=dtype)
-    out, grads = _run(functools.partial(F.conv2d, backend=backend), x, w, b, grad, **kwargs)
+    on_device = [None if t is None else t.to(target.device) for t in (x, w, b, grad)]
+    out, grads = _run(functools.partial(F.conv2d, backend=target.backend), *on_device, **kwargs)
+    out, grads = out.cpu(), [g.cpu() for g in grads]
     ref_out, ref_grads = _run(TF.conv2d, x.to(ref_dtype), w.to(ref_dtype), None if b is None else b.to(ref_dtype),
                               grad.to(ref_dtype), **kwargs)
     # Gradients sum over many products: scale the absolute tolerance with the reduction length.
@@ -77,27 +80,30 @@ def _inputs(kernel, groups, bias, dtype, batch=2, in_ch=4, out_ch=6, size=(9, 11
 
 
 # float64 is a CPU dtype (and gradcheck's); the GPU backends cover float32, float16, bfloat16.
-BACKEND_DTYPES = [(b, d) for b in CPU_BACKENDS for d in (torch.float64, torch.float32) if b == "cpu" or d != torch.float64]
+TARGET_DTYPES = [
+    pytest.param(t.values[0], d, marks=t.marks, id=f"{t.id}-{str(d).replace('torch.', '')}")
+    for t in TARGETS for d in (torch.float64, torch.float32) if t.values[0].backend == "cpu" or d != torch.float64
+]
 
 
-@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("target, dtype", TARGET_DTYPES)
 @pytest.mark.parametrize("case", GRID, ids=_grid_id)
-def test_grid_nchw(case, dtype, backend):
+def test_grid_nchw(case, dtype, target):
     kernel, stride, padding, dilation, groups, bias = case
     x, w, b = _inputs(kernel, groups, bias, dtype)
-    check_against_torch(x, w, b, dtype, backend=backend, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    check_against_torch(x, w, b, dtype, target=target, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 @pytest.mark.parametrize("layout", ["input_cl", "weight_cl", "both_cl"])
 @pytest.mark.parametrize("case", GRID[::5], ids=_grid_id)
-def test_grid_channels_last(case, layout, backend):
+def test_grid_channels_last(case, layout, target):
     kernel, stride, padding, dilation, groups, bias = case
     x, w, b = _inputs(kernel, groups, bias, torch.float32)
     if layout in ("input_cl", "both_cl"):
         x = x.contiguous(memory_format=CL)
     if layout in ("weight_cl", "both_cl"):
         w = w.contiguous(memory_format=CL)
-    check_against_torch(x, w, b, torch.float32, backend=backend, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    check_against_torch(x, w, b, torch.float32, target=target, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 @pytest.mark.parametrize(
@@ -117,49 +123,56 @@ def test_grid_channels_last(case, layout, backend):
     ],
 )
 @pytest.mark.parametrize("bias", [True, False])
-def test_odd_shapes(shape, bias, backend):
+def test_odd_shapes(shape, bias, target):
     n, c, h, w, k, kernel, stride, padding, dilation, groups = shape
     x, wt, b = _inputs(kernel, groups, bias, torch.float64, batch=n, in_ch=c, out_ch=k, size=(h, w))
-    check_against_torch(x, wt, b, torch.float64, backend=backend, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    check_against_torch(x, wt, b, torch.float64, target=target, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_half_precision(dtype, channels_last, backend):
+def test_half_precision(dtype, channels_last, target):
     x, w, b = _inputs((3, 3), 1, True, dtype, batch=2, in_ch=8, out_ch=8, size=(10, 10))
     if channels_last:
         x = x.contiguous(memory_format=CL)
-    check_against_torch(x, w, b, dtype, backend=backend, stride=2, padding=1)
+    check_against_torch(x, w, b, dtype, target=target, stride=2, padding=1)
 
 
-def test_unbatched_input(backend):
+def test_unbatched_input(target):
     x, w, b = _inputs((3, 3), 1, True, torch.float64, batch=1)
-    check_against_torch(x[0], w, b, torch.float64, backend=backend, padding=1, stride=2)
+    check_against_torch(x[0], w, b, torch.float64, target=target, padding=1, stride=2)
 
 
-def test_resnet_sized_layer(backend):
+def test_resnet_sized_layer(target):
     x, w, b = _inputs((3, 3), 1, False, torch.float32, batch=2, in_ch=64, out_ch=64, size=(28, 28))
-    check_against_torch(x.contiguous(memory_format=CL), w, b, torch.float32, backend=backend, padding=1)
+    check_against_torch(x.contiguous(memory_format=CL), w, b, torch.float32, target=target, padding=1)
 
 
-def test_non_contiguous_arguments(backend):
+def test_non_contiguous_arguments(target):
     # Views with gaps, transposed weights and an expanded (stride-0) output gradient.
-    base = torch.randn(2, 8, 12, 14, dtype=torch.float64)
+    dtype = torch.float64 if target.backend == "cpu" else torch.float32
+    base = torch.randn(2, 8, 12, 14, dtype=dtype)
     x = base[:, 1::3, 1:, ::2]
-    w = torch.randn(3, 5, 4, 6, dtype=torch.float64).transpose(0, 1)
+    w = torch.randn(3, 5, 4, 6, dtype=dtype).transpose(0, 1)
     xr, wr = x.detach().requires_grad_(), w.detach().requires_grad_()
-    xo, wo = x.detach().requires_grad_(), w.detach().requires_grad_()
+    base_dev = base.to(target.device)
+    xo = base_dev[:, 1::3, 1:, ::2].detach().requires_grad_()
+    wo = w.to(target.device).detach().requires_grad_()
     ref = TF.conv2d(xr, wr, stride=2, padding=1)
-    out = F.conv2d(xo, wo, stride=2, padding=1, backend=backend)
-    torch.testing.assert_close(out, ref)
-    grad = torch.ones(1, dtype=torch.float64).expand_as(ref)
-    torch.testing.assert_close(torch.autograd.grad(out, (xo, wo), grad), torch.autograd.grad(ref, (xr, wr), grad))
+    out = F.conv2d(xo, wo, stride=2, padding=1, backend=target.backend)
+    assert_close(out.cpu(), ref, dtype)
+    grad = torch.ones(1, dtype=dtype, device=target.device).expand(ref.shape)
+    ours = torch.autograd.grad(out, (xo, wo), grad)
+    theirs = torch.autograd.grad(ref, (xr, wr), grad.cpu())
+    for a, b in zip(ours, theirs):
+        assert_close(a.cpu(), b, dtype, scale=4.0)
 
 
-def test_empty_batch(backend):
-    x, w, b = (torch.randn(0, 4, 9, 9), torch.randn(6, 4, 3, 3), torch.randn(6))
+def test_empty_batch(target):
+    x, w, b = (torch.randn(0, 4, 9, 9, device=target.device), torch.randn(6, 4, 3, 3, device=target.device),
+               torch.randn(6, device=target.device))
     leaves = [t.requires_grad_() for t in (x, w, b)]
-    out = F.conv2d(*leaves, backend=backend)
+    out = F.conv2d(*leaves, backend=target.backend)
     ref = TF.conv2d(*[t.detach() for t in (x, w, b)])
     assert out.shape == ref.shape
     grads = torch.autograd.grad(out.sum(), leaves)
@@ -169,12 +182,13 @@ def test_empty_batch(backend):
     torch.testing.assert_close(grads[2], torch.zeros_like(b))
 
 
-def test_zero_input_channels(backend):
+def test_zero_input_channels(target):
     # A sum over no input channels: the output is the bias, broadcast. (torch returns an empty
     # (N, 0, P, Q) tensor here whatever the weight's K; we return the mathematical result.)
-    x, w, b = (torch.randn(2, 0, 9, 9), torch.randn(6, 0, 3, 3), torch.randn(6))
+    x, w, b = (torch.randn(2, 0, 9, 9, device=target.device), torch.randn(6, 0, 3, 3, device=target.device),
+               torch.randn(6, device=target.device))
     leaves = [t.requires_grad_() for t in (x, w, b)]
-    out = F.conv2d(*leaves, backend=backend)
+    out = F.conv2d(*leaves, backend=target.backend)
     torch.testing.assert_close(out, b.detach().view(1, 6, 1, 1).expand(2, 6, 7, 7))
     grads = torch.autograd.grad(out.sum(), leaves)
     assert grads[0].shape == x.shape and grads[1].shape == w.shape
@@ -192,15 +206,16 @@ GRADCHECK_CASES = [
 
 
 @pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
-def test_gradcheck(kwargs, backend):
+def test_gradcheck(kwargs, target):
     groups = kwargs["groups"]
-    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    dev = target.device
+    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, device=dev, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=dev, requires_grad=True)
     # In Triton's interpreter every call costs a fraction of a second: there, gradcheck's fast
     # mode (random projections of the Jacobian instead of every column).
-    fast = backend == "triton"
-    assert torch.autograd.gradcheck(lambda x, w, b: F.conv2d(x, w, b, backend=backend, **kwargs), (x, w, b),
+    fast = target == ("triton", "cpu")
+    assert torch.autograd.gradcheck(lambda x, w, b: F.conv2d(x, w, b, backend=target.backend, **kwargs), (x, w, b),
                                     fast_mode=fast)
 
 

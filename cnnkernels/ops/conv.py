@@ -46,6 +46,8 @@ class Conv2dOps(NamedTuple):
 _CPP = Conv2dOps(torch.ops.cnnkernels.conv2d.default, torch.ops.cnnkernels.conv2d_backward_input.default,
                  torch.ops.cnnkernels.conv2d_backward_weight.default, torch.ops.cnnkernels.conv2d_backward_bias.default)
 BACKEND_OPS: dict[str, Conv2dOps] = {"cpu": _CPP}
+if _extension.has_cuda():
+    BACKEND_OPS["cuda"] = _CPP
 if _triton_conv is not None:
     BACKEND_OPS["triton"] = Conv2dOps(_triton_conv.conv2d, _triton_conv.conv2d_backward_input_op,
                                       _triton_conv.conv2d_backward_weight_op, _triton_conv.conv2d_backward_bias_op)

@@ -72,6 +72,11 @@ BIAS_BLOCK_M = 64
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
+def _index_dtype(*counts: int):
+    """Pixel indices in int32 unless a count of pixels (or elements) can pass 2^31."""
+    return tl.int64 if max(counts) >= 2**31 - 1 else tl.int32
+
+
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -114,14 +119,14 @@ def _conv2d_forward_kernel(
     N, H, W, P, Q, Cg, Kg,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sx_n, sx_c, sx_h, sx_w, sw_k, sw_c, sw_r, sw_s, sy_n, sy_k, sy_p, sy_q,
-    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     g = tl.program_id(2)
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
+    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
     k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
-    m_ok = m < N * P * Q
+    m_ok = m < N.to(INDEX) * P * Q
     k_ok = k < Kg
     q = m % Q
     p = (m // Q) % P
@@ -170,7 +175,7 @@ def _conv2d_backward_input_kernel(
     N, H, W, P, Q, Cg, Kg,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
     sd_n, sd_k, sd_p, sd_q, sw_k, sw_c, sw_r, sw_s, sx_n, sx_c, sx_h, sx_w,
-    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     z = tl.program_id(2)
@@ -186,9 +191,9 @@ def _conv2d_backward_input_kernel(
     Hd = tl.maximum(Hp, 1)
     Wd = tl.maximum(Wp, 1)
 
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
+    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
     c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
-    m_ok = m < N * Hp * Wp
+    m_ok = m < N.to(INDEX) * Hp * Wp
     c_ok = c < Cg
     ih = ih0 + ((m // Wd) % Hd) * stride_h
     iw = iw0 + (m % Wd) * stride_w
@@ -224,7 +229,7 @@ def _conv2d_backward_weight_kernel(
     N, H, W, P, Q, Cg, Kg, K, chunk,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w,
-    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     tiles_c = tl.cdiv(Cg, BLOCK_N)
@@ -234,12 +239,12 @@ def _conv2d_backward_weight_kernel(
     s = z % S
     r = (z // S) % R
     g = z // (S * R)
-    split = tl.program_id(2)
+    split = tl.program_id(2).to(INDEX)
     k_ok = k < Kg
     c_ok = c < Cg
     dy_k = dy + (g * Kg + k).to(tl.int64) * sd_k
     x_c = x + (g * Cg + c).to(tl.int64) * sx_c
-    M = N * P * Q
+    M = N.to(INDEX) * P * Q
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
 
@@ -267,12 +272,12 @@ def _conv2d_backward_weight_kernel(
 def _bias_grad_kernel(
     dy, partial, N, K, P, Q, chunk,
     sd_n, sd_k, sd_p, sd_q,
-    ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    split = tl.program_id(1)
+    split = tl.program_id(1).to(INDEX)
     k_ok = k < K
-    M = N * P * Q
+    M = N.to(INDEX) * P * Q
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
@@ -369,6 +374,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
             *input.stride(), *weight.stride(), *y.stride())
     _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, R=R, S=S, HAS_BIAS=bias is not None,
+            INDEX=_index_dtype(input.numel(), y.numel()),
             ACC=_acc_dtype(input.dtype), PRECISION=_precision(input.dtype), UPCAST=_upcast_dot(input.dtype))
     return y
 
@@ -395,6 +401,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
             dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
     _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, R=R, S=S,
+            INDEX=_index_dtype(dx.numel(), grad_output.numel()),
             ACC=_acc_dtype(dx.dtype), PRECISION=_precision(dx.dtype), UPCAST=_upcast_dot(dx.dtype))
     return dx
 
@@ -422,6 +429,7 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
     args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
             padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
     _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS, R=R, S=S,
+            INDEX=_index_dtype(input.numel(), grad_output.numel()),
             ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype), UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
     _sum_partials(partial, dw, [K, Cg, R, S], list(dw.stride()))
     return dw
@@ -440,7 +448,7 @@ def conv2d_backward_bias(grad_output):
     partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
     _bias_grad_kernel[(triton.cdiv(K, BIAS_BLOCK_K), splits)](
         grad_output, partial, N, K, P, Q, chunk, *grad_output.stride(),
-        ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
+        INDEX=_index_dtype(grad_output.numel()), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
     _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])
     return db
 

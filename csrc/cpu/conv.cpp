@@ -290,14 +290,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const c10::
                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "cnnkernels::conv2d";
   check_floating(op, input);
-  check_same_dtype_device(op, input, "input", weight, "weight");
-  if (bias.has_value()) {
-    check_same_dtype_device(op, input, "input", *bias, "bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": given weight of size ",
-                weight.sizes(), ", expected bias to be 1-dimensional with ", weight.size(0),
-                " elements, but got bias of size ", bias->sizes(), " instead");
-  }
-  const Conv2dParams p = make_conv2d_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  const Conv2dParams p = check_conv2d_forward(op, input, weight, bias, stride, padding, dilation, groups);
   at::Tensor out = new_buffer({p.batch, p.out_channels, p.out_h, p.out_w}, input.options(),
                               conv2d_memory_format(input, weight));
   if (out.numel() == 0) return out;
@@ -313,9 +306,7 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "cnnkernels::conv2d_backward_input";
   check_floating(op, grad_output);
-  check_same_dtype_device(op, grad_output, "grad_output", weight, "weight");
-  const Conv2dParams p = make_conv2d_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
-  check_grad_output(op, grad_output, p);
+  const Conv2dParams p = check_conv2d_backward_input(op, grad_output, weight, input_size, stride, padding, dilation, groups);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), conv2d_memory_format(grad_output, weight));
   if (dx.numel() == 0) return dx;
   const at::Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
@@ -330,9 +321,7 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "cnnkernels::conv2d_backward_weight";
   check_floating(op, grad_output);
-  check_same_dtype_device(op, grad_output, "grad_output", input, "input");
-  const Conv2dParams p = make_conv2d_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
-  check_grad_output(op, grad_output, p);
+  const Conv2dParams p = check_conv2d_backward_weight(op, grad_output, input, weight_size, stride, padding, dilation, groups);
   at::Tensor dw = new_buffer(weight_size, grad_output.options(), conv2d_memory_format(grad_output, input));
   if (dw.numel() == 0) return dw;
   if (grad_output.numel() == 0) return dw.zero_();  // nothing to reduce over: the gradient is zero

@@ -1,6 +1,6 @@
-// conv2d on CUDA, host side: argument checks, allocation, device guard, current stream.
-// The kernels live in conv_kernel.cu. So far this backend provides the bias gradient; the
-// convolution kernels themselves are tracked by the GPU-backends issue.
+// conv2d on CUDA, host side: argument checks, allocation, device guard, current stream; the
+// kernels are in conv_kernel.cu. Tensors are passed by pointer and element strides, so any
+// layout works (NCHW, channels_last, expanded or transposed gradients).
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -8,10 +8,101 @@
 
 #include "conv_kernel.h"
 #include "host/alloc.h"
+#include "host/conv.h"
 #include "host/cuda.h"
 
 namespace cnnkernels {
 namespace {
+
+void copy_strides(const at::Tensor& t, int64_t (&out)[4]) {
+  for (int d = 0; d < 4; ++d) out[d] = t.stride(d);
+}
+
+at::ScalarType accumulator_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d";
+  const DType dtype = kernel_dtype(op, input);
+  const Conv2dParams p = check_conv2d_forward(op, input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = new_buffer({p.batch, p.out_channels, p.out_h, p.out_w}, input.options(),
+                              conv2d_memory_format(input, weight));
+  if (out.numel() == 0) return out;
+  Conv2dTensors t;
+  t.input = const_cast<void*>(input.const_data_ptr());
+  copy_strides(input, t.input_stride);
+  t.weight = const_cast<void*>(weight.const_data_ptr());
+  copy_strides(weight, t.weight_stride);
+  t.output = out.mutable_data_ptr();
+  copy_strides(out, t.output_stride);
+  // A bias is read with unit stride.
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  t.bias = b.defined() ? b.const_data_ptr() : nullptr;
+  check_launch(op, launch_conv2d_forward(dtype, p, t, current_stream()));
+  return out;
+}
+
+at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
+                                      at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d_backward_input";
+  const DType dtype = kernel_dtype(op, grad_output);
+  const Conv2dParams p =
+      check_conv2d_backward_input(op, grad_output, weight, input_size, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  at::Tensor dx = new_buffer(input_size, grad_output.options(), conv2d_memory_format(grad_output, weight));
+  if (dx.numel() == 0) return dx;
+  // Every element of dx is written: positions no tap reaches get an empty sum, 0.
+  Conv2dTensors t;
+  t.input = dx.mutable_data_ptr();
+  copy_strides(dx, t.input_stride);
+  t.weight = const_cast<void*>(weight.const_data_ptr());
+  copy_strides(weight, t.weight_stride);
+  t.output = const_cast<void*>(grad_output.const_data_ptr());
+  copy_strides(grad_output, t.output_stride);
+  check_launch(op, launch_conv2d_backward_input(dtype, p, t, current_stream()));
+  return dx;
+}
+
+at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                       at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "cnnkernels::conv2d_backward_weight";
+  const DType dtype = kernel_dtype(op, grad_output);
+  const Conv2dParams p =
+      check_conv2d_backward_weight(op, grad_output, input, weight_size, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  at::Tensor dw = new_buffer(weight_size, grad_output.options(), conv2d_memory_format(grad_output, input));
+  if (dw.numel() == 0) return dw;
+  if (grad_output.numel() == 0) return dw.zero_();
+  // Split count from the shape alone (tiles of the nominal size), never from the device.
+  const int64_t pixels = p.batch * p.out_h * p.out_w;
+  const int64_t tiles = ceil_div(p.out_per_group(), kGemmTileRows) * ceil_div(p.in_per_group(), kGemmTileCols) *
+                        p.groups * p.kernel_h * p.kernel_w;
+  const int64_t splits = reduction_splits(pixels, tiles);
+  const int64_t chunk = ceil_div(pixels, splits);
+  const at::Tensor partials =
+      new_buffer({splits, dw.numel()}, grad_output.options().dtype(accumulator_type(grad_output)));
+  Conv2dTensors t;
+  t.input = const_cast<void*>(input.const_data_ptr());
+  copy_strides(input, t.input_stride);
+  t.output = const_cast<void*>(grad_output.const_data_ptr());
+  copy_strides(grad_output, t.output_stride);
+  t.partials = partials.mutable_data_ptr();
+  const cudaStream_t stream = current_stream();
+  check_launch(op, launch_conv2d_backward_weight(dtype, p, t, splits, chunk, stream));
+  const int64_t sizes[4] = {dw.size(0), dw.size(1), dw.size(2), dw.size(3)};
+  int64_t strides[4];
+  copy_strides(dw, strides);
+  check_launch(op, launch_sum_partials(dtype, partials.const_data_ptr(), splits, sizes, dw.mutable_data_ptr(),
+                                       strides, stream));
+  return dw;
+}
 
 at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output) {
   const char* op = "cnnkernels::conv2d_backward_bias";
@@ -32,19 +123,21 @@ at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output) {
   const int64_t stride_n = channels * pixels_per_image;
   const int64_t stride_k = channels_last ? 1 : pixels_per_image;
   const int64_t stride_pq = channels_last ? channels : 1;
-  const int64_t chunks = conv2d_bias_grad_chunks(grad.size(0) * pixels_per_image);
-  const auto acc_dtype = dtype == DType::Float64 ? at::kDouble : at::kFloat;
-  const at::Tensor partials = new_buffer({chunks, channels}, grad.options().dtype(acc_dtype));
+  const int64_t splits = reduction_splits(grad.size(0) * pixels_per_image, ceil_div<int64_t>(channels, 32));
+  const at::Tensor partials = new_buffer({splits, channels}, grad.options().dtype(accumulator_type(grad)));
   check_launch(op, launch_conv2d_backward_bias(dtype, grad.const_data_ptr(), grad.size(0), channels,
-                                               pixels_per_image, stride_n, stride_k, stride_pq, chunks,
+                                               pixels_per_image, stride_n, stride_k, stride_pq, splits,
                                                partials.mutable_data_ptr(), grad_bias.mutable_data_ptr(),
-                                               c10::cuda::getCurrentCUDAStream().stream()));
+                                               current_stream()));
   return grad_bias;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);
   m.impl("conv2d_backward_bias", &conv2d_backward_bias_cuda);
 }
 

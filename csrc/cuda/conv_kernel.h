@@ -7,25 +7,62 @@
 #include <cstdint>
 
 #include "cnnkernels/common.h"
+#include "cnnkernels/conv.h"
 
 namespace cnnkernels {
 
-// Pixels (elements of N*P*Q) summed by one block of the bias-gradient reduction. The number of
-// partials depends only on the problem size, so the result is reproducible run to run.
-constexpr int64_t kBiasGradChunk = 2048;
-constexpr int64_t kBiasGradMaxChunks = 1024;
+// Pointers and element strides of one conv2d call. Which tensors are read and which written
+// depends on the operator: forward reads input/weight/bias and writes output; backward-input
+// reads output (= grad_output) and weight and writes input (= grad_input); backward-weight
+// reads output (= grad_output) and input and writes fp32/fp64 partial sums.
+struct Conv2dTensors {
+  void* input = nullptr;  // (N, C, H, W)
+  int64_t input_stride[4] = {};
+  void* weight = nullptr;  // (K, C/groups, R, S)
+  int64_t weight_stride[4] = {};
+  void* output = nullptr;  // (N, K, P, Q)
+  int64_t output_stride[4] = {};
+  const void* bias = nullptr;  // (K,), forward only; may be null
+  void* partials = nullptr;    // backward-weight: [splits][K][C/groups][R][S] accumulator type
+};
 
-inline int64_t conv2d_bias_grad_chunks(int64_t pixels) {
-  const int64_t chunks = (pixels + kBiasGradChunk - 1) / kBiasGradChunk;
-  return chunks < 1 ? 1 : (chunks > kBiasGradMaxChunks ? kBiasGradMaxChunks : chunks);
+// The N*P*Q reductions (weight and bias gradients) are split into chunks of whole pixels
+// whose count depends only on the problem size, and the partial sums are added in chunk
+// order: the result is reproducible run to run.
+constexpr int64_t kReductionTargetBlocks = 512;
+constexpr int64_t kReductionMinPixels = 1024;
+constexpr int64_t kReductionMaxSplits = 1024;
+
+inline int64_t reduction_splits(int64_t pixels, int64_t blocks_per_split) {
+  int64_t splits = (kReductionTargetBlocks + blocks_per_split - 1) / blocks_per_split;
+  const int64_t by_work = (pixels + kReductionMinPixels - 1) / kReductionMinPixels;
+  if (splits > by_work) splits = by_work;
+  if (splits > kReductionMaxSplits) splits = kReductionMaxSplits;
+  return splits < 1 ? 1 : splits;
 }
 
-// grad_output viewed as (N, K, P*Q) with element strides (stride_n, stride_k, stride_pq).
-// `partials` holds chunks*K accumulator-type elements (fp64 for fp64, else fp32); `grad_bias`
-// receives K elements of `dtype`. Returns the launch status.
+// Output tiles of the implicit-GEMM kernels (rows x columns); the host sizes grids with them.
+constexpr int64_t kGemmTileRows = 64;
+constexpr int64_t kGemmTileCols = 64;
+
+cudaError_t launch_conv2d_forward(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
+                                  cudaStream_t stream);
+cudaError_t launch_conv2d_backward_input(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
+                                         cudaStream_t stream);
+// Writes `splits` partial sums over consecutive chunks of `chunk` pixels into t.partials.
+cudaError_t launch_conv2d_backward_weight(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
+                                          int64_t splits, int64_t chunk, cudaStream_t stream);
+
+// grad_output viewed as (N, K, P*Q) with element strides (stride_n, stride_k, stride_pq);
+// `partials` holds splits*K accumulator-type elements.
 cudaError_t launch_conv2d_backward_bias(DType dtype, const void* grad_output, int64_t batch,
                                         int64_t channels, int64_t pixels_per_image, int64_t stride_n,
-                                        int64_t stride_k, int64_t stride_pq, int64_t chunks,
+                                        int64_t stride_k, int64_t stride_pq, int64_t splits,
                                         void* partials, void* grad_bias, cudaStream_t stream);
+
+// out[i0,i1,i2,i3] = sum over s of partials[s][i0][i1][i2][i3], in s order, converted to
+// `dtype` and written through out's strides. `partials` is accumulator-typed.
+cudaError_t launch_sum_partials(DType dtype, const void* partials, int64_t splits, const int64_t sizes[4],
+                                void* out, const int64_t out_stride[4], cudaStream_t stream);
 
 }  // namespace cnnkernels

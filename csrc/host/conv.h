@@ -89,4 +89,38 @@ inline void check_grad_output(const char* op, const at::Tensor& grad_output, con
               p.out_h, ", ", p.out_w, "], got ", grad_output.sizes());
 }
 
+// The checks every backend runs on its operator's arguments (its own dtype support aside).
+inline Conv2dParams check_conv2d_forward(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                                         const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_same_dtype_device(op, input, "input", weight, "weight");
+  if (bias.has_value()) {
+    check_same_dtype_device(op, input, "input", *bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": given weight of size ",
+                weight.sizes(), ", expected bias to be 1-dimensional with ", weight.size(0),
+                " elements, but got bias of size ", bias->sizes(), " instead");
+  }
+  return make_conv2d_params(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+}
+
+inline Conv2dParams check_conv2d_backward_input(const char* op, const at::Tensor& grad_output,
+                                                const at::Tensor& weight, at::IntArrayRef input_size,
+                                                at::IntArrayRef stride, at::IntArrayRef padding,
+                                                at::IntArrayRef dilation, int64_t groups) {
+  check_same_dtype_device(op, grad_output, "grad_output", weight, "weight");
+  const Conv2dParams p = make_conv2d_params(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_grad_output(op, grad_output, p);
+  return p;
+}
+
+inline Conv2dParams check_conv2d_backward_weight(const char* op, const at::Tensor& grad_output,
+                                                 const at::Tensor& input, at::IntArrayRef weight_size,
+                                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                                 at::IntArrayRef dilation, int64_t groups) {
+  check_same_dtype_device(op, grad_output, "grad_output", input, "input");
+  const Conv2dParams p = make_conv2d_params(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output(op, grad_output, p);
+  return p;
+}
+
 }  // namespace cnnkernels

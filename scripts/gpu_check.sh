@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Everything worth running on a GPU machine, in one call: report the machine, build the
+# extension with its CUDA kernels, run the whole test suite (GPU tests included), then every
+# benchmarks/bench_*.py. Logs, JUnit XML, JSON and Markdown all go to OUT_DIR, named by device,
+# so that one call brings back the complete picture.
+#
+#   scripts/gpu_check.sh [OUT_DIR]          (default: benchmarks/results/)
+#
+# Made for the lent GPU machine: torch and triton preinstalled, no network. So it builds with
+# the python on PATH (no venv), without build isolation, dependency resolution or index access.
+# Every step runs even when an earlier one failed (a failing test should not cost the
+# benchmarks); the exit status is non-zero if any step failed.
+#
+# Environment:
+#   BENCH_ARGS  arguments for every benchmark (default "--max-minutes 8", which keeps the whole
+#               script near 15 minutes on an H100; set it empty for no limit, or e.g. "--quick")
+#   PYTHON      the interpreter (default: python)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR=${1:-benchmarks/results}
+PYTHON=${PYTHON:-python}
+BENCH_ARGS=${BENCH_ARGS---max-minutes 8}
+mkdir -p "$OUT_DIR"
+# Output lines reach the logs in the order they were printed.
+export PYTHONUNBUFFERED=1
+
+# The name result files carry (e.g. nvidia-h100-80gb-hbm3); benchmarks/harness.py needs only torch.
+DEVICE=$("$PYTHON" -c 'from benchmarks.harness import device_name; print(device_name())') || DEVICE=unknown-device
+
+failed=()
+summary=()
+
+# step NAME LOG COMMAND...: runs COMMAND, its output shown and saved to LOG; records the outcome.
+step() {
+    local name=$1 log=$2 start=$SECONDS outcome=ok
+    shift 2
+    echo "=== $name ($(date -u '+%Y-%m-%d %H:%M:%S') UTC) -> $log"
+    if ! "$@" 2>&1 | tee "$log"; then
+        outcome=FAILED
+        failed+=("$name")
+    fi
+    summary+=("$(printf '%-24s %6ds  %s' "$name" $((SECONDS - start)) "$outcome")")
+}
+
+environment() {
+    local rc=0
+    nvidia-smi || rc=1
+    "$PYTHON" --version || rc=1
+    "$PYTHON" -c 'import torch, triton
+print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| cuDNN", torch.backends.cudnn.version())
+print("triton", triton.__version__)
+print("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else None)' || rc=1
+    nvcc --version | tail -n 2 || rc=1
+    echo "cores: $(nproc)"
+    return $rc
+}
+
+build() {
+    # Only this machine's architecture (unless set): the one that runs here, at half the nvcc work
+    # of setup.py's default "8.0;9.0".
+    local arch
+    arch=$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())') || return 1
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} CNNKERNELS_CUDA=1 MAX_JOBS=$(nproc) \
+        "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -e . || return 1
+    "$PYTHON" -c 'import cnnkernels; print(cnnkernels.build_info())'
+}
+
+step environment "$OUT_DIR/$DEVICE-environment.log" environment
+step build "$OUT_DIR/$DEVICE-build.log" build
+step pytest "$OUT_DIR/$DEVICE-pytest.log" \
+    "$PYTHON" -m pytest -q -rs --junitxml="$OUT_DIR/$DEVICE-pytest.xml"
+shopt -s nullglob
+for bench in benchmarks/bench_*.py; do
+    name=$(basename "$bench" .py)
+    # BENCH_ARGS is a list of arguments: split on purpose.
+    # shellcheck disable=SC2086
+    step "$name" "$OUT_DIR/$DEVICE-$name.log" "$PYTHON" -m "benchmarks.$name" --out "$OUT_DIR" $BENCH_ARGS
+done
+
+echo "=== summary ($DEVICE, ${SECONDS}s in all)"
+printf '%s\n' "${summary[@]}" | tee "$OUT_DIR/$DEVICE-gpu_check-summary.txt"
+if ((${#failed[@]})); then
+    echo "failed: ${failed[*]}"
+    exit 1
+fi
