@@ -15,7 +15,9 @@ Per case: time (ms), TFLOP/s (2*N*K*P*Q*C*R*S flops for each of the three ops: t
 same GEMM volume), torch time / backend time, and the backend result's largest difference from
 torch's relative to torch's largest magnitude, so that a fast but wrong kernel shows. Summary:
 geometric means of torch/backend per (backend, op, dtype, batch), over all layers and per net.
-Results go to <out>/<device>-conv.json and .md, rewritten after every case.
+Results go to <out>/<device>-conv.json and .md, rewritten after every case. The exit status is 1
+when a measurement failed (other than out of memory or an op a backend does not implement), a
+result is suspect, or the GPU broke down; 0 otherwise, also when --max-minutes cut the run short.
 """
 from __future__ import annotations
 
@@ -119,6 +121,10 @@ GPU_BACKENDS = ("cuda", "triton")
 # keeps 8 significant bits, fp16 11, fp32 with TF32 11), well below a wrong result's O(1).
 SUSPECT_ERROR = {"bf16": 5e-2, "fp16": 1e-2, "fp32": 1e-2}
 
+# Errors that say what a backend lacks (a kernel not written yet, memory too small for the
+# shape) rather than that something is broken: shown, but not a failure of the run.
+EXPECTED_ERRORS = ("OutOfMemoryError", "NotImplementedError")
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -213,21 +219,21 @@ class DeviceLost(RuntimeError):
 
 
 def _attempt(action: Callable[[], dict], device: torch.device) -> dict:
-    """action()'s fields, or {"error": ...} when it fails; raises DeviceLost when the failure
-    broke the device for everything after it."""
+    """action()'s fields, or {"error", "error_type"} when it fails; raises DeviceLost when the
+    failure broke the device for everything after it."""
     try:
         return action()
     except torch.cuda.OutOfMemoryError:
         pass  # the cache is emptied below, once the exception no longer holds the failed frames' tensors
     except Exception as e:  # a failing kernel is a result, not the end of the run
-        error = _error_text(e)
+        error = {"error": _error_text(e), "error_type": type(e).__name__}
         try:
             _sync(device)
         except Exception as sync_error:
-            raise DeviceLost(f"{error}; then synchronize failed: {_error_text(sync_error)}") from e
-        return {"error": error}
+            raise DeviceLost(f"{error['error']}; then synchronize failed: {_error_text(sync_error)}") from e
+        return error
     torch.cuda.empty_cache()
-    return {"error": "CUDA out of memory"}
+    return {"error": "CUDA out of memory", "error_type": "OutOfMemoryError"}
 
 
 def _inputs(layer: Layer, batch: int, dtype: torch.dtype, fmt_: torch.memory_format, device: torch.device):
@@ -363,7 +369,7 @@ def _rate_cell(r: dict, scale: float) -> str:
 
 def _time_cell(r: dict) -> str:
     if "error" in r:
-        return "OOM" if "out of memory" in r["error"] else "error"
+        return {"OutOfMemoryError": "OOM", "NotImplementedError": "n/a"}.get(r["error_type"], "error")
     return fmt(r.get("ms"), ".3f")
 
 
@@ -490,11 +496,12 @@ def main(argv: list[str] | None = None) -> int:
 
     text, (json_path, md_path) = save()
     print(f"\n{text}\n\nwrote {json_path} and {md_path}")
-    # Out-of-memory is a finding about the shape; any other failure is a bug to look at.
-    failures = [r for r in results if "error" in r and "out of memory" not in r["error"]]
-    if failures:
-        print(f"{len(failures)} measurements failed (see Errors above)", file=sys.stderr)
-    return 1 if failures or device_lost else 0
+    failures = sum("error" in r and r["error_type"] not in EXPECTED_ERRORS for r in results)
+    suspects = sum(bool(r.get("suspect")) for r in results)
+    if failures or suspects:
+        print(f"{failures} measurements failed (see Errors above), {suspects} results suspect (marked !)",
+              file=sys.stderr)
+    return 1 if failures or suspects or device_lost else 0
 
 
 if __name__ == "__main__":

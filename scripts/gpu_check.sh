@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_DIR=${1:-benchmarks/results}
 PYTHON=${PYTHON:-python}
-BENCH_ARGS=${BENCH_ARGS---max-minutes 8}
+BENCH_ARGS=${BENCH_ARGS-"--max-minutes 8"}
 mkdir -p "$OUT_DIR"
 # Output lines reach the logs in the order they were printed.
 export PYTHONUNBUFFERED=1

@@ -11,6 +11,9 @@ import torch  # noqa: E402
 # before triton is first imported (cnnkernels imports it).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU the Triton launchers would autotune every new shape of the grid; the tests run each
+# configuration explicitly instead (test_conv_triton.py), and one test switches tuning back on.
+os.environ.setdefault("CNNKERNELS_TRITON_AUTOTUNE", "0")
 
 
 def pytest_collection_modifyitems(config, items):

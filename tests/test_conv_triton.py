@@ -130,3 +130,20 @@ def test_matches_torch_on_a_strided_channels_last_layer():
     assert out.is_contiguous(memory_format=torch.channels_last)
     tol = 1e-3 if DEVICE == "cpu" else 3e-2  # on a GPU both sides use TF32 by default
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_autotuned_launch_matches_torch(monkeypatch):
+    monkeypatch.setenv("CNNKERNELS_TRITON_AUTOTUNE", "1")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        x = torch.randn(4, 32, 20, 20, device="cuda", requires_grad=True)
+        w = torch.randn(48, 32, 3, 3, device="cuda", requires_grad=True)
+        out = cnnkernels.functional.conv2d(x, w, stride=2, padding=1, backend="triton")
+        ref = TF.conv2d(x, w, stride=2, padding=1)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g),
+                                   rtol=1e-4, atol=1e-3)
+    finally:
+        torch.backends.cudnn.allow_tf32 = True

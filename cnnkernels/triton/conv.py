@@ -21,6 +21,8 @@ kernels and autograd are registered in cnnkernels.ops.conv, next to the C++ oper
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -68,8 +70,6 @@ TARGET_PROGRAMS = 512
 MIN_PIXELS_PER_SPLIT = 512
 BIAS_BLOCK_K = 32
 BIAS_BLOCK_M = 64
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _index_dtype(*counts: int):
@@ -328,10 +328,16 @@ _TUNED = {
 }
 
 
+def _autotune() -> bool:
+    """Autotuning runs on a GPU unless CNNKERNELS_TRITON_AUTOTUNE=0 (the test suite sets it: it
+    tests every config explicitly and would otherwise tune each of its hundreds of shapes)."""
+    return not triton_interpreted() and os.environ.get("CNNKERNELS_TRITON_AUTOTUNE", "1") != "0"
+
+
 def _launch(kernel, grid, args, config: triton.Config | None, default_configs, **constexprs):
-    """Runs `kernel` with `config`, or autotuned on a GPU, or with the first config in the
-    interpreter (where timing means nothing)."""
-    if config is None and not triton_interpreted():
+    """Runs `kernel` with `config`, or autotuned on a GPU, or with the first config (in the
+    interpreter, where timing means nothing, or with autotuning switched off)."""
+    if config is None and _autotune():
         _TUNED[kernel][grid](*args, **constexprs)
         return
     config = config or default_configs[0]
