@@ -21,8 +21,8 @@ def memory_format_of(*tensors: torch.Tensor) -> torch.memory_format:
 def new_buffer(shape, like: torch.Tensor, dtype: torch.dtype | None = None,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """An uninitialised tensor on `like`'s device. With CNNKERNELS_POISON_ALLOCATIONS=1 (set by
-    the test suite) it starts as NaN, like the C++ operators' buffers (csrc/host/alloc.h)."""
+    the test suite) it starts as NaN (-1 for integer tensors), like the C++ operators' buffers (csrc/host/alloc.h)."""
     t = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
     if os.environ.get("CNNKERNELS_POISON_ALLOCATIONS") == "1" and t.numel() > 0:
-        t.fill_(float("nan"))
+        t.fill_(float("nan") if t.is_floating_point() else -1)
     return t

@@ -10,15 +10,17 @@ from collections.abc import Sequence
 import torch
 
 from cnnkernels._conv_geometry import conv2d_output_shape
+from cnnkernels._pool_geometry import adaptive_output_shape, pool2d_output_shape
 from cnnkernels.ops import conv as _conv
+from cnnkernels.ops import pool as _pool
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "max_unpool2d"]
 
 
-def _pair(value, name: str) -> list[int]:
+def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
     """An int or a sequence of one or two ints -> two ints, with torch's errors."""
     if isinstance(value, bool) or not isinstance(value, (int, Sequence, torch.SymInt)):
-        raise TypeError(f"conv2d(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
+        raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
     values = [value, value] if not isinstance(value, Sequence) else list(value)
     if len(values) == 1:
         values = values * 2
@@ -29,7 +31,7 @@ def _pair(value, name: str) -> list[int]:
         )
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
-            raise TypeError(f"conv2d(): argument '{name}' must be an int or a tuple of ints, got {value!r}")
+            raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, got {value!r}")
     return values
 
 
@@ -53,9 +55,9 @@ def _conv2d_padding(padding, weight: torch.Tensor, stride: list[int], dilation: 
     return [top, top, left, left]
 
 
-def _check_tensor(value, name: str) -> None:
+def _check_tensor(value, name: str, fn: str = "conv2d") -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(value).__name__}")
+        raise TypeError(f"{fn}(): argument '{name}' must be Tensor, not {type(value).__name__}")
 
 
 def conv2d(
@@ -117,3 +119,124 @@ def conv2d(
     conv2d_output_shape(x.shape, weight.shape, stride, padding, dilation, groups)
     out = _conv.conv2d(x, weight, bias, stride, padding, dilation, groups, backend)
     return out.squeeze(0) if unbatched else out
+
+
+# ---- pooling -------------------------------------------------------------------------------
+
+
+def _pool_input(input, fn: str) -> tuple[torch.Tensor, bool]:
+    """(4-D input, whether it was unbatched) after torch's checks."""
+    _check_tensor(input, "input", fn)
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"{fn}: Expected 3D or 4D (batch mode) tensor for input, but got: {list(input.shape)}")
+    if not input.dtype.is_floating_point:
+        raise RuntimeError(f"{fn}: expected a floating-point input, but got {input.dtype}")
+    return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
+
+
+def _pool_stride(stride, kernel: list[int], fn: str) -> list[int]:
+    """stride defaults to the kernel size (None or an empty sequence, as torch accepts)."""
+    if stride is None or (isinstance(stride, Sequence) and len(stride) == 0):
+        return kernel
+    return _pair(stride, "stride", fn)
+
+
+def _batch(out, unbatched: bool):
+    if isinstance(out, tuple):
+        return tuple(t.squeeze(0) for t in out) if unbatched else out
+    return out.squeeze(0) if unbatched else out
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+               *, backend: str | None = None):
+    """2-D max pooling, as torch.nn.functional.max_pool2d: NaN propagates, ties take the first
+    element in window order, and the indices are torch's (flat h*W + w in each plane).
+    Backward sends each output gradient back to the position of its window's maximum."""
+    x, unbatched = _pool_input(input, "max_pool2d")
+    kernel = _pair(kernel_size, "kernel_size", "max_pool2d")
+    stride = _pool_stride(stride, kernel, "max_pool2d")
+    padding = _pair(padding, "padding", "max_pool2d")
+    dilation = _pair(dilation, "dilation", "max_pool2d")
+    pool2d_output_shape("max_pool2d", x.shape, kernel, stride, padding, dilation, bool(ceil_mode))
+    ops = _pool.ops_for("max_pool2d", x, backend)
+    out, indices = ops.max_pool2d(x, kernel, stride, padding, dilation, bool(ceil_mode))
+    return _batch((out, indices), unbatched) if return_indices else _batch(out, unbatched)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend: str | None = None):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d (same divisor rules: windows are
+    cut at the end of the padded input; count_include_pad; divisor_override)."""
+    x, unbatched = _pool_input(input, "avg_pool2d")
+    kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
+    stride = _pool_stride(stride, kernel, "avg_pool2d")
+    padding = _pair(padding, "padding", "avg_pool2d")
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("avg_pool2d: divisor must be not zero")
+    pool2d_output_shape("avg_pool2d", x.shape, kernel, stride, padding, [1, 1], bool(ceil_mode))
+    ops = _pool.ops_for("avg_pool2d", x, backend)
+    out = ops.avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    return _batch(out, unbatched)
+
+
+def _adaptive_size(output_size, x: torch.Tensor, fn: str) -> list[int]:
+    """An int, or a pair whose None entries keep the input's extent."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        size = [output_size, output_size]
+    else:
+        size = list(output_size)
+        if len(size) == 1:
+            size = size * 2
+        if len(size) != 2:
+            raise RuntimeError(f"{fn}: output_size must be 2, but got {len(size)}")
+        size = [x.shape[2 + d] if v is None else v for d, v in enumerate(size)]
+    adaptive_output_shape(fn, x.shape, size)
+    return size
+
+
+def adaptive_avg_pool2d(input, output_size, *, backend: str | None = None):
+    """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d: output o
+    averages input [floor(o*H/P), ceil((o+1)*H/P))."""
+    x, unbatched = _pool_input(input, "adaptive_avg_pool2d")
+    size = _adaptive_size(output_size, x, "adaptive_avg_pool2d")
+    return _batch(_pool.ops_for("adaptive_avg_pool2d", x, backend).adaptive_avg_pool2d(x, size), unbatched)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend: str | None = None):
+    """2-D adaptive max pooling, as torch.nn.functional.adaptive_max_pool2d."""
+    x, unbatched = _pool_input(input, "adaptive_max_pool2d")
+    size = _adaptive_size(output_size, x, "adaptive_max_pool2d")
+    out, indices = _pool.ops_for("adaptive_max_pool2d", x, backend).adaptive_max_pool2d(x, size)
+    return _batch((out, indices), unbatched) if return_indices else _batch(out, unbatched)
+
+
+def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *,
+                 backend: str | None = None):
+    """Max unpooling, as torch.nn.functional.max_unpool2d: the position restore of max pooling.
+    Each value goes to the position its index names, every other position is 0."""
+    x, unbatched = _pool_input(input, "max_unpool2d")
+    _check_tensor(indices, "indices", "max_unpool2d")
+    idx = indices.unsqueeze(0) if unbatched else indices
+    if idx.shape != x.shape or idx.dtype != torch.int64:
+        raise RuntimeError(
+            f"max_unpool2d: expected indices of dtype int64 and the input's shape {list(input.shape)}, "
+            f"got {idx.dtype} {list(indices.shape)}"
+        )
+    kernel = _pair(kernel_size, "kernel_size", "max_unpool2d")
+    stride = _pool_stride(stride, kernel, "max_unpool2d")
+    padding = _pair(padding, "padding", "max_unpool2d")
+    default = [(x.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + kernel[d] for d in range(2)]
+    if output_size is None:
+        size = default
+    else:
+        size = list(output_size)[-2:]
+        if len(list(output_size)) not in (2, 3, 4):
+            raise ValueError(f"output_size must have 2, 3 or 4 elements, got {len(list(output_size))}")
+        for d in range(2):
+            lo, hi = default[d] - stride[d], default[d] + stride[d]
+            if not lo < size[d] < hi:
+                raise ValueError(
+                    f"invalid output_size {list(output_size)} (dim {d} must be between {lo} and {hi})"
+                )
+    ops = _pool.ops_for("max_unpool2d", x, backend)
+    return _batch(ops.max_unpool2d(x, idx, size), unbatched)

@@ -21,4 +21,31 @@ TORCH_LIBRARY(cnnkernels, m) {
       "int[2] stride, int[4] padding, int[2] dilation, int groups) -> Tensor");
   // Bias gradient: grad_output summed over (N, P, Q) per channel, in a fixed order.
   m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
+
+  // ---- pooling family ------------------------------------------------------------------------
+  // Tensors are 4-D (N, C, H, W); outputs keep the input's memory format (indices too).
+  // Indices are int64 flat positions h*W + w within each (n, c) plane, as torch returns them.
+  // Backward operators are gathers: each input element collects from the windows that reach
+  // it, so they are deterministic without atomics.
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size, "
+      "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, SymInt[4] input_size) -> Tensor");
+  m.def("adaptive_max_pool2d(Tensor input, int[2] output_size) -> (Tensor, Tensor)");
+  m.def(
+      "adaptive_max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+  // Position restore as a forward operator: out[n, c, indices[n, c, i]] = input[n, c, i], zeros
+  // elsewhere; its backward gathers grad_output at the indices.
+  m.def("max_unpool2d(Tensor input, Tensor indices, int[2] output_size) -> Tensor");
+  m.def("max_unpool2d_backward(Tensor grad_output, Tensor indices) -> Tensor");
 }

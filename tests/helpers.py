@@ -17,21 +17,22 @@ class Target(NamedTuple):
     device: str
 
 
-def _targets():
-    """Every (backend, device) this process can test: cpu; triton on CPU tensors in Triton's
-    interpreter; cuda and triton on CUDA tensors where a GPU is present (marker `cuda`)."""
+def targets_for(implemented) -> list:
+    """Every (backend, device) this process can test among `implemented`: cpu; triton on CPU
+    tensors in Triton's interpreter; cuda and triton on CUDA tensors where a GPU is present
+    (marker `cuda`)."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     targets = [pytest.param(Target("cpu", "cpu"), id="cpu")]
-    if "triton" in _conv_ops.IMPLEMENTED and interpreted:
+    if "triton" in implemented and interpreted:
         targets.append(pytest.param(Target("triton", "cpu"), id="triton-interpreter"))
     if torch.cuda.is_available() and not interpreted:
         for backend in ("cuda", "triton"):
-            if backend in _conv_ops.IMPLEMENTED:
+            if backend in implemented:
                 targets.append(pytest.param(Target(backend, "cuda"), id=f"{backend}-gpu", marks=pytest.mark.cuda))
     return targets
 
 
-TARGETS = _targets()
+TARGETS = targets_for(_conv_ops.IMPLEMENTED)  # the conv2d family's
 
 
 # (rtol, atol) of our result against torch's on the same inputs, per dtype. fp16/bf16 are

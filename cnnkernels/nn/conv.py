@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from cnnkernels import functional as F
+from cnnkernels.nn._backend import BackendMixin
 
 __all__ = ["Conv2d"]
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(BackendMixin, nn.Conv2d):
     """torch.nn.Conv2d on cnnkernels kernels.
 
     Same constructor (padding_mode "zeros", "reflect", "replicate" or "circular"), parameters,
@@ -20,7 +21,7 @@ class Conv2d(nn.Conv2d):
 
     def __init__(self, *args, backend: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.backend = backend
+        self._set_backend(backend)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -29,7 +30,3 @@ class Conv2d(nn.Conv2d):
             padded = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups, backend=self.backend)
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text if self.backend is None else f"{text}, backend={self.backend!r}"

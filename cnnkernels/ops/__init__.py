@@ -1,4 +1,4 @@
 """Custom operators: fake kernels, autograd and backend routing, one module per family."""
-from cnnkernels.ops import conv
+from cnnkernels.ops import conv, pool
 
-__all__ = ["conv"]
+__all__ = ["conv", "pool"]

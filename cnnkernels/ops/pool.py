@@ -1,0 +1,167 @@
+"""Pooling operators: fake (meta) kernels, autograd, and routing to the backends.
+
+Ten operators (schemas in csrc/ops.cpp), all on 4-D (N, C, H, W) tensors: max, average,
+adaptive-average and adaptive-max pooling with their backward operators, and max unpooling
+with its backward. Every backward is a gather (each input element collects from the windows
+that reach it): deterministic, no atomics. Outputs keep the input's memory format.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from cnnkernels import _extension
+from cnnkernels._layout import memory_format_of
+from cnnkernels._pool_geometry import adaptive_output_shape, check_pool_input, pool2d_output_shape
+from cnnkernels.backend import select as select_backend
+
+_extension.load()  # registers the C++ schemas and kernels
+
+try:  # the Triton operators exist where triton does
+    from cnnkernels.triton import pool as _triton_pool  # noqa: F401  (registers cnnkernels_triton ops)
+except ImportError:
+    _triton_pool = None
+
+
+class PoolOps(NamedTuple):
+    """The ten operators of one implementation of the family."""
+
+    max_pool2d: object
+    max_pool2d_backward: object
+    avg_pool2d: object
+    avg_pool2d_backward: object
+    adaptive_avg_pool2d: object
+    adaptive_avg_pool2d_backward: object
+    adaptive_max_pool2d: object
+    adaptive_max_pool2d_backward: object
+    max_unpool2d: object
+    max_unpool2d_backward: object
+
+
+def _ops_in(namespace: str) -> PoolOps:
+    ns = getattr(torch.ops, namespace)
+    return PoolOps(*(getattr(ns, name).default for name in PoolOps._fields))
+
+
+# As for conv2d, the C++ operators serve the cpu and cuda backends (a kernel per dispatch key).
+_CPP = _ops_in("cnnkernels")
+BACKEND_OPS: dict[str, PoolOps] = {"cpu": _CPP}
+if _extension.has_cuda():
+    BACKEND_OPS["cuda"] = _CPP
+if _triton_pool is not None:
+    BACKEND_OPS["triton"] = _ops_in("cnnkernels_triton")
+IMPLEMENTED = tuple(BACKEND_OPS)
+
+
+# ---- fake (meta) kernels -------------------------------------------------------------------
+
+
+def _like(input: torch.Tensor, shape, dtype=None) -> torch.Tensor:
+    return input.new_empty(shape, dtype=dtype or input.dtype).contiguous(memory_format=memory_format_of(input))
+
+
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = pool2d_output_shape("max_pool2d", input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    return _like(input, shape), _like(input, shape, torch.int64)
+
+
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    shape = pool2d_output_shape("avg_pool2d", input.shape, kernel_size, stride, padding, [1, 1], ceil_mode)
+    return _like(input, shape)
+
+
+def _adaptive_avg_pool2d_fake(input, output_size):
+    return _like(input, adaptive_output_shape("adaptive_avg_pool2d", input.shape, output_size))
+
+
+def _adaptive_max_pool2d_fake(input, output_size):
+    shape = adaptive_output_shape("adaptive_max_pool2d", input.shape, output_size)
+    return _like(input, shape), _like(input, shape, torch.int64)
+
+
+def _max_unpool2d_fake(input, indices, output_size):
+    return _like(input, [input.shape[0], input.shape[1], *output_size])
+
+
+def _gather_fake(grad_output, input_size):
+    """Every pooling backward: a tensor of the input's size in the gradient's memory format."""
+    check_pool_input("pooling backward", input_size)
+    return _like(grad_output, input_size)
+
+
+def _unpool_backward_fake(grad_output, indices):
+    return _like(indices, indices.shape, grad_output.dtype)
+
+
+# ---- autograd ------------------------------------------------------------------------------
+# Each forward saves what its gather needs; gradients are returned in the input's layout.
+
+
+def _setup(ctx, inputs, output):
+    ctx.input_shape = list(inputs[0].shape)
+    ctx.memory_format = memory_format_of(inputs[0])
+    ctx.args = inputs[1:]
+    if isinstance(output, tuple):  # (values, indices)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+
+def _setup_unpool(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _make_backwards(ops: PoolOps):
+    def grad_in(ctx, grad):
+        return grad.contiguous(memory_format=ctx.memory_format)
+
+    def max_pool2d(ctx, grad, _):
+        kernel_size, stride, padding, dilation, _ceil = ctx.args
+        (indices,) = ctx.saved_tensors
+        return (ops.max_pool2d_backward(grad_in(ctx, grad), indices, ctx.input_shape, kernel_size, stride, padding,
+                                        dilation),) + (None,) * 5
+
+    def avg_pool2d(ctx, grad):
+        kernel_size, stride, padding, _ceil, count_include_pad, divisor_override = ctx.args
+        return (ops.avg_pool2d_backward(grad_in(ctx, grad), ctx.input_shape, kernel_size, stride, padding,
+                                        count_include_pad, divisor_override),) + (None,) * 6
+
+    def adaptive_avg_pool2d(ctx, grad):
+        return ops.adaptive_avg_pool2d_backward(grad_in(ctx, grad), ctx.input_shape), None
+
+    def adaptive_max_pool2d(ctx, grad, _):
+        (indices,) = ctx.saved_tensors
+        return ops.adaptive_max_pool2d_backward(grad_in(ctx, grad), indices, ctx.input_shape), None
+
+    def max_unpool2d(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return ops.max_unpool2d_backward(grad, indices), None, None
+
+    return {"max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d, "adaptive_avg_pool2d": adaptive_avg_pool2d,
+            "adaptive_max_pool2d": adaptive_max_pool2d, "max_unpool2d": max_unpool2d}
+
+
+_FAKES = {
+    "max_pool2d": _max_pool2d_fake, "avg_pool2d": _avg_pool2d_fake, "adaptive_avg_pool2d": _adaptive_avg_pool2d_fake,
+    "adaptive_max_pool2d": _adaptive_max_pool2d_fake, "max_unpool2d": _max_unpool2d_fake,
+    "max_pool2d_backward": lambda grad, indices, input_size, *geometry: _gather_fake(grad, input_size),
+    "avg_pool2d_backward": lambda grad, input_size, *geometry: _gather_fake(grad, input_size),
+    "adaptive_avg_pool2d_backward": _gather_fake,
+    "adaptive_max_pool2d_backward": lambda grad, indices, input_size: _gather_fake(grad, input_size),
+    "max_unpool2d_backward": _unpool_backward_fake,
+}
+
+for _ops in {id(o): o for o in BACKEND_OPS.values()}.values():
+    for _name, _fake in _FAKES.items():
+        torch.library.register_fake(getattr(_ops, _name), _fake)
+    for _name, _backward in _make_backwards(_ops).items():
+        setup = _setup_unpool if _name == "max_unpool2d" else _setup
+        torch.library.register_autograd(getattr(_ops, _name), _backward, setup_context=setup)
+
+
+# ---- routing -------------------------------------------------------------------------------
+
+
+def ops_for(op: str, input: torch.Tensor, backend: str | None) -> PoolOps:
+    """The operator set of the backend chosen for this call."""
+    return BACKEND_OPS[select_backend(op, input.device, IMPLEMENTED, backend)]

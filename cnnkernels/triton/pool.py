@@ -1,0 +1,689 @@
+"""2-D pooling in Triton: max, average, adaptive average and adaptive max pooling, and
+max-unpooling, each with its backward.
+
+Every kernel is elementwise over the tensor it writes: a program owns a tile of BLOCK_M pixels
+(a flat index over N*H*W of that tensor) by BLOCK_C channels, so channels_last loads and stores
+coalesce along the channels and NCHW ones along the pixels (the configs with BLOCK_C = 1 exist
+for NCHW). Operands are read through their own strides (NCHW, channels_last, or the expanded
+stride-0 gradients autograd hands over), sums are accumulated in fp32 (fp64 for fp64) and
+results are written through the output's strides. The per-element rules are the ones of
+csrc/include/cnnkernels/pool.h, mirrored here.
+
+- max_pool2d: the window's KH x KW taps (dilated; the padding is an implicit -inf that is never
+  chosen) are unrolled. torch's rule: the maximum starts at -inf with the index of the window's
+  first tap inside the top/left edge, and a value takes its place when it is larger or NaN, so
+  NaN propagates (the last NaN's index wins) and ties keep the first tap in row-major order.
+- max_pool2d backward, the "position restore", as a gather: input element (h, w) is tap r of
+  output row oh exactly when oh*stride = h + pad - r*dil, so only the taps r = first,
+  first + step, ... with step = stride / gcd(stride, dil) reach a real output (the same
+  progression as conv2d's backward-input, csrc/include/cnnkernels/conv.h). The element adds
+  the gradient of each such window whose stored index is its own position: deterministic,
+  no atomics.
+- avg_pool2d: the sum of the window's in-bounds taps over pool.h's avg_pool_divisor
+  (count_include_pad, divisor_override; the window is cut at the end of the padded input), and
+  0 for a window with no input element, as torch. Backward: input row h lies in the windows
+  oh in [floor((h + pad - KH) / stride) + 1, floor((h + pad) / stride)] (clipped to the
+  output), at most ceil(KH / stride) of them; each contributes grad / divisor.
+- adaptive pooling: output o of `out` covers input [floor(o*in/out), ceil((o+1)*in/out)), a
+  window whose size varies, so the loops run to the largest extent with masks. Average divides
+  by the window's height, then by its width, as torch does; max follows max_pool2d's rule.
+  Backward gathers: input i lies in exactly the windows o in
+  [floor(i*out/in), ceil((i+1)*out/in) - 1] (the tight form of pool.h's
+  adaptive_first/last_covering candidates; membership is still checked per window), at most
+  ceil(out/in) + 1 of them.
+- max_unpool2d: the one scatter. The output is zeroed, then each input element is written to
+  the position its index names within its (n, c) plane; out-of-range indices are skipped, and
+  with duplicate indices one of the writers wins (torch leaves that unspecified too).
+  Backward gathers the output gradient at the indices (0 for out-of-range ones).
+
+Registered as torch.library.custom_op in the ``cnnkernels_triton`` namespace; fake kernels and
+autograd are registered in cnnkernels.ops.pool, next to the C++ operators'.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from cnnkernels._layout import memory_format_of, new_buffer
+from cnnkernels.triton.conv import _acc_dtype, _autotune, _check_device, _config, _first_tap, _index_dtype
+
+# ---- configurations ------------------------------------------------------------------------
+# Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
+# autotune over it (keyed by the problem, the memory layout included: sx_c is 1 for
+# channels_last); in the interpreter, or with CNNKERNELS_TRITON_AUTOTUNE=0, they use the first
+# entry. Tests run every entry, so no untested config is ever picked.
+TILE_CONFIGS = [
+    _config(BLOCK_M=64, BLOCK_C=32, num_warps=4, num_stages=2),   # both layouts; interpreter default
+    _config(BLOCK_M=16, BLOCK_C=64, num_warps=4, num_stages=2),   # channels_last, many channels
+    _config(BLOCK_M=8, BLOCK_C=128, num_warps=4, num_stages=2),   # channels_last, wide rows of channels
+    _config(BLOCK_M=128, BLOCK_C=4, num_warps=4, num_stages=2),   # NCHW, a few planes at a time
+    _config(BLOCK_M=256, BLOCK_C=1, num_warps=4, num_stages=2),   # NCHW, one plane
+    _config(BLOCK_M=1024, BLOCK_C=1, num_warps=8, num_stages=2),  # NCHW, large planes
+]
+
+
+# ---- shared device helpers -----------------------------------------------------------------
+
+
+@triton.jit
+def _tile(M, C, P, Q, INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's pixels m (a flat index over N*P*Q, split into n, p, q) and channels c."""
+    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    q = (m % Q).to(tl.int32)
+    p = ((m // Q) % P).to(tl.int32)
+    n = (m // (Q * P)).to(tl.int64)
+    return m < M, c < C, n, p, q, c.to(tl.int64)
+
+
+@triton.jit
+def _ptr(base, n, c, h, w, s_n, s_c, s_h, s_w):
+    """(BLOCK_M, BLOCK_C) pointers to element (n, c, h, w); n and c are already int64 and every
+    product is taken in int64."""
+    pix = n * s_n + h.to(tl.int64) * s_h + w.to(tl.int64) * s_w
+    return base + pix[:, None] + (c * s_c)[None, :]
+
+
+@triton.jit
+def _floor_div(a, b):
+    """Floor division for b > 0 whatever the sign of a (integer '//' truncates on the GPU)."""
+    q = a // b
+    return tl.where(q * b > a, q - 1, q)
+
+
+@triton.jit
+def _takes(value, current):
+    """pool.h max_pool_takes: a larger value or a NaN replaces the current maximum."""
+    return (value > current) | (value != value)
+
+
+@triton.jit
+def _avg_divisor(h0, w0, H, W, pad_h, pad_w, divisor_override,
+                 KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr):
+    """pool.h avg_pool_divisor for windows starting at (h0, w0) (padded coordinates - pad)."""
+    h1 = tl.minimum(h0 + KH, H + pad_h)
+    w1 = tl.minimum(w0 + KW, W + pad_w)
+    if COUNT_PAD:
+        count = (h1 - h0) * (w1 - w0)
+    else:
+        count = (tl.minimum(h1, H) - tl.maximum(h0, 0)) * (tl.minimum(w1, W) - tl.maximum(w0, 0))
+    return tl.where(divisor_override > 0, divisor_override, count)
+
+
+@triton.jit
+def _adaptive_start(o, out, size):
+    return (o.to(tl.int64) * size) // out
+
+
+@triton.jit
+def _adaptive_end(o, out, size):
+    return ((o.to(tl.int64) + 1) * size + out - 1) // out
+
+
+# ---- kernels -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _max_pool2d_kernel(
+    x, y, ind,
+    M, C, H, W, P, Q,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w, si_n, si_c, si_h, si_w,
+    KH: tl.constexpr, KW: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, p, q, c = _tile(M, C, P, Q, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    # torch starts from the index of the first tap at or past the top/left edge (it is in
+    # bounds whenever any tap is), and keeps it when no tap beats -inf.
+    h_first = tl.where(h0 < 0, h0 + (dil_h - 1 - h0) // dil_h * dil_h, h0)
+    w_first = tl.where(w0 < 0, w0 + (dil_w - 1 - w0) // dil_w * dil_w, w0)
+    best = tl.full((BLOCK_M, BLOCK_C), float("-inf"), ACC)
+    arg = tl.broadcast_to((h_first.to(tl.int64) * W + w_first)[:, None], (BLOCK_M, BLOCK_C))
+    for r in tl.static_range(KH):
+        ih = h0 + r * dil_h
+        row_ok = (ih >= 0) & (ih < H)
+        for s in tl.static_range(KW):
+            iw = w0 + s * dil_w
+            tap_ok = (row_ok & (iw >= 0) & (iw < W))[:, None]
+            v = tl.load(_ptr(x, n, c, ih, iw, sx_n, sx_c, sx_h, sx_w), mask=ok & tap_ok,
+                        other=float("-inf")).to(ACC)
+            take = tap_ok & _takes(v, best)
+            best = tl.where(take, v, best)
+            arg = tl.where(take, (ih.to(tl.int64) * W + iw)[:, None], arg)
+    tl.store(_ptr(y, n, c, p, q, sy_n, sy_c, sy_h, sy_w), best.to(y.dtype.element_ty), mask=ok)
+    tl.store(_ptr(ind, n, c, p, q, si_n, si_c, si_h, si_w), arg, mask=ok)
+
+
+@triton.jit
+def _max_pool2d_backward_kernel(
+    dy, ind, dx,
+    M, C, H, W, P, Q,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w, taps_h, taps_w,
+    sd_n, sd_c, sd_h, sd_w, si_n, si_c, si_h, si_w, sx_n, sx_c, sx_h, sx_w,
+    KH: tl.constexpr, KW: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)[:5]
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    me = (h.to(tl.int64) * W + w)[:, None]  # the index a window stores when it chose (h, w)
+    hp = h + pad_h
+    wp = w + pad_w
+    # The taps through which (h, w) meets a real output: an arithmetic progression per element
+    # (conv.h backward_input_taps); `first` is KH (KW) when there is none.
+    first_h = _first_tap(hp, stride_h, dil_h, step_h, KH)
+    first_w = _first_tap(wp, stride_w, dil_w, step_w, KW)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for jh in range(0, taps_h):
+        r = first_h + jh * step_h
+        oh = (hp - r * dil_h) // stride_h  # exact: r's progression makes it a multiple
+        oh_ok = m_ok & (r < KH) & (oh >= 0) & (oh < P)
+        for jw in range(0, taps_w):
+            s = first_w + jw * step_w
+            ow = (wp - s * dil_w) // stride_w
+            win_ok = (oh_ok & (s < KW) & (ow >= 0) & (ow < Q))[:, None] & c_ok[None, :]
+            chosen = tl.load(_ptr(ind, n, c, oh, ow, si_n, si_c, si_h, si_w), mask=win_ok, other=-1) == me
+            acc += tl.load(_ptr(dy, n, c, oh, ow, sd_n, sd_c, sd_h, sd_w), mask=chosen, other=0.0).to(ACC)
+    tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), acc.to(dx.dtype.element_ty),
+             mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _avg_pool2d_kernel(
+    x, y,
+    M, C, H, W, P, Q,
+    stride_h, stride_w, pad_h, pad_w, divisor_override,
+    sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
+    KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, p, q, c = _tile(M, C, P, Q, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    h0 = p * stride_h - pad_h
+    w0 = q * stride_w - pad_w
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for r in tl.static_range(KH):
+        ih = h0 + r
+        row_ok = (ih >= 0) & (ih < H)
+        for s in tl.static_range(KW):
+            iw = w0 + s
+            tap_ok = (row_ok & (iw >= 0) & (iw < W))[:, None]
+            acc += tl.load(_ptr(x, n, c, ih, iw, sx_n, sx_c, sx_h, sx_w), mask=ok & tap_ok, other=0.0).to(ACC)
+    div = _avg_divisor(h0, w0, H, W, pad_h, pad_w, divisor_override, KH, KW, COUNT_PAD)
+    # torch writes 0 for a window that holds no input element (it never divides there).
+    has_input = (tl.maximum(h0, 0) < tl.minimum(h0 + KH, H)) & (tl.maximum(w0, 0) < tl.minimum(w0 + KW, W))
+    div = tl.where(has_input, div, 1).to(ACC)[:, None]
+    out = tl.where(has_input[:, None], acc / div, 0.0)
+    tl.store(_ptr(y, n, c, p, q, sy_n, sy_c, sy_h, sy_w), out.to(y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _avg_pool2d_backward_kernel(
+    dy, dx,
+    M, C, H, W, P, Q,
+    stride_h, stride_w, pad_h, pad_w, divisor_override, windows_h, windows_w,
+    sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
+    KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
+    # The windows that cover (h, w): pool.h window_first/last_covering.
+    oh_lo = tl.maximum(_floor_div(h + pad_h - KH, stride_h) + 1, 0)
+    ow_lo = tl.maximum(_floor_div(w + pad_w - KW, stride_w) + 1, 0)
+    oh_hi = tl.minimum((h + pad_h) // stride_h, P - 1)
+    ow_hi = tl.minimum((w + pad_w) // stride_w, Q - 1)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for jh in range(0, windows_h):
+        oh = oh_lo + jh
+        oh_ok = m_ok & (oh <= oh_hi)
+        for jw in range(0, windows_w):
+            ow = ow_lo + jw
+            win_ok = oh_ok & (ow <= ow_hi)
+            div = _avg_divisor(oh * stride_h - pad_h, ow * stride_w - pad_w, H, W, pad_h, pad_w,
+                               divisor_override, KH, KW, COUNT_PAD)
+            div = tl.where(win_ok, div, 1).to(ACC)  # no 0/0 in the masked lanes
+            g = tl.load(_ptr(dy, n, c, oh, ow, sd_n, sd_c, sd_h, sd_w),
+                        mask=win_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
+            acc += g / div[:, None]
+    tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), acc.to(dx.dtype.element_ty),
+             mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _adaptive_avg_pool2d_kernel(
+    x, y,
+    M, C, H, W, P, Q, extent_h, extent_w,
+    sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
+    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, p, q, c = _tile(M, C, P, Q, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    h0 = _adaptive_start(p, P, H)
+    h1 = _adaptive_end(p, P, H)
+    w0 = _adaptive_start(q, Q, W)
+    w1 = _adaptive_end(q, Q, W)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for jh in range(0, extent_h):  # the largest window height; shorter windows mask the rest
+        ih = h0 + jh
+        row_ok = ih < h1
+        for jw in range(0, extent_w):
+            iw = w0 + jw
+            tap_ok = (row_ok & (iw < w1))[:, None]
+            acc += tl.load(_ptr(x, n, c, ih, iw, sx_n, sx_c, sx_h, sx_w), mask=ok & tap_ok, other=0.0).to(ACC)
+    # Divided by the height, then by the width, as torch does (the rounding matches).
+    out = acc / (h1 - h0).to(ACC)[:, None] / (w1 - w0).to(ACC)[:, None]
+    tl.store(_ptr(y, n, c, p, q, sy_n, sy_c, sy_h, sy_w), out.to(y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _adaptive_avg_pool2d_backward_kernel(
+    dy, dx,
+    M, C, H, W, P, Q, cover_h, cover_w,
+    sd_n, sd_c, sd_h, sd_w, sx_n, sx_c, sx_h, sx_w,
+    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
+    oh_lo = _adaptive_start(h, H, P)  # floor(h*P/H): the first window that contains h
+    ow_lo = _adaptive_start(w, W, Q)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for jh in range(0, cover_h):
+        oh = oh_lo + jh
+        h0 = _adaptive_start(oh, P, H)
+        h1 = _adaptive_end(oh, P, H)
+        oh_ok = m_ok & (oh < P) & (h0 <= h) & (h < h1)
+        for jw in range(0, cover_w):
+            ow = ow_lo + jw
+            w0 = _adaptive_start(ow, Q, W)
+            w1 = _adaptive_end(ow, Q, W)
+            win_ok = oh_ok & (ow < Q) & (w0 <= w) & (w < w1)
+            g = tl.load(_ptr(dy, n, c, oh, ow, sd_n, sd_c, sd_h, sd_w),
+                        mask=win_ok[:, None] & c_ok[None, :], other=0.0).to(ACC)
+            kh = tl.where(win_ok, h1 - h0, 1).to(ACC)[:, None]
+            kw = tl.where(win_ok, w1 - w0, 1).to(ACC)[:, None]
+            acc += g / kh / kw
+    tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), acc.to(dx.dtype.element_ty),
+             mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _adaptive_max_pool2d_kernel(
+    x, y, ind,
+    M, C, H, W, P, Q, extent_h, extent_w,
+    sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w, si_n, si_c, si_h, si_w,
+    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, p, q, c = _tile(M, C, P, Q, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    h0 = _adaptive_start(p, P, H)
+    h1 = _adaptive_end(p, P, H)
+    w0 = _adaptive_start(q, Q, W)
+    w1 = _adaptive_end(q, Q, W)
+    best = tl.full((BLOCK_M, BLOCK_C), float("-inf"), ACC)
+    arg = tl.broadcast_to((h0 * W + w0)[:, None], (BLOCK_M, BLOCK_C))  # torch's starting index
+    for jh in range(0, extent_h):
+        ih = h0 + jh
+        row_ok = ih < h1
+        for jw in range(0, extent_w):
+            iw = w0 + jw
+            tap_ok = (row_ok & (iw < w1))[:, None]
+            v = tl.load(_ptr(x, n, c, ih, iw, sx_n, sx_c, sx_h, sx_w), mask=ok & tap_ok,
+                        other=float("-inf")).to(ACC)
+            take = tap_ok & _takes(v, best)
+            best = tl.where(take, v, best)
+            arg = tl.where(take, (ih * W + iw)[:, None], arg)
+    tl.store(_ptr(y, n, c, p, q, sy_n, sy_c, sy_h, sy_w), best.to(y.dtype.element_ty), mask=ok)
+    tl.store(_ptr(ind, n, c, p, q, si_n, si_c, si_h, si_w), arg, mask=ok)
+
+
+@triton.jit
+def _adaptive_max_pool2d_backward_kernel(
+    dy, ind, dx,
+    M, C, H, W, P, Q, cover_h, cover_w,
+    sd_n, sd_c, sd_h, sd_w, si_n, si_c, si_h, si_w, sx_n, sx_c, sx_h, sx_w,
+    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
+    me = (h.to(tl.int64) * W + w)[:, None]
+    oh_lo = _adaptive_start(h, H, P)
+    ow_lo = _adaptive_start(w, W, Q)
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
+    for jh in range(0, cover_h):
+        oh = oh_lo + jh
+        oh_ok = m_ok & (oh < P) & (_adaptive_start(oh, P, H) <= h) & (h < _adaptive_end(oh, P, H))
+        for jw in range(0, cover_w):
+            ow = ow_lo + jw
+            win_ok = oh_ok & (ow < Q) & (_adaptive_start(ow, Q, W) <= w) & (w < _adaptive_end(ow, Q, W))
+            win_ok = win_ok[:, None] & c_ok[None, :]
+            chosen = tl.load(_ptr(ind, n, c, oh, ow, si_n, si_c, si_h, si_w), mask=win_ok, other=-1) == me
+            acc += tl.load(_ptr(dy, n, c, oh, ow, sd_n, sd_c, sd_h, sd_w), mask=chosen, other=0.0).to(ACC)
+    tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), acc.to(dx.dtype.element_ty),
+             mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _max_unpool2d_kernel(
+    x, ind, y,
+    M, C, H, W, OH, OW,
+    sx_n, sx_c, sx_h, sx_w, si_n, si_c, si_h, si_w, sy_n, sy_c, sy_h, sy_w,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    idx = tl.load(_ptr(ind, n, c, h, w, si_n, si_c, si_h, si_w), mask=ok, other=-1)
+    hit = ok & (idx >= 0) & (idx < OH.to(tl.int64) * OW)
+    v = tl.load(_ptr(x, n, c, h, w, sx_n, sx_c, sx_h, sx_w), mask=hit)
+    pix = n[:, None] * sy_n + (idx // OW) * sy_h + (idx % OW) * sy_w
+    tl.store(y + pix + (c * sy_c)[None, :], v, mask=hit)
+
+
+@triton.jit
+def _max_unpool2d_backward_kernel(
+    dy, ind, dx,
+    M, C, H, W, OH, OW,
+    sd_n, sd_c, sd_h, sd_w, si_n, si_c, si_h, si_w, sx_n, sx_c, sx_h, sx_w,
+    INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
+    ok = m_ok[:, None] & c_ok[None, :]
+    idx = tl.load(_ptr(ind, n, c, h, w, si_n, si_c, si_h, si_w), mask=ok, other=-1)
+    hit = ok & (idx >= 0) & (idx < OH.to(tl.int64) * OW)
+    pix = n[:, None] * sd_n + (idx // OW) * sd_h + (idx % OW) * sd_w
+    g = tl.load(dy + pix + (c * sd_c)[None, :], mask=hit, other=0.0)
+    tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), g.to(dx.dtype.element_ty), mask=ok)
+
+
+# ---- launching -----------------------------------------------------------------------------
+
+_KERNELS = (
+    _max_pool2d_kernel, _max_pool2d_backward_kernel, _avg_pool2d_kernel, _avg_pool2d_backward_kernel,
+    _adaptive_avg_pool2d_kernel, _adaptive_avg_pool2d_backward_kernel, _adaptive_max_pool2d_kernel,
+    _adaptive_max_pool2d_backward_kernel, _max_unpool2d_kernel, _max_unpool2d_backward_kernel,
+)
+# The first stride argument of each kernel is its first operand's channel stride: keyed on it,
+# a channels_last problem (stride 1) tunes apart from the NCHW one of the same shape.
+_TUNING_KEY = ["M", "C", "H", "W", "P", "Q", "KH", "KW"]
+
+
+def _tuned(kernel):
+    names = kernel.arg_names
+    key = [k for k in _TUNING_KEY + ["stride_h", "stride_w", "OH", "OW"] if k in names]
+    key.append(next(a for a in names if a.endswith("_c")))
+    return triton.autotune(TILE_CONFIGS, key=key)(kernel)
+
+
+# Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
+_TUNED = {kernel: _tuned(kernel) for kernel in _KERNELS}
+
+
+def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | None, **constexprs):
+    """Runs `kernel` over (pixels x channels) tiles: with `config`, or autotuned on a GPU, or
+    with the first config (in the interpreter, or with autotuning switched off)."""
+
+    def grid(meta):
+        return (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
+
+    if config is None and _autotune():
+        _TUNED[kernel][grid](*args, **constexprs)
+        return
+    config = config or TILE_CONFIGS[0]
+    kernel[grid(config.kwargs)](*args, **constexprs, **config.kwargs,
+                                num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def pool_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int, ceil_mode: bool) -> int:
+    """pool.h pool_out_size: torch's extent of a window sweep. With ceil_mode a last, partial
+    window is kept only if it starts inside the input or its leading padding."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1  # Python's '//' floors, as pool.h floor_div
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _adaptive_extent(size: int, out: int) -> int:
+    """An upper bound of the largest adaptive window, ceil((o+1)*size/out) - floor(o*size/out)."""
+    return size // out if size % out == 0 else size // out + 2
+
+
+def _strides(t: torch.Tensor):
+    return tuple(t.stride())
+
+
+# ---- launchers -----------------------------------------------------------------------------
+
+
+def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode, config=None):
+    _check_device(input)
+    N, C, H, W = input.shape
+    KH, KW = kernel_size
+    P = pool_out_size(H, KH, padding[0], stride[0], dilation[0], ceil_mode)
+    Q = pool_out_size(W, KW, padding[1], stride[1], dilation[1], ceil_mode)
+    fmt = memory_format_of(input)
+    y = new_buffer([N, C, P, Q], input, memory_format=fmt)
+    indices = new_buffer([N, C, P, Q], input, dtype=torch.int64, memory_format=fmt)
+    if y.numel() == 0:
+        return y, indices
+    args = (input, y, indices, N * P * Q, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
+            dilation[0], dilation[1], *_strides(input), *_strides(y), *_strides(indices))
+    _launch(_max_pool2d_kernel, N * P * Q, C, args, config, KH=KH, KW=KW,
+            INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
+    return y, indices
+
+
+def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation, config=None):
+    _check_device(grad_output, indices)
+    N, C, H, W = input_size
+    P, Q = grad_output.shape[2:]
+    KH, KW = kernel_size
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, indices))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    # The taps of one element form r = first, first + step, ...: at most ceil(K / step) of them.
+    step_h = stride[0] // math.gcd(stride[0], dilation[0])
+    step_w = stride[1] // math.gcd(stride[1], dilation[1])
+    args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
+            dilation[0], dilation[1], step_h, step_w, triton.cdiv(KH, step_h), triton.cdiv(KW, step_w),
+            *_strides(grad_output), *_strides(indices), *_strides(dx))
+    _launch(_max_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
+            INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
+    return dx
+
+
+def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                       config=None):
+    _check_device(input)
+    N, C, H, W = input.shape
+    KH, KW = kernel_size
+    P = pool_out_size(H, KH, padding[0], stride[0], 1, ceil_mode)
+    Q = pool_out_size(W, KW, padding[1], stride[1], 1, ceil_mode)
+    y = new_buffer([N, C, P, Q], input, memory_format=memory_format_of(input))
+    if y.numel() == 0:
+        return y
+    args = (input, y, N * P * Q, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
+            divisor_override or 0, *_strides(input), *_strides(y))
+    _launch(_avg_pool2d_kernel, N * P * Q, C, args, config, KH=KH, KW=KW, COUNT_PAD=bool(count_include_pad),
+            INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
+    return y
+
+
+def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, count_include_pad,
+                        divisor_override, config=None):
+    _check_device(grad_output)
+    N, C, H, W = input_size
+    P, Q = grad_output.shape[2:]
+    KH, KW = kernel_size
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    args = (grad_output, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
+            divisor_override or 0, triton.cdiv(KH, stride[0]), triton.cdiv(KW, stride[1]),
+            *_strides(grad_output), *_strides(dx))
+    _launch(_avg_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
+            COUNT_PAD=bool(count_include_pad), INDEX=_index_dtype(dx.numel(), grad_output.numel()),
+            ACC=_acc_dtype(dx.dtype))
+    return dx
+
+
+def adaptive_avg_pool2d_forward(input, output_size, config=None):
+    _check_device(input)
+    N, C, H, W = input.shape
+    P, Q = output_size
+    y = new_buffer([N, C, P, Q], input, memory_format=memory_format_of(input))
+    if y.numel() == 0:
+        return y
+    args = (input, y, N * P * Q, C, H, W, P, Q, _adaptive_extent(H, P), _adaptive_extent(W, Q),
+            *_strides(input), *_strides(y))
+    _launch(_adaptive_avg_pool2d_kernel, N * P * Q, C, args, config,
+            INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
+    _check_device(grad_output)
+    N, C, H, W = input_size
+    P, Q = grad_output.shape[2:]
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    # Input i lies in at most ceil(out / in) + 1 windows.
+    args = (grad_output, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
+            *_strides(grad_output), *_strides(dx))
+    _launch(_adaptive_avg_pool2d_backward_kernel, N * H * W, C, args, config,
+            INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
+    return dx
+
+
+def adaptive_max_pool2d_forward(input, output_size, config=None):
+    _check_device(input)
+    N, C, H, W = input.shape
+    P, Q = output_size
+    fmt = memory_format_of(input)
+    y = new_buffer([N, C, P, Q], input, memory_format=fmt)
+    indices = new_buffer([N, C, P, Q], input, dtype=torch.int64, memory_format=fmt)
+    if y.numel() == 0:
+        return y, indices
+    args = (input, y, indices, N * P * Q, C, H, W, P, Q, _adaptive_extent(H, P), _adaptive_extent(W, Q),
+            *_strides(input), *_strides(y), *_strides(indices))
+    _launch(_adaptive_max_pool2d_kernel, N * P * Q, C, args, config,
+            INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
+    return y, indices
+
+
+def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
+    _check_device(grad_output, indices)
+    N, C, H, W = input_size
+    P, Q = grad_output.shape[2:]
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, indices))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
+            *_strides(grad_output), *_strides(indices), *_strides(dx))
+    _launch(_adaptive_max_pool2d_backward_kernel, N * H * W, C, args, config,
+            INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
+    return dx
+
+
+def max_unpool2d_forward(input, indices, output_size, config=None):
+    _check_device(input, indices)
+    N, C, H, W = input.shape
+    OH, OW = output_size
+    y = new_buffer([N, C, OH, OW], input, memory_format=memory_format_of(input))
+    if y.numel() == 0:
+        return y
+    y.zero_()  # every position no index names stays 0
+    if input.numel() == 0:
+        return y
+    args = (input, indices, y, N * H * W, C, H, W, OH, OW, *_strides(input), *_strides(indices), *_strides(y))
+    _launch(_max_unpool2d_kernel, N * H * W, C, args, config, INDEX=_index_dtype(input.numel(), y.numel()))
+    return y
+
+
+def max_unpool2d_backward(grad_output, indices, config=None):
+    _check_device(grad_output, indices)
+    N, C, H, W = indices.shape
+    OH, OW = grad_output.shape[2:]
+    dx = new_buffer([N, C, H, W], grad_output, memory_format=memory_format_of(indices))
+    if dx.numel() == 0:
+        return dx
+    if grad_output.numel() == 0:
+        return dx.zero_()
+    args = (grad_output, indices, dx, N * H * W, C, H, W, OH, OW,
+            *_strides(grad_output), *_strides(indices), *_strides(dx))
+    _launch(_max_unpool2d_backward_kernel, N * H * W, C, args, config,
+            INDEX=_index_dtype(dx.numel(), grad_output.numel()))
+    return dx
+
+
+# ---- operators -----------------------------------------------------------------------------
+# Same contracts as the torch.ops.cnnkernels pooling operators (csrc/ops.cpp).
+
+
+@torch.library.custom_op("cnnkernels_triton::max_pool2d", mutates_args=())
+def max_pool2d(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+               dilation: list[int], ceil_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+@torch.library.custom_op("cnnkernels_triton::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor, input_size: list[int],
+                           kernel_size: list[int], stride: list[int], padding: list[int],
+                           dilation: list[int]) -> torch.Tensor:
+    return max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation)
+
+
+@torch.library.custom_op("cnnkernels_triton::avg_pool2d", mutates_args=())
+def avg_pool2d(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+               ceil_mode: bool, count_include_pad: bool, divisor_override: int | None) -> torch.Tensor:
+    return avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+@torch.library.custom_op("cnnkernels_triton::avg_pool2d_backward", mutates_args=())
+def avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list[int], kernel_size: list[int],
+                           stride: list[int], padding: list[int], count_include_pad: bool,
+                           divisor_override: int | None) -> torch.Tensor:
+    return avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, count_include_pad,
+                               divisor_override)
+
+
+@torch.library.custom_op("cnnkernels_triton::adaptive_avg_pool2d", mutates_args=())
+def adaptive_avg_pool2d(input: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    return adaptive_avg_pool2d_forward(input, output_size)
+
+
+@torch.library.custom_op("cnnkernels_triton::adaptive_avg_pool2d_backward", mutates_args=())
+def adaptive_avg_pool2d_backward_op(grad_output: torch.Tensor, input_size: list[int]) -> torch.Tensor:
+    return adaptive_avg_pool2d_backward(grad_output, input_size)
+
+
+@torch.library.custom_op("cnnkernels_triton::adaptive_max_pool2d", mutates_args=())
+def adaptive_max_pool2d(input: torch.Tensor, output_size: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    return adaptive_max_pool2d_forward(input, output_size)
+
+
+@torch.library.custom_op("cnnkernels_triton::adaptive_max_pool2d_backward", mutates_args=())
+def adaptive_max_pool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor,
+                                    input_size: list[int]) -> torch.Tensor:
+    return adaptive_max_pool2d_backward(grad_output, indices, input_size)
+
+
+@torch.library.custom_op("cnnkernels_triton::max_unpool2d", mutates_args=())
+def max_unpool2d(input: torch.Tensor, indices: torch.Tensor, output_size: list[int]) -> torch.Tensor:
+    return max_unpool2d_forward(input, indices, output_size)
+
+
+@torch.library.custom_op("cnnkernels_triton::max_unpool2d_backward", mutates_args=())
+def max_unpool2d_backward_op(grad_output: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    return max_unpool2d_backward(grad_output, indices)

@@ -1,0 +1,279 @@
+"""Pooling against torch.nn.functional and torch.autograd, on every backend testable here
+(helpers.targets_for): forward values, indices, gradients, memory formats, errors."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cnnkernels
+import cnnkernels.functional as F
+from cnnkernels.ops import pool as pool_ops
+from helpers import assert_close, message_names, raises_like_torch, targets_for
+
+CL = torch.channels_last
+TARGETS = targets_for(pool_ops.IMPLEMENTED)
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+def _leaf(t, device):
+    return t.detach().to(device).requires_grad_()
+
+
+def compare(ours_fn, torch_fn, x, target, dtype, exact=False, with_indices=False):
+    """Runs ours on target's device and torch on the CPU (fp32 for fp16/bf16 inputs); compares
+    values, indices, layouts and input gradients; torch raising means ours must raise alike."""
+    ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    xr = _leaf(x.to(ref_dtype), "cpu")
+    try:
+        ref = torch_fn(xr)
+    except Exception as e:  # an argument combination torch rejects: we reject it too
+        with pytest.raises(type(e)):
+            ours_fn(_leaf(x, target.device))
+        return
+    xo = _leaf(x, target.device)
+    out = ours_fn(xo)
+    if with_indices:
+        (out, idx), (ref, ref_idx) = out, ref
+        assert torch.equal(idx.cpu(), ref_idx), "indices differ from torch's"
+        assert idx.stride() == ref_idx.stride() or idx.numel() <= 1
+    assert out.dtype == dtype
+    assert out.shape == ref.shape
+    if exact:
+        torch.testing.assert_close(out.cpu().to(ref_dtype), ref.detach(), rtol=0, atol=0, equal_nan=True)
+    else:
+        assert_close(out.cpu(), ref.detach(), dtype)
+    assert out.is_contiguous(memory_format=CL) == ref.is_contiguous(memory_format=CL)
+    g = torch.randn(ref.shape, dtype=dtype)
+    (gx,) = torch.autograd.grad(out, xo, g.to(target.device))
+    (ref_gx,) = torch.autograd.grad(ref, xr, g.to(ref_dtype))
+    assert gx.shape == x.shape
+    assert_close(gx.cpu(), ref_gx, dtype)
+
+
+def _input(shape=(2, 3, 7, 9), dtype=torch.float64, ties=False, channels_last=False):
+    # Small integers make many ties (torch keeps the first in window order).
+    x = torch.randint(-3, 4, shape).to(dtype) if ties else torch.randn(shape, dtype=dtype)
+    return x.contiguous(memory_format=CL) if channels_last else x
+
+
+# ---- max pooling ---------------------------------------------------------------------------
+
+MAX_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 1), 3], [0, 1], [1, 2], [False, True]))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode", MAX_GRID, ids=str)
+def test_max_pool2d_grid(kernel, stride, padding, dilation, ceil_mode, target):
+    args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode,
+                return_indices=True)
+    compare(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
+            _input(ties=True, dtype=torch.float32), target, torch.float32, exact=True, with_indices=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool2d_dtypes_and_layouts(dtype, channels_last, target):
+    if dtype == torch.float64 and target.backend != "cpu" and target.device != "cpu":
+        pytest.skip("float64 is a CPU dtype for the GPU backends")
+    args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True)
+    compare(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
+            _input((2, 5, 9, 8), dtype, channels_last=channels_last), target, dtype, exact=True, with_indices=True)
+
+
+@pytest.mark.parametrize("fill", ["nan", "-inf", "nan-and-inf"])
+def test_max_pool2d_nan_and_inf(fill, target):
+    x = torch.randn(1, 2, 6, 6)
+    if fill in ("nan", "nan-and-inf"):
+        x[0, 0, 1, 1] = x[0, 0, 2, 3] = x[0, 1, 4, 4] = float("nan")
+    if fill in ("-inf", "nan-and-inf"):
+        x[0, 1, :3, :3] = float("-inf")
+        x[0, 0, 4:, 4:] = float("-inf")
+    args = dict(kernel_size=3, stride=2, padding=1, return_indices=True)
+    out, idx = F.max_pool2d(x.to(target.device), backend=target.backend, **args)
+    ref, ref_idx = TF.max_pool2d(x, **args)
+    torch.testing.assert_close(out.cpu(), ref, equal_nan=True)
+    assert torch.equal(idx.cpu(), ref_idx)
+
+
+# ---- average pooling -----------------------------------------------------------------------
+
+AVG_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 3)], [0, 1], [False, True], [True, False], [None, 5]))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode, count_include_pad, divisor", AVG_GRID, ids=str)
+def test_avg_pool2d_grid(kernel, stride, padding, ceil_mode, count_include_pad, divisor, target):
+    args = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                count_include_pad=count_include_pad, divisor_override=divisor)
+    compare(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
+            _input(dtype=torch.float32), target, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_avg_pool2d_dtypes_channels_last(dtype, target):
+    if dtype == torch.float64 and target.device != "cpu":
+        pytest.skip("float64 is a CPU dtype for the GPU backends")
+    args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    compare(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
+            _input((2, 6, 11, 10), dtype, channels_last=True), target, dtype)
+
+
+# ---- adaptive pooling ----------------------------------------------------------------------
+
+ADAPTIVE_SIZES = [1, (3, 2), (5, 7), (7, None), (9, 11), (2, 1)]
+
+
+@pytest.mark.parametrize("size", ADAPTIVE_SIZES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adaptive_avg_pool2d(size, channels_last, target):
+    compare(lambda x: F.adaptive_avg_pool2d(x, size, backend=target.backend),
+            lambda x: TF.adaptive_avg_pool2d(x, size), _input(channels_last=channels_last), target, torch.float64)
+
+
+@pytest.mark.parametrize("size", ADAPTIVE_SIZES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adaptive_max_pool2d(size, channels_last, target):
+    compare(lambda x: F.adaptive_max_pool2d(x, size, return_indices=True, backend=target.backend),
+            lambda x: TF.adaptive_max_pool2d(x, size, return_indices=True),
+            _input(ties=True, channels_last=channels_last), target, torch.float64, exact=True, with_indices=True)
+
+
+# ---- max unpooling -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel, stride, padding, output_size",
+                         [(2, None, 0, None), (3, 2, 1, (8, 10)), (2, 2, 0, (9, 11)), (3, 3, 1, [2, 3, 8, 10])], ids=str)
+def test_max_unpool2d(kernel, stride, padding, output_size, target):
+    x = torch.randn(2, 3, 8, 10, dtype=torch.float64)
+    pooled, idx = TF.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    ref_in = pooled.detach().requires_grad_()
+    ref = TF.max_unpool2d(ref_in, idx, kernel, stride, padding, output_size)
+    ours_in = pooled.detach().to(target.device).requires_grad_()
+    out = F.max_unpool2d(ours_in, idx.to(target.device), kernel, stride, padding, output_size, backend=target.backend)
+    torch.testing.assert_close(out.cpu(), ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, ours_in, g.to(target.device))[0].cpu(),
+                               torch.autograd.grad(ref, ref_in, g)[0])
+
+
+def test_max_unpool2d_module_round_trip(target):
+    pool = cnnkernels.nn.MaxPool2d(2, return_indices=True, backend=target.backend)
+    unpool = cnnkernels.nn.MaxUnpool2d(2, backend=target.backend)
+    x = torch.rand(1, 2, 6, 6, device=target.device) + 0.1  # positive: the zeros never win
+    out, idx = pool(x)
+    restored = unpool(out, idx)
+    # Every window keeps exactly its maximum, in place.
+    assert torch.equal((restored != 0).sum().cpu(), torch.tensor(2 * 9))
+    torch.testing.assert_close(TF.max_pool2d(restored.cpu(), 2), out.cpu())
+
+
+def test_max_unpool2d_rejects_invalid_indices():
+    x = torch.randn(1, 1, 2, 2)
+    with pytest.raises(RuntimeError, match="invalid max index"):
+        F.max_unpool2d(x, torch.full((1, 1, 2, 2), 99, dtype=torch.long), 2, backend="cpu")
+
+
+# ---- unbatched, gradcheck, opcheck, modules ------------------------------------------------
+
+
+def test_unbatched(target):
+    x = torch.randn(3, 7, 9, device=target.device)
+    torch.testing.assert_close(F.max_pool2d(x, 3, 2, backend=target.backend).cpu(), TF.max_pool2d(x.cpu(), 3, 2))
+    torch.testing.assert_close(F.avg_pool2d(x, 2, backend=target.backend).cpu(), TF.avg_pool2d(x.cpu(), 2))
+    torch.testing.assert_close(F.adaptive_avg_pool2d(x, 2, backend=target.backend).cpu(),
+                               TF.adaptive_avg_pool2d(x.cpu(), 2))
+
+
+@pytest.mark.parametrize("fn", ["max", "avg", "adaptive_avg", "adaptive_max"])
+def test_gradcheck(fn, target):
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, device=target.device, requires_grad=True)
+    b = target.backend
+    f = {
+        "max": lambda x: F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), backend=b),
+        "avg": lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False, backend=b),
+        "adaptive_avg": lambda x: F.adaptive_avg_pool2d(x, (4, 3), backend=b),
+        "adaptive_max": lambda x: F.adaptive_max_pool2d(x, (4, 3), backend=b),
+    }[fn]
+    assert torch.autograd.gradcheck(f, (x,), fast_mode=target.backend == "triton")
+
+
+def _opcheck_cases(ops):
+    x = torch.randn(2, 3, 7, 9)
+    xc = x.contiguous(memory_format=CL)
+    out, idx = ops.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+    g = torch.randn_like(out)
+    a_out, a_idx = ops.adaptive_max_pool2d(x, [3, 4])
+    ag = torch.randn_like(a_out)
+    return [
+        (ops.max_pool2d, (x.clone().requires_grad_(), [3, 3], [2, 2], [1, 1], [1, 1], True)),
+        (ops.max_pool2d, (xc, [2, 3], [1, 2], [1, 0], [2, 1], False)),
+        (ops.max_pool2d_backward, (g, idx, list(x.shape), [3, 3], [2, 2], [1, 1], [1, 1])),
+        (ops.avg_pool2d, (x.clone().requires_grad_(), [3, 2], [2, 2], [1, 1], True, False, None)),
+        (ops.avg_pool2d, (xc, [3, 3], [1, 2], [0, 1], False, True, 4)),
+        (ops.avg_pool2d_backward, (g, list(x.shape), [3, 3], [2, 2], [1, 1], True, None)),
+        (ops.adaptive_avg_pool2d, (x.clone().requires_grad_(), [3, 4])),
+        (ops.adaptive_avg_pool2d_backward, (ag, list(x.shape))),
+        (ops.adaptive_max_pool2d, (xc.clone().requires_grad_(), [3, 4])),
+        (ops.adaptive_max_pool2d_backward, (ag, a_idx, list(x.shape))),
+        (ops.max_unpool2d, (out.detach().clone().requires_grad_(), idx, [7, 9])),
+        (ops.max_unpool2d_backward, (torch.randn(2, 3, 7, 9), idx)),
+    ]
+
+
+# CPU tensors: the cpu backend, and triton where the interpreter is on (cuda: test_pool_cuda).
+@pytest.mark.parametrize("backend", [t.values[0].backend for t in TARGETS if t.values[0].device == "cpu"])
+def test_opcheck(backend):
+    for op, args in _opcheck_cases(pool_ops.BACKEND_OPS[backend]):
+        torch.library.opcheck(op, args)
+
+
+def test_modules_match_torch(target):
+    x = torch.randn(2, 3, 9, 8)
+    pairs = [
+        (cnnkernels.nn.MaxPool2d(3, 2, 1, ceil_mode=True, backend=target.backend), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+        (cnnkernels.nn.AvgPool2d(2, count_include_pad=False, backend=target.backend), torch.nn.AvgPool2d(2, count_include_pad=False)),
+        (cnnkernels.nn.AdaptiveAvgPool2d((1, 1), backend=target.backend), torch.nn.AdaptiveAvgPool2d((1, 1))),
+        (cnnkernels.nn.AdaptiveMaxPool2d(2, backend=target.backend), torch.nn.AdaptiveMaxPool2d(2)),
+    ]
+    for ours, theirs in pairs:
+        assert repr(theirs) in repr(ours) or type(theirs).__name__ in repr(ours)
+        torch.testing.assert_close(ours(x.to(target.device)).cpu(), theirs(x))
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+XP = torch.randn(2, 3, 5, 5)
+
+BAD_CALLS = {
+    "pad_more_than_half": ("max_pool2d", (XP, 3), dict(padding=2), message_names("pad should be at most half")),
+    "negative_pad": ("max_pool2d", (XP, 2), dict(padding=-1), "pad must be non-negative"),
+    "zero_kernel": ("max_pool2d", (XP, 0), {}, "stride should not be zero"),
+    "zero_stride": ("max_pool2d", (XP, 3), dict(stride=0), "stride should not be zero"),
+    "zero_dilation": ("max_pool2d", (XP, 3), dict(dilation=0), "dilation should be greater than zero"),
+    "output_too_small": ("max_pool2d", (XP, 6), {}, "Output size is too small"),
+    "rank_2": ("max_pool2d", (torch.randn(5, 5), 2), {}, "3D or 4D"),
+    "zero_channels": ("max_pool2d", (torch.randn(2, 0, 5, 5), 2), {}, "3D or 4D"),
+    "avg_pad": ("avg_pool2d", (XP, 3), dict(padding=2), "pad should be at most half"),
+    "avg_too_small": ("avg_pool2d", (XP, 6), {}, "Output size is too small"),
+    "avg_divisor_zero": ("avg_pool2d", (XP, 2), dict(divisor_override=0), "divisor must be not zero"),
+    "adaptive_negative": ("adaptive_avg_pool2d", (XP, (2, -1)), {}, "greater than or equal to 0"),
+    "adaptive_max_negative": ("adaptive_max_pool2d", (XP, (-1, 2)), {}, "greater than or equal to 0"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CALLS))
+def test_bad_arguments_raise_like_torch(name):
+    fn, args, kwargs, match = BAD_CALLS[name]
+    raises_like_torch(lambda: getattr(F, fn)(*args, **kwargs), lambda: getattr(TF, fn)(*args, **kwargs), match)
+
+
+def test_empty_batch(target):
+    x = torch.randn(0, 3, 6, 6, device=target.device, requires_grad=True)
+    out = F.max_pool2d(x, 2, backend=target.backend)
+    assert out.shape == (0, 3, 3, 3)
+    assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape
