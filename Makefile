@@ -1,6 +1,6 @@
 # The README's two commands. Each sets itself up on a fresh machine: a virtual environment,
 # torch, the test dependencies and the extension build, then runs its job.
-#   make demo   the self-check table (and, later, the training demo)
+#   make demo   trains LeNet-5 on handwritten digits, then prints the self-check table
 #   make test   the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +22,8 @@ build: $(VENV)/.built
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet $(TORCH_PINS) ninja setuptools wheel pytest expecttest numpy
+	$(PY) -m pip install --quiet $(TORCH_PINS) ninja setuptools wheel pytest expecttest numpy \
+		scikit-learn matplotlib tqdm
 	touch $@
 
 # Rebuilds whenever a C++/CUDA source or the build configuration changes.

@@ -17,6 +17,7 @@ import torch.nn.functional as TF
 
 from cnnkernels.backend import BackendError, select
 from cnnkernels.ops import conv as conv_ops
+from cnnkernels.ops import pool as pool_ops
 
 
 @dataclass
@@ -89,17 +90,66 @@ def _conv_rows(device: torch.device, backend: str) -> list[Row]:
     return [Row(name, backend, device.type, err[name], ours[name], theirs[name]) for name in names]
 
 
+# (name, N, C, H, W): a LeNet-5 map and a ResNet-50 stem output.
+POOL_SHAPES = [("lenet-c1", 64, 6, 28, 28), ("resnet-stem", 8, 64, 112, 112)]
+
+
+def _pool_rows(device: torch.device, backend: str) -> list[Row]:
+    ops = pool_ops.BACKEND_OPS[backend]
+    aten = torch.ops.aten
+    rows = []
+    for name, k, s, p in (("max_pool2d 3x3/2", 3, 2, 1), ("avg_pool2d 2x2/2", 2, 2, 0), ("adaptive_avg_pool2d 1x1", 0, 0, 0)):
+        err = {"forward": 0.0, "backward": 0.0}
+        ours = dict.fromkeys(err, 0.0)
+        theirs = dict.fromkeys(err, 0.0)
+        for _, n, c, h, w in POOL_SHAPES:
+            x = torch.randn(n, c, h, w, device=device)
+            if name.startswith("max"):
+                fwd = lambda: ops.max_pool2d(x, [k, k], [s, s], [p, p], [1, 1], False)  # noqa: E731
+                ref_fwd = lambda: aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p])  # noqa: E731
+                (y, idx), (ry, ridx) = fwd(), ref_fwd()
+                g = torch.randn_like(ry)
+                bwd = lambda: ops.max_pool2d_backward(g, idx, list(x.shape), [k, k], [s, s], [p, p], [1, 1])  # noqa: E731
+                ref_bwd = lambda: aten.max_pool2d_with_indices_backward(g, x, [k, k], [s, s], [p, p], [1, 1], False, ridx)  # noqa: E731
+            elif name.startswith("avg"):
+                fwd = lambda: ops.avg_pool2d(x, [k, k], [s, s], [p, p], False, True, None)  # noqa: E731
+                ref_fwd = lambda: aten.avg_pool2d(x, [k, k], [s, s], [p, p])  # noqa: E731
+                y, ry = fwd(), ref_fwd()
+                g = torch.randn_like(ry)
+                bwd = lambda: ops.avg_pool2d_backward(g, list(x.shape), [k, k], [s, s], [p, p], True, None)  # noqa: E731
+                ref_bwd = lambda: aten.avg_pool2d_backward(g, x, [k, k], [s, s], [p, p], False, True, None)  # noqa: E731
+            else:
+                fwd = lambda: ops.adaptive_avg_pool2d(x, [1, 1])  # noqa: E731
+                ref_fwd = lambda: aten._adaptive_avg_pool2d(x, [1, 1])  # noqa: E731
+                y, ry = fwd(), ref_fwd()
+                g = torch.randn_like(ry)
+                bwd = lambda: ops.adaptive_avg_pool2d_backward(g, list(x.shape))  # noqa: E731
+                ref_bwd = lambda: aten._adaptive_avg_pool2d_backward(g, x)  # noqa: E731
+            out = fwd()
+            err["forward"] = max(err["forward"], ((out[0] if isinstance(out, tuple) else out) - (ry if not isinstance(ry, tuple) else ry[0])).abs().max().item())
+            err["backward"] = max(err["backward"], (bwd() - ref_bwd()).abs().max().item())
+            for phase, (our_fn, torch_fn) in {"forward": (fwd, ref_fwd), "backward": (bwd, ref_bwd)}.items():
+                ours[phase] += _time_ms(our_fn, device)
+                theirs[phase] += _time_ms(torch_fn, device)
+        rows += [Row(f"{name} {phase}", backend, device.type, err[phase], ours[phase], theirs[phase]) for phase in err]
+    return rows
+
+
+FAMILIES = [("conv2d", conv_ops, _conv_rows), ("pooling", pool_ops, _pool_rows)]
+
+
 def collect() -> list[Row]:
     """Rows for every operator family and every backend usable on this machine's devices."""
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rows = []
-    for device in devices:
-        for backend in ("cpu", "cuda", "triton"):
-            try:
-                select("conv2d", device, conv_ops.IMPLEMENTED, backend)
-            except BackendError:
-                continue
-            rows += _conv_rows(device, backend)
+    for family, module, make_rows in FAMILIES:
+        for device in devices:
+            for backend in ("cpu", "cuda", "triton"):
+                try:
+                    select(family, device, module.IMPLEMENTED, backend)
+                except BackendError:
+                    continue
+                rows += make_rows(device, backend)
     return rows
 
 
@@ -115,11 +165,11 @@ def machine() -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = f"| {'operator':<24} | {'backend':<7} | {'device':<6} | {'max abs err':>12} | {'ours ms':>9} | {'torch ms':>9} | {'torch/ours':>10} |"
+    header = f"| {'operator':<34} | {'backend':<7} | {'device':<6} | {'max abs err':>12} | {'ours ms':>9} | {'torch ms':>9} | {'torch/ours':>10} |"
     lines = [header, "|" + "|".join("-" * (len(col)) for col in header.split("|")[1:-1]) + "|"]
     for r in rows:
         lines.append(
-            f"| {r.op:<24} | {r.backend:<7} | {r.device:<6} | {r.max_abs_err:>12.2e} | {r.ours_ms:>9.2f} | "
+            f"| {r.op:<34} | {r.backend:<7} | {r.device:<6} | {r.max_abs_err:>12.2e} | {r.ours_ms:>9.2f} | "
             f"{r.torch_ms:>9.2f} | {r.torch_ms / r.ours_ms:>10.2f} |"
         )
     return "\n".join(lines)
@@ -128,7 +178,8 @@ def format_table(rows: list[Row]) -> str:
 def main() -> None:
     torch.manual_seed(0)
     print(f"cnnkernels self-check on {machine()}")
-    print("float32; times are sums over the shapes " + ", ".join(s[0] for s in CONV_SHAPES) + "\n")
+    print("float32; times are sums over the shapes " + ", ".join(s[0] for s in CONV_SHAPES) + " (conv2d) and "
+          + ", ".join(s[0] for s in POOL_SHAPES) + " (pooling)\n")
     print(format_table(collect()))
 
 
