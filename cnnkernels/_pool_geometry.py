@@ -43,6 +43,12 @@ def pool2d_output_shape(name: str, input_shape: Sequence[int], kernel_size: Sequ
             raise RuntimeError(
                 f"{name}: pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and dilation={d}"
             )
+    # torch checks this after the dilated (effective) kernel bound above.
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise RuntimeError(
+            f"{name}: pad should be smaller than or equal to half of kernel size, but got padW = {padding[1]}, "
+            f"padH = {padding[0]}, kW = {kernel_size[1]}, kH = {kernel_size[0]}"
+        )
     n, c, h, w = input_shape
     oh = pool_out_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode)
     ow = pool_out_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode)

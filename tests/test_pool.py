@@ -103,7 +103,7 @@ def test_max_pool2d_nan_and_inf(fill, target):
 
 # ---- average pooling -----------------------------------------------------------------------
 
-AVG_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 3)], [0, 1], [False, True], [True, False], [None, 5]))
+AVG_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 3)], [0, 1], [False, True], [True, False], [None, 5, -2]))
 
 
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode, count_include_pad, divisor", AVG_GRID, ids=str)
@@ -258,6 +258,8 @@ BAD_CALLS = {
     "output_too_small": ("max_pool2d", (XP, 6), {}, "Output size is too small"),
     "rank_2": ("max_pool2d", (torch.randn(5, 5), 2), {}, "3D or 4D"),
     "zero_channels": ("max_pool2d", (torch.randn(2, 0, 5, 5), 2), {}, "3D or 4D"),
+    "pad_vs_undilated_kernel": ("max_pool2d", (torch.randn(1, 1, 9, 9), 3), dict(dilation=2, padding=2),
+                                "pad should be smaller than or equal to half of kernel size"),
     "avg_pad": ("avg_pool2d", (XP, 3), dict(padding=2), "pad should be at most half"),
     "avg_too_small": ("avg_pool2d", (XP, 6), {}, "Output size is too small"),
     "avg_divisor_zero": ("avg_pool2d", (XP, 2), dict(divisor_override=0), "divisor must be not zero"),

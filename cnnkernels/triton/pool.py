@@ -48,13 +48,14 @@ import triton
 import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
-from cnnkernels.triton.conv import _acc_dtype, _autotune, _check_device, _config, _first_tap, _index_dtype
+from cnnkernels._pool_geometry import pool_out_size
+from cnnkernels.triton.conv import _acc_dtype, _autotune, _check_device, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
-# autotune over it (keyed by the problem, the memory layout included: sx_c is 1 for
-# channels_last); in the interpreter, or with CNNKERNELS_TRITON_AUTOTUNE=0, they use the first
-# entry. Tests run every entry, so no untested config is ever picked.
+# autotune over it (keyed by the problem and its memory layout); in the interpreter, or with
+# CNNKERNELS_TRITON_AUTOTUNE=0, they use the first entry (the interpreter's cost is per program,
+# so a large tile). Tests run every entry, so no untested config is ever picked.
 TILE_CONFIGS = [
     _config(BLOCK_M=64, BLOCK_C=32, num_warps=4, num_stages=2),   # both layouts; interpreter default
     _config(BLOCK_M=16, BLOCK_C=64, num_warps=4, num_stages=2),   # channels_last, many channels
@@ -103,14 +104,27 @@ def _takes(value, current):
 @triton.jit
 def _avg_divisor(h0, w0, H, W, pad_h, pad_w, divisor_override,
                  KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr):
-    """pool.h avg_pool_divisor for windows starting at (h0, w0) (padded coordinates - pad)."""
+    """pool.h avg_pool_divisor for the windows whose first row and column are h0 and w0 (input
+    coordinates, negative inside the leading padding)."""
     h1 = tl.minimum(h0 + KH, H + pad_h)
     w1 = tl.minimum(w0 + KW, W + pad_w)
     if COUNT_PAD:
         count = (h1 - h0) * (w1 - w0)
     else:
         count = (tl.minimum(h1, H) - tl.maximum(h0, 0)) * (tl.minimum(w1, W) - tl.maximum(w0, 0))
-    return tl.where(divisor_override > 0, divisor_override, count)
+    return tl.where(divisor_override != 0, divisor_override, count)  # 0 means no override
+
+
+@triton.jit
+def _first_taps(i_plus_pad, stride, dilation, step, KERNEL: tl.constexpr):
+    """Per element, the smallest tap t with (i + pad - t*dilation) a multiple of stride, or
+    KERNEL if there is none (conv.h backward_input_taps). conv.py's _first_tap does this for
+    one phase per program; here every element has its own phase."""
+    first = tl.zeros_like(i_plus_pad) + KERNEL
+    for t in range(0, step):
+        hit = (first == KERNEL) & ((i_plus_pad - t * dilation) % stride == 0) & (t < KERNEL)
+        first = tl.where(hit, t, first)
+    return first
 
 
 @triton.jit
@@ -169,15 +183,14 @@ def _max_pool2d_backward_kernel(
     KH: tl.constexpr, KW: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m_ok, c_ok, n, h, w = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)[:5]
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
     me = (h.to(tl.int64) * W + w)[:, None]  # the index a window stores when it chose (h, w)
     hp = h + pad_h
     wp = w + pad_w
     # The taps through which (h, w) meets a real output: an arithmetic progression per element
     # (conv.h backward_input_taps); `first` is KH (KW) when there is none.
-    first_h = _first_tap(hp, stride_h, dil_h, step_h, KH)
-    first_w = _first_tap(wp, stride_w, dil_w, step_w, KW)
+    first_h = _first_taps(hp, stride_h, dil_h, step_h, KH)
+    first_w = _first_taps(wp, stride_w, dil_w, step_w, KW)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
     for jh in range(0, taps_h):
         r = first_h + jh * step_h
@@ -368,14 +381,14 @@ def _adaptive_max_pool2d_backward_kernel(
 @triton.jit
 def _max_unpool2d_kernel(
     x, ind, y,
-    M, C, H, W, OH, OW,
+    M, C, H, W, OH, OW, out_plane,
     sx_n, sx_c, sx_h, sx_w, si_n, si_c, si_h, si_w, sy_n, sy_c, sy_h, sy_w,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
     ok = m_ok[:, None] & c_ok[None, :]
     idx = tl.load(_ptr(ind, n, c, h, w, si_n, si_c, si_h, si_w), mask=ok, other=-1)
-    hit = ok & (idx >= 0) & (idx < OH.to(tl.int64) * OW)
+    hit = ok & (idx >= 0) & (idx < out_plane)
     v = tl.load(_ptr(x, n, c, h, w, sx_n, sx_c, sx_h, sx_w), mask=hit)
     pix = n[:, None] * sy_n + (idx // OW) * sy_h + (idx % OW) * sy_w
     tl.store(y + pix + (c * sy_c)[None, :], v, mask=hit)
@@ -384,14 +397,14 @@ def _max_unpool2d_kernel(
 @triton.jit
 def _max_unpool2d_backward_kernel(
     dy, ind, dx,
-    M, C, H, W, OH, OW,
+    M, C, H, W, OH, OW, out_plane,
     sd_n, sd_c, sd_h, sd_w, si_n, si_c, si_h, si_w, sx_n, sx_c, sx_h, sx_w,
     INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     m_ok, c_ok, n, h, w, c = _tile(M, C, H, W, INDEX, BLOCK_M, BLOCK_C)
     ok = m_ok[:, None] & c_ok[None, :]
     idx = tl.load(_ptr(ind, n, c, h, w, si_n, si_c, si_h, si_w), mask=ok, other=-1)
-    hit = ok & (idx >= 0) & (idx < OH.to(tl.int64) * OW)
+    hit = ok & (idx >= 0) & (idx < out_plane)
     pix = n[:, None] * sd_n + (idx // OW) * sd_h + (idx % OW) * sd_w
     g = tl.load(dy + pix + (c * sd_c)[None, :], mask=hit, other=0.0)
     tl.store(_ptr(dx, n, c, h, w, sx_n, sx_c, sx_h, sx_w), g.to(dx.dtype.element_ty), mask=ok)
@@ -399,25 +412,25 @@ def _max_unpool2d_backward_kernel(
 
 # ---- launching -----------------------------------------------------------------------------
 
-_KERNELS = (
-    _max_pool2d_kernel, _max_pool2d_backward_kernel, _avg_pool2d_kernel, _avg_pool2d_backward_kernel,
-    _adaptive_avg_pool2d_kernel, _adaptive_avg_pool2d_backward_kernel, _adaptive_max_pool2d_kernel,
-    _adaptive_max_pool2d_backward_kernel, _max_unpool2d_kernel, _max_unpool2d_backward_kernel,
-)
-# The first stride argument of each kernel is its first operand's channel stride: keyed on it,
-# a channels_last problem (stride 1) tunes apart from the NCHW one of the same shape.
-_TUNING_KEY = ["M", "C", "H", "W", "P", "Q", "KH", "KW"]
-
-
-def _tuned(kernel):
-    names = kernel.arg_names
-    key = [k for k in _TUNING_KEY + ["stride_h", "stride_w", "OH", "OW"] if k in names]
-    key.append(next(a for a in names if a.endswith("_c")))
-    return triton.autotune(TILE_CONFIGS, key=key)(kernel)
-
-
 # Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
-_TUNED = {kernel: _tuned(kernel) for kernel in _KERNELS}
+# Each key holds the problem's sizes and its first operand's channel stride, so a channels_last
+# problem (channel stride 1) tunes apart from the NCHW one of the same shape.
+_SIZES = ["M", "C", "H", "W", "P", "Q"]
+_TUNED = {
+    kernel: triton.autotune(TILE_CONFIGS, key=key)(kernel)
+    for kernel, key in [
+        (_max_pool2d_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sx_c"]),
+        (_max_pool2d_backward_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sd_c"]),
+        (_avg_pool2d_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sx_c"]),
+        (_avg_pool2d_backward_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sd_c"]),
+        (_adaptive_avg_pool2d_kernel, _SIZES + ["sx_c"]),
+        (_adaptive_avg_pool2d_backward_kernel, _SIZES + ["sd_c"]),
+        (_adaptive_max_pool2d_kernel, _SIZES + ["sx_c"]),
+        (_adaptive_max_pool2d_backward_kernel, _SIZES + ["sd_c"]),
+        (_max_unpool2d_kernel, ["M", "C", "H", "W", "OH", "OW", "sx_c"]),
+        (_max_unpool2d_backward_kernel, ["M", "C", "H", "W", "OH", "OW", "sd_c"]),
+    ]
+}
 
 
 def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | None, **constexprs):
@@ -435,23 +448,9 @@ def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | No
                                 num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-def pool_out_size(size: int, kernel: int, pad: int, stride: int, dilation: int, ceil_mode: bool) -> int:
-    """pool.h pool_out_size: torch's extent of a window sweep. With ceil_mode a last, partial
-    window is kept only if it starts inside the input or its leading padding."""
-    span = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
-    out = span // stride + 1  # Python's '//' floors, as pool.h floor_div
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
-
-
 def _adaptive_extent(size: int, out: int) -> int:
     """An upper bound of the largest adaptive window, ceil((o+1)*size/out) - floor(o*size/out)."""
     return size // out if size % out == 0 else size // out + 2
-
-
-def _strides(t: torch.Tensor):
-    return tuple(t.stride())
 
 
 # ---- launchers -----------------------------------------------------------------------------
@@ -469,7 +468,7 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode,
     if y.numel() == 0:
         return y, indices
     args = (input, y, indices, N * P * Q, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            dilation[0], dilation[1], *_strides(input), *_strides(y), *_strides(indices))
+            dilation[0], dilation[1], *input.stride(), *y.stride(), *indices.stride())
     _launch(_max_pool2d_kernel, N * P * Q, C, args, config, KH=KH, KW=KW,
             INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
     return y, indices
@@ -480,7 +479,7 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     KH, KW = kernel_size
-    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, indices))
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
     if dx.numel() == 0:
         return dx
     if grad_output.numel() == 0:
@@ -490,7 +489,7 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
     step_w = stride[1] // math.gcd(stride[1], dilation[1])
     args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1], step_h, step_w, triton.cdiv(KH, step_h), triton.cdiv(KW, step_w),
-            *_strides(grad_output), *_strides(indices), *_strides(dx))
+            *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_max_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
     return dx
@@ -507,7 +506,7 @@ def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_inc
     if y.numel() == 0:
         return y
     args = (input, y, N * P * Q, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            divisor_override or 0, *_strides(input), *_strides(y))
+            divisor_override or 0, *input.stride(), *y.stride())
     _launch(_avg_pool2d_kernel, N * P * Q, C, args, config, KH=KH, KW=KW, COUNT_PAD=bool(count_include_pad),
             INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
     return y
@@ -526,7 +525,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
         return dx.zero_()
     args = (grad_output, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
             divisor_override or 0, triton.cdiv(KH, stride[0]), triton.cdiv(KW, stride[1]),
-            *_strides(grad_output), *_strides(dx))
+            *grad_output.stride(), *dx.stride())
     _launch(_avg_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             COUNT_PAD=bool(count_include_pad), INDEX=_index_dtype(dx.numel(), grad_output.numel()),
             ACC=_acc_dtype(dx.dtype))
@@ -541,7 +540,7 @@ def adaptive_avg_pool2d_forward(input, output_size, config=None):
     if y.numel() == 0:
         return y
     args = (input, y, N * P * Q, C, H, W, P, Q, _adaptive_extent(H, P), _adaptive_extent(W, Q),
-            *_strides(input), *_strides(y))
+            *input.stride(), *y.stride())
     _launch(_adaptive_avg_pool2d_kernel, N * P * Q, C, args, config,
             INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
     return y
@@ -558,7 +557,7 @@ def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
         return dx.zero_()
     # Input i lies in at most ceil(out / in) + 1 windows.
     args = (grad_output, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
-            *_strides(grad_output), *_strides(dx))
+            *grad_output.stride(), *dx.stride())
     _launch(_adaptive_avg_pool2d_backward_kernel, N * H * W, C, args, config,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
     return dx
@@ -574,7 +573,7 @@ def adaptive_max_pool2d_forward(input, output_size, config=None):
     if y.numel() == 0:
         return y, indices
     args = (input, y, indices, N * P * Q, C, H, W, P, Q, _adaptive_extent(H, P), _adaptive_extent(W, Q),
-            *_strides(input), *_strides(y), *_strides(indices))
+            *input.stride(), *y.stride(), *indices.stride())
     _launch(_adaptive_max_pool2d_kernel, N * P * Q, C, args, config,
             INDEX=_index_dtype(input.numel(), y.numel()), ACC=_acc_dtype(input.dtype))
     return y, indices
@@ -584,13 +583,13 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
     _check_device(grad_output, indices)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
-    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, indices))
+    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
     if dx.numel() == 0:
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
     args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
-            *_strides(grad_output), *_strides(indices), *_strides(dx))
+            *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_adaptive_max_pool2d_backward_kernel, N * H * W, C, args, config,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
     return dx
@@ -606,7 +605,7 @@ def max_unpool2d_forward(input, indices, output_size, config=None):
     y.zero_()  # every position no index names stays 0
     if input.numel() == 0:
         return y
-    args = (input, indices, y, N * H * W, C, H, W, OH, OW, *_strides(input), *_strides(indices), *_strides(y))
+    args = (input, indices, y, N * H * W, C, H, W, OH, OW, OH * OW, *input.stride(), *indices.stride(), *y.stride())
     _launch(_max_unpool2d_kernel, N * H * W, C, args, config, INDEX=_index_dtype(input.numel(), y.numel()))
     return y
 
@@ -620,8 +619,8 @@ def max_unpool2d_backward(grad_output, indices, config=None):
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
-    args = (grad_output, indices, dx, N * H * W, C, H, W, OH, OW,
-            *_strides(grad_output), *_strides(indices), *_strides(dx))
+    args = (grad_output, indices, dx, N * H * W, C, H, W, OH, OW, OH * OW,
+            *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_max_unpool2d_backward_kernel, N * H * W, C, args, config,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()))
     return dx

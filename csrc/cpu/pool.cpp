@@ -355,6 +355,7 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size) {
   const char* op = "cnnkernels::adaptive_avg_pool2d_backward";
   check_floating(op, grad_output);
+  check_grad_output_planes(op, grad_output, input_size);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (dx.numel() == 0) return dx;
@@ -379,6 +380,7 @@ at::Tensor adaptive_max_pool2d_backward(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef input_size) {
   const char* op = "cnnkernels::adaptive_max_pool2d_backward";
   check_floating(op, grad_output);
+  check_grad_output_planes(op, grad_output, input_size);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   check_pool_indices(op, indices, grad_output);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
@@ -402,8 +404,7 @@ at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices, at::
 at::Tensor max_unpool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices) {
   const char* op = "cnnkernels::max_unpool2d_backward";
   check_floating(op, grad_output);
-  TORCH_CHECK(grad_output.dim() == 4 && indices.dim() == 4 && indices.scalar_type() == at::kLong, op,
-              ": expected 4-D grad_output and 4-D int64 indices");
+  check_unpool_backward_args(op, grad_output, indices);
   at::Tensor dx = new_buffer(indices.sizes(), grad_output.options(), indices.suggest_memory_format());
   if (dx.numel() == 0) return dx;
   CNNK_DISPATCH_POOL(grad_output.scalar_type(), "max_unpool2d_backward_cpu",

@@ -17,43 +17,11 @@
 
 #include "cnnkernels/common.h"
 #include "cnnkernels/conv.h"
+#include "cnnkernels/cuda_types.cuh"
 #include "conv_kernel.h"
 
 namespace cnnkernels {
 namespace {
-
-// ---- element conversions (torch builds nvcc with the implicit half conversions disabled) ---
-
-template <typename T>
-__device__ __forceinline__ acc_t<T> to_acc(T v) {
-  return static_cast<acc_t<T>>(v);
-}
-template <>
-__device__ __forceinline__ float to_acc<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T from_acc(acc_t<T> v) {
-  return static_cast<T>(v);
-}
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) {
-  return __float2half(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-
-template <typename T>
-__device__ __forceinline__ T zero() {
-  return from_acc<T>(acc_t<T>(0));
-}
 
 __device__ __forceinline__ int64_t offset4(const int64_t stride[4], int64_t i0, int64_t i1, int64_t i2,
                                            int64_t i3) {
@@ -458,39 +426,27 @@ cudaError_t sum_partials(const void* partials, int64_t splits, const int64_t siz
   return cudaGetLastError();
 }
 
-// Calls fn.template operator()<T>() with T the element type of `dtype`.
-template <class Fn>
-cudaError_t dispatch(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Float32: return fn(float{});
-    case DType::Float64: return fn(double{});
-    case DType::Float16: return fn(__half{});
-    case DType::BFloat16: return fn(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 cudaError_t launch_conv2d_forward(DType dtype, const Conv2dParams& p, const Conv2dTensors& t, cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) { return forward<decltype(tag)>(p, t, stream); });
+  return dispatch_dtype(dtype, [&](auto tag) { return forward<decltype(tag)>(p, t, stream); });
 }
 
 cudaError_t launch_conv2d_backward_input(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
                                          cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) { return backward_input<decltype(tag)>(p, t, stream); });
+  return dispatch_dtype(dtype, [&](auto tag) { return backward_input<decltype(tag)>(p, t, stream); });
 }
 
 cudaError_t launch_conv2d_backward_weight(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
                                           int64_t splits, int64_t chunk, cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) { return backward_weight<decltype(tag)>(p, t, splits, chunk, stream); });
+  return dispatch_dtype(dtype, [&](auto tag) { return backward_weight<decltype(tag)>(p, t, splits, chunk, stream); });
 }
 
 cudaError_t launch_conv2d_backward_bias(DType dtype, const void* grad_output, int64_t batch, int64_t channels,
                                         int64_t pixels_per_image, int64_t stride_n, int64_t stride_k,
                                         int64_t stride_pq, int64_t splits, void* partials, void* grad_bias,
                                         cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) {
+  return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     cudaError_t err = bias_grad<T>(grad_output, batch, channels, pixels_per_image, stride_n, stride_k, stride_pq,
                                    splits, partials, stream);
@@ -503,7 +459,7 @@ cudaError_t launch_conv2d_backward_bias(DType dtype, const void* grad_output, in
 
 cudaError_t launch_sum_partials(DType dtype, const void* partials, int64_t splits, const int64_t sizes[4], void* out,
                                 const int64_t out_stride[4], cudaStream_t stream) {
-  return dispatch(dtype, [&](auto tag) { return sum_partials<decltype(tag)>(partials, splits, sizes, out, out_stride, stream); });
+  return dispatch_dtype(dtype, [&](auto tag) { return sum_partials<decltype(tag)>(partials, splits, sizes, out, out_stride, stream); });
 }
 
 }  // namespace cnnkernels

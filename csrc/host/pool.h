@@ -24,6 +24,7 @@ inline Pool2dParams pool2d_geometry(const char* op, at::IntArrayRef input_size, 
               ": expected kernel_size, stride, padding and dilation of 2 values each");
   TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op,
               ": kernel size should be greater than zero, but got kH: ", kernel_size[0], " kW: ", kernel_size[1]);
+  TORCH_CHECK(stride[0] != 0 && stride[1] != 0, op, ": stride should not be zero");
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, ": stride should be greater than zero, but got dH: ", stride[0],
               " dW: ", stride[1]);
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, ": dilation should be greater than zero, but got dilationH: ",
@@ -34,6 +35,10 @@ inline Pool2dParams pool2d_geometry(const char* op, at::IntArrayRef input_size, 
     TORCH_CHECK(padding[d] <= effective / 2, op, ": pad should be at most half of effective kernel size, but got pad=",
                 padding[d], ", kernel_size=", kernel_size[d], " and dilation=", dilation[d]);
   }
+  // torch checks this after the dilated (effective) kernel bound above.
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, op,
+              ": pad should be smaller than or equal to half of kernel size, but got padW = ", padding[1],
+              ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ", kernel_size[0]);
   Pool2dParams p{};
   p.batch = input_size[0];
   p.channels = input_size[1];
@@ -50,13 +55,21 @@ inline Pool2dParams pool2d_geometry(const char* op, at::IntArrayRef input_size, 
   return p;
 }
 
+// The backward gathers index grad_output (and indices) by the input's (n, c): they must agree,
+// or the kernels would read past the end of grad_output.
+inline void check_grad_output_planes(const char* op, const at::Tensor& grad_output, at::IntArrayRef input_size) {
+  TORCH_CHECK(grad_output.dim() == 4 && input_size.size() == 4 && grad_output.size(0) == input_size[0] &&
+                  grad_output.size(1) == input_size[1],
+              op, ": grad_output of size ", grad_output.sizes(), " does not match the input size ", input_size);
+}
+
 inline Pool2dParams make_pool2d_params(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                        bool ceil_mode) {
   Pool2dParams p = pool2d_geometry(op, input.sizes(), kernel_size, stride, padding, dilation);
   p.out_h = pool_out_size(p.in_h, p.kernel_h, p.pad_h, p.stride_h, p.dilation_h, ceil_mode);
   p.out_w = pool_out_size(p.in_w, p.kernel_w, p.pad_w, p.stride_w, p.dilation_w, ceil_mode);
-  TORCH_CHECK(p.out_h >= 1 && p.out_w >= 1, op, ": given input size: (", p.channels, "x", p.in_h, "x", p.in_w,
+  TORCH_CHECK(p.out_h >= 1 && p.out_w >= 1, op, ": Given input size: (", p.channels, "x", p.in_h, "x", p.in_w,
               "). Calculated output size: (", p.channels, "x", p.out_h, "x", p.out_w, "). Output size is too small");
   return p;
 }
@@ -66,8 +79,7 @@ inline Pool2dParams make_pool2d_backward_params(const char* op, const at::Tensor
                                                 at::IntArrayRef stride, at::IntArrayRef padding,
                                                 at::IntArrayRef dilation) {
   Pool2dParams p = pool2d_geometry(op, input_size, kernel_size, stride, padding, dilation);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.batch && grad_output.size(1) == p.channels, op,
-              ": grad_output of size ", grad_output.sizes(), " does not match the input size ", input_size);
+  check_grad_output_planes(op, grad_output, input_size);
   p.out_h = grad_output.size(2);
   p.out_w = grad_output.size(3);
   return p;
@@ -94,6 +106,16 @@ inline void check_pool_indices(const char* op, const at::Tensor& indices, const 
               ": expected int64 indices of the gradient's size ", grad_output.sizes(), ", got ",
               indices.scalar_type(), " of size ", indices.sizes());
   TORCH_CHECK(indices.device() == grad_output.device(), op, ": indices and grad_output must be on the same device");
+}
+
+inline void check_unpool_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& indices) {
+  TORCH_CHECK(grad_output.dim() == 4, op, ": expected a 4-D grad_output, got sizes ", grad_output.sizes());
+  TORCH_CHECK(indices.dim() == 4 && indices.scalar_type() == at::kLong, op,
+              ": expected 4-D int64 indices, got ", indices.scalar_type(), " of size ", indices.sizes());
+  TORCH_CHECK(indices.device() == grad_output.device(), op, ": indices and grad_output must be on the same device");
+  TORCH_CHECK(indices.size(0) == grad_output.size(0) && indices.size(1) == grad_output.size(1), op,
+              ": indices of size ", indices.sizes(), " do not match grad_output of size ", grad_output.sizes(),
+              " in batch and channels");
 }
 
 // 0 stands for "no override" in the kernels.

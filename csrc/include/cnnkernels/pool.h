@@ -39,10 +39,10 @@ CNNK_HOST_DEVICE bool max_pool_takes(acc value, acc current) {
 
 // Average pooling's divisor for the window of output (oh, ow), torch's rule: the window is cut
 // at the end of the padded input; count_include_pad counts the padding it still covers,
-// otherwise only the input elements; divisor_override (> 0) replaces both.
+// otherwise only the input elements; a non-zero divisor_override replaces both (0: none).
 CNNK_HOST_DEVICE int64_t avg_pool_divisor(const Pool2dParams& p, int64_t oh, int64_t ow,
                                           bool count_include_pad, int64_t divisor_override) {
-  if (divisor_override > 0) return divisor_override;
+  if (divisor_override != 0) return divisor_override;
   int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
   int64_t h1 = h0 + p.kernel_h < p.in_h + p.pad_h ? h0 + p.kernel_h : p.in_h + p.pad_h;
   int64_t w1 = w0 + p.kernel_w < p.in_w + p.pad_w ? w0 + p.kernel_w : p.in_w + p.pad_w;
