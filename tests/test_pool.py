@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as TF
 
 import cnnkernels
+import cnnkernels.models
 import cnnkernels.functional as F
 from cnnkernels.ops import pool as pool_ops
 from helpers import assert_close, message_names, raises_like_torch, targets_for
@@ -279,3 +280,55 @@ def test_empty_batch(target):
     out = F.max_pool2d(x, 2, backend=target.backend)
     assert out.shape == (0, 3, 3, 3)
     assert torch.autograd.grad(out.sum(), x)[0].shape == x.shape
+
+
+# ---- Triton tuning configurations and torch.compile ----------------------------------------
+
+TRITON_DEVICE = next((t.values[0].device for t in TARGETS if t.values[0].backend == "triton"), None)
+
+
+@pytest.mark.skipif(TRITON_DEVICE is None, reason="triton needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_every_triton_config(channels_last):
+    from cnnkernels.triton import pool as T
+
+    dev = TRITON_DEVICE
+    x = _input((2, 5, 9, 8), torch.float32, ties=True, channels_last=channels_last).to(dev)
+    k, s, p, d = [3, 3], [2, 2], [1, 1], [1, 2]
+    ref, ref_idx = TF.max_pool2d(x.cpu(), k, s, p, d, ceil_mode=True, return_indices=True)
+    g = torch.randn(ref.shape).to(dev)
+    ref_dx = torch.ops.aten.max_pool2d_with_indices_backward(g.cpu(), x.cpu(), k, s, p, d, True, ref_idx)
+    ref_avg = TF.avg_pool2d(x.cpu(), k, s, p, ceil_mode=True, count_include_pad=False)
+    g_avg = torch.randn(ref_avg.shape).to(dev)
+    ref_avg_dx = torch.ops.aten.avg_pool2d_backward(g_avg.cpu(), x.cpu(), k, s, p, True, False, None)
+    ref_ad = TF.adaptive_avg_pool2d(x.cpu(), (4, 3))
+    ref_am, ref_am_idx = TF.adaptive_max_pool2d(x.cpu(), (4, 3), return_indices=True)
+    for config in T.TILE_CONFIGS:
+        out, idx = T.max_pool2d_forward(x, k, s, p, d, True, config=config)
+        assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx), config
+        dx = T.max_pool2d_backward(g, idx, list(x.shape), k, s, p, d, config=config)
+        torch.testing.assert_close(dx.cpu(), ref_dx, msg=str(config))
+        avg = T.avg_pool2d_forward(x, k, s, p, True, False, None, config=config)
+        torch.testing.assert_close(avg.cpu(), ref_avg, msg=str(config))
+        avg_dx = T.avg_pool2d_backward(g_avg, list(x.shape), k, s, p, False, None, config=config)
+        torch.testing.assert_close(avg_dx.cpu(), ref_avg_dx, msg=str(config))
+        torch.testing.assert_close(T.adaptive_avg_pool2d_forward(x, [4, 3], config=config).cpu(), ref_ad)
+        am, am_idx = T.adaptive_max_pool2d_forward(x, [4, 3], config=config)
+        assert torch.equal(am.cpu(), ref_am) and torch.equal(am_idx.cpu(), ref_am_idx), config
+        unpooled = T.max_unpool2d_forward(out, idx, [9, 8], config=config)
+        torch.testing.assert_close(unpooled.cpu(), TF.max_unpool2d(ref, ref_idx, k, s, p, output_size=[9, 8]))
+
+
+def test_torch_compile_fullgraph_lenet(target):
+    torch._dynamo.reset()
+    net = cnnkernels.models.get_model("lenet5").to(target.device)
+    for m in net.modules():
+        if hasattr(m, "backend"):
+            m.backend = target.backend
+    x = torch.randn(4, 1, 32, 32, device=target.device)
+    out = torch.compile(net, fullgraph=True)(x)
+    ref = net(x)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    torch.testing.assert_close(grads, ref_grads)
