@@ -75,6 +75,7 @@ def _conv_rows(device: torch.device, backend: str) -> list[Row]:
             return torch.ops.aten.convolution_backward(g, x, wt, [k], [s, s], [p, p], [1, 1], False, [0, 0], 1, mask)
 
         ref_gx, ref_gw, ref_gb = aten_backward([True, True, True])
+        # torch's own kernels appear here only as the reference we are compared and timed against.
         cases = {
             "conv2d forward": (lambda: ops.forward(x, wt, b, *conv), lambda: TF.conv2d(x, wt, b, s, p), TF.conv2d(x, wt, b, s, p)),
             "conv2d backward-input": (lambda: ops.backward_input(g, wt, list(x.shape), *conv),

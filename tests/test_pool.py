@@ -27,7 +27,7 @@ def _leaf(t, device):
     return t.detach().to(device).requires_grad_()
 
 
-def compare(ours_fn, torch_fn, x, target, dtype, exact=False, with_indices=False):
+def check_against_torch(ours_fn, torch_fn, x, target, dtype, exact=False, with_indices=False):
     """Runs ours on target's device and torch on the CPU (fp32 for fp16/bf16 inputs); compares
     values, indices, layouts and input gradients; torch raising means ours must raise alike."""
     ref_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -73,7 +73,7 @@ MAX_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 1), 3], [0, 1], 
 def test_max_pool2d_grid(kernel, stride, padding, dilation, ceil_mode, target):
     args = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode,
                 return_indices=True)
-    compare(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
+    check_against_torch(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
             _input(ties=True, dtype=torch.float32), target, torch.float32, exact=True, with_indices=True)
 
 
@@ -83,7 +83,7 @@ def test_max_pool2d_dtypes_and_layouts(dtype, channels_last, target):
     if dtype == torch.float64 and target.backend != "cpu" and target.device != "cpu":
         pytest.skip("float64 is a CPU dtype for the GPU backends")
     args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True)
-    compare(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
+    check_against_torch(lambda x: F.max_pool2d(x, backend=target.backend, **args), lambda x: TF.max_pool2d(x, **args),
             _input((2, 5, 9, 8), dtype, channels_last=channels_last), target, dtype, exact=True, with_indices=True)
 
 
@@ -111,7 +111,7 @@ AVG_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, (2, 3)], [0, 1], [Fa
 def test_avg_pool2d_grid(kernel, stride, padding, ceil_mode, count_include_pad, divisor, target):
     args = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
                 count_include_pad=count_include_pad, divisor_override=divisor)
-    compare(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
+    check_against_torch(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
             _input(dtype=torch.float32), target, torch.float32)
 
 
@@ -120,7 +120,7 @@ def test_avg_pool2d_dtypes_channels_last(dtype, target):
     if dtype == torch.float64 and target.device != "cpu":
         pytest.skip("float64 is a CPU dtype for the GPU backends")
     args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
-    compare(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
+    check_against_torch(lambda x: F.avg_pool2d(x, backend=target.backend, **args), lambda x: TF.avg_pool2d(x, **args),
             _input((2, 6, 11, 10), dtype, channels_last=True), target, dtype)
 
 
@@ -132,14 +132,14 @@ ADAPTIVE_SIZES = [1, (3, 2), (5, 7), (7, None), (9, 11), (2, 1)]
 @pytest.mark.parametrize("size", ADAPTIVE_SIZES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_adaptive_avg_pool2d(size, channels_last, target):
-    compare(lambda x: F.adaptive_avg_pool2d(x, size, backend=target.backend),
+    check_against_torch(lambda x: F.adaptive_avg_pool2d(x, size, backend=target.backend),
             lambda x: TF.adaptive_avg_pool2d(x, size), _input(channels_last=channels_last), target, torch.float64)
 
 
 @pytest.mark.parametrize("size", ADAPTIVE_SIZES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_adaptive_max_pool2d(size, channels_last, target):
-    compare(lambda x: F.adaptive_max_pool2d(x, size, return_indices=True, backend=target.backend),
+    check_against_torch(lambda x: F.adaptive_max_pool2d(x, size, return_indices=True, backend=target.backend),
             lambda x: TF.adaptive_max_pool2d(x, size, return_indices=True),
             _input(ties=True, channels_last=channels_last), target, torch.float64, exact=True, with_indices=True)
 

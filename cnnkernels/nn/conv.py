@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnkernels import functional as F
+from cnnkernels import functional
 from cnnkernels.nn._backend import BackendMixin
 
 __all__ = ["Conv2d"]
@@ -28,5 +28,5 @@ class Conv2d(BackendMixin, nn.Conv2d):
             # Non-zero padding modes pad explicitly (reflect/replicate/circular copies of the
             # border), then convolve without implicit padding, as torch.nn.Conv2d does.
             padded = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups, backend=self.backend)
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)
+            return functional.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups, backend=self.backend)
+        return functional.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, backend=self.backend)

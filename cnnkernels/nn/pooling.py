@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cnnkernels import functional as F
+from cnnkernels import functional
 from cnnkernels.nn._backend import BackendMixin
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "MaxUnpool2d"]
@@ -17,7 +17,7 @@ class MaxPool2d(BackendMixin, nn.MaxPool2d):
         self._set_backend(backend)
 
     def forward(self, input):
-        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+        return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices, backend=self.backend)
 
 
@@ -29,7 +29,7 @@ class AvgPool2d(BackendMixin, nn.AvgPool2d):
         self._set_backend(backend)
 
     def forward(self, input):
-        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+        return functional.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override, backend=self.backend)
 
 
@@ -42,7 +42,7 @@ class AdaptiveAvgPool2d(BackendMixin, nn.AdaptiveAvgPool2d):
         self._set_backend(backend)
 
     def forward(self, input):
-        return F.adaptive_avg_pool2d(input, self.output_size, backend=self.backend)
+        return functional.adaptive_avg_pool2d(input, self.output_size, backend=self.backend)
 
 
 class AdaptiveMaxPool2d(BackendMixin, nn.AdaptiveMaxPool2d):
@@ -53,7 +53,7 @@ class AdaptiveMaxPool2d(BackendMixin, nn.AdaptiveMaxPool2d):
         self._set_backend(backend)
 
     def forward(self, input):
-        return F.adaptive_max_pool2d(input, self.output_size, self.return_indices, backend=self.backend)
+        return functional.adaptive_max_pool2d(input, self.output_size, self.return_indices, backend=self.backend)
 
 
 class MaxUnpool2d(BackendMixin, nn.MaxUnpool2d):
@@ -64,5 +64,5 @@ class MaxUnpool2d(BackendMixin, nn.MaxUnpool2d):
         self._set_backend(backend)
 
     def forward(self, input, indices, output_size=None):
-        return F.max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size,
+        return functional.max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size,
                               backend=self.backend)
