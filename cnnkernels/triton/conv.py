@@ -126,7 +126,8 @@ def _conv2d_forward_kernel(
     g = tl.program_id(2)
     m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
     k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
-    m_ok = m < N.to(INDEX) * P * Q
+    # tl.cast rather than N.to(): Triton passes an integer argument equal to 1 as a constant.
+    m_ok = m < tl.cast(N, INDEX) * P * Q
     k_ok = k < Kg
     q = m % Q
     p = (m // Q) % P
@@ -193,7 +194,7 @@ def _conv2d_backward_input_kernel(
 
     m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
     c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
-    m_ok = m < N.to(INDEX) * Hp * Wp
+    m_ok = m < tl.cast(N, INDEX) * Hp * Wp
     c_ok = c < Cg
     ih = ih0 + ((m // Wd) % Hd) * stride_h
     iw = iw0 + (m % Wd) * stride_w
@@ -244,7 +245,7 @@ def _conv2d_backward_weight_kernel(
     c_ok = c < Cg
     dy_k = dy + (g * Kg + k).to(tl.int64) * sd_k
     x_c = x + (g * Cg + c).to(tl.int64) * sx_c
-    M = N.to(INDEX) * P * Q
+    M = tl.cast(N, INDEX) * P * Q
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
 
@@ -277,7 +278,7 @@ def _bias_grad_kernel(
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1).to(INDEX)
     k_ok = k < K
-    M = N.to(INDEX) * P * Q
+    M = tl.cast(N, INDEX) * P * Q
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)

@@ -161,14 +161,15 @@ struct BackwardWeightProblem {
 };
 
 // ---- tile kernels --------------------------------------------------------------------------
-// Grid: x = (row tile, column tile), y = problem instance, z = reduction split.
+// Grid: x = (row tile, column tile), y = problem instance (counted from first_instance: see
+// run_gemm), z = reduction split.
 
 constexpr int kTileM = static_cast<int>(kGemmTileRows);
 constexpr int kTileN = static_cast<int>(kGemmTileCols);
 
 template <class Problem>
-__device__ __forceinline__ bool tile_origin(Problem& prob, int64_t& m0, int64_t& n0) {
-  prob.select(blockIdx.y, blockIdx.z);
+__device__ __forceinline__ bool tile_origin(Problem& prob, int64_t first_instance, int64_t& m0, int64_t& n0) {
+  prob.select(first_instance + blockIdx.y, blockIdx.z);
   const int64_t tiles_n = ceil_div<int64_t>(prob.cols(), kTileN);
   m0 = (int64_t{blockIdx.x} / tiles_n) * kTileM;
   n0 = (int64_t{blockIdx.x} % tiles_n) * kTileN;
@@ -180,10 +181,10 @@ constexpr int kSimtThreads = 256;
 constexpr int kSimtDepth = 16;
 
 template <typename T, class Problem>
-__global__ void __launch_bounds__(kSimtThreads) gemm_simt_kernel(Problem prob) {
+__global__ void __launch_bounds__(kSimtThreads) gemm_simt_kernel(Problem prob, int64_t first_instance) {
   using acc = acc_t<T>;
   int64_t m0, n0;
-  if (!tile_origin(prob, m0, n0)) return;
+  if (!tile_origin(prob, first_instance, m0, n0)) return;
   const int64_t rows = prob.rows(), cols = prob.cols(), depth = prob.depth();
   __shared__ acc As[kSimtDepth][kTileM];
   __shared__ acc Bs[kSimtDepth][kTileN];
@@ -233,10 +234,10 @@ constexpr int kWmmaDepth = 32;
 constexpr int kPad = 8;
 
 template <typename T, class Problem>
-__global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(Problem prob) {
+__global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(Problem prob, int64_t first_instance) {
   namespace wmma = nvcuda::wmma;
   int64_t m0, n0;
-  if (!tile_origin(prob, m0, n0)) return;
+  if (!tile_origin(prob, first_instance, m0, n0)) return;
   const int64_t rows = prob.rows(), cols = prob.cols(), depth = prob.depth();
   __shared__ __align__(32) T As[kTileM][kWmmaDepth + kPad];
   __shared__ __align__(32) T Bs[kWmmaDepth][kTileN + kPad];
@@ -305,19 +306,28 @@ struct UsesTensorCores<__nv_bfloat16> {
   static constexpr bool value = true;
 };
 
+constexpr int64_t kMaxGridY = 65535;  // the largest grid.y (and grid.z)
+
 template <typename T, class Problem>
 cudaError_t run_gemm(const Problem& prob, int64_t max_rows, int64_t cols, int64_t instances, int64_t splits,
                      cudaStream_t stream) {
   const int64_t tiles = ceil_div<int64_t>(max_rows, kTileM) * ceil_div<int64_t>(cols, kTileN);
   if (tiles == 0 || instances == 0 || splits == 0) return cudaSuccess;
-  if (tiles > 0x7fffffff || instances > 65535 || splits > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(instances), static_cast<unsigned>(splits));
-  if constexpr (UsesTensorCores<T>::value) {
-    gemm_wmma_kernel<T><<<grid, kWmmaThreads, 0, stream>>>(prob);
-  } else {
-    gemm_simt_kernel<T><<<grid, kSimtThreads, 0, stream>>>(prob);
+  if (tiles > 0x7fffffff || splits > kMaxGridY) return cudaErrorInvalidConfiguration;
+  // grid.y holds at most 65535 instances; more (a depthwise backward-weight has groups*R*S, e.g.
+  // 1536*7*7) take one launch per slice of instances.
+  for (int64_t first = 0; first < instances; first += kMaxGridY) {
+    const int64_t count = instances - first < kMaxGridY ? instances - first : kMaxGridY;
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(count), static_cast<unsigned>(splits));
+    if constexpr (UsesTensorCores<T>::value) {
+      gemm_wmma_kernel<T><<<grid, kWmmaThreads, 0, stream>>>(prob, first);
+    } else {
+      gemm_simt_kernel<T><<<grid, kSimtThreads, 0, stream>>>(prob, first);
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 template <typename T>
