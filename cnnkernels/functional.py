@@ -5,6 +5,7 @@ a keyword-only ``backend=`` ("cpu", "cuda", "triton" or "auto"; see cnnkernels.b
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -12,9 +13,14 @@ import torch
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._pool_geometry import adaptive_output_shape, pool2d_output_shape
 from cnnkernels.ops import conv as _conv
+from cnnkernels.ops import norm as _norm
 from cnnkernels.ops import pool as _pool
 
-__all__ = ["conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "max_unpool2d"]
+__all__ = [
+    "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "max_unpool2d",
+    "batch_norm", "batch_norm_relu", "batch_norm_add_relu", "group_norm", "layer_norm", "instance_norm",
+    "rms_norm", "local_response_norm",
+]
 
 
 def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
@@ -240,3 +246,189 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
                 )
     ops = _pool.ops_for("max_unpool2d", x, backend)
     return _batch(ops.max_unpool2d(x, idx, size), unbatched)
+
+
+# ---- normalisation -------------------------------------------------------------------------
+
+
+def _norm_input(input, fn: str, min_dim: int = 2) -> None:
+    _check_tensor(input, "input", fn)
+    if input.dim() < min_dim:
+        raise RuntimeError(f"Expected at least {min_dim} dimensions for input tensor but received {input.dim()}")
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f'"{fn}" not implemented for {input.dtype}')
+
+
+def _check_vector(t, name: str, channels: int) -> None:
+    if t is not None and t.numel() != channels:
+        raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+
+
+def _activation(activation: str | None) -> str:
+    name = "none" if activation is None else activation
+    if name not in _norm.ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of 'relu', 'silu', 'gelu', got {activation!r}")
+    return name
+
+
+def _batch_norm(input, residual, running_mean, running_var, weight, bias, training, momentum, eps, activation,
+                backend, fn):
+    _norm_input(input, fn)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    channels = input.shape[1]
+    if training:
+        count = input.numel() // channels if channels else 0
+        if input.numel() > 0 and count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+        if eps <= 0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif running_mean is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _check_vector(t, name, channels)
+    if residual is not None and residual.shape != input.shape:
+        raise RuntimeError(f"{fn}: expected residual of the input's shape {list(input.shape)}, got {list(residual.shape)}")
+    ops = _norm.ops_for(fn, input, backend)
+    out, _mean, _rstd, new_mean, new_var = ops.batch_norm(
+        input, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation)
+    if training and running_mean is not None and input.numel() > 0:
+        with torch.no_grad():
+            running_mean.copy_(new_mean)
+            running_var.copy_(new_var)
+    return out
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+               *, backend: str | None = None):
+    """Batch normalisation, as torch.nn.functional.batch_norm: per-channel statistics over the
+    batch and every spatial position in training (the running statistics, when given, updated
+    in place with `momentum` and the unbiased variance), the running statistics otherwise."""
+    return _batch_norm(input, None, running_mean, running_var, weight, bias, training, momentum, eps, "none",
+                       backend, "batch_norm")
+
+
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                    eps=1e-5, *, backend: str | None = None):
+    """relu(batch_norm(input, ...)) in one pass forward and one backward."""
+    return _batch_norm(input, None, running_mean, running_var, weight, bias, training, momentum, eps, "relu",
+                       backend, "batch_norm_relu")
+
+
+def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None, bias=None, training=False,
+                        momentum=0.1, eps=1e-5, *, backend: str | None = None):
+    """relu(batch_norm(input, ...) + residual), the tail of a ResNet block, in one pass forward
+    and one backward (which also returns the residual's gradient)."""
+    _check_tensor(residual, "residual", "batch_norm_add_relu")
+    return _batch_norm(input, residual, running_mean, running_var, weight, bias, training, momentum, eps, "relu",
+                       backend, "batch_norm_add_relu")
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5, *, activation: str | None = None,
+               backend: str | None = None):
+    """Group normalisation, as torch.nn.functional.group_norm, with an optional fused
+    activation (None, "relu", "silu" or "gelu") applied in the same pass."""
+    _norm_input(input, "group_norm")
+    channels = input.shape[1]
+    if num_groups <= 0 or channels % num_groups != 0:
+        raise RuntimeError(
+            f"Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != channels):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
+                f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
+    ops = _norm.ops_for("group_norm", input, backend)
+    return ops.group_norm(input, weight, bias, num_groups, eps, _activation(activation))[0]
+
+
+def _normalized_rows(input, normalized_shape, weight, bias, fn: str) -> list[int]:
+    """normalized_shape as a list, after torch's checks of it and of the parameters' shapes."""
+    _check_tensor(input, "input", fn)
+    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if len(shape) == 0:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, but "
+            f"got normalized_shape = {shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and list(t.shape) != shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                               f"{list(t.shape)} and normalized_shape = {shape}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"Given normalized_shape={shape}, expected input with shape [*, {', '.join(map(str, shape))}], "
+                           f"but got input of size{list(input.shape)}")
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f'"{fn}" not implemented for {input.dtype}')
+    return shape
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5, *, backend: str | None = None):
+    """Layer normalisation over the trailing `normalized_shape` dimensions, as
+    torch.nn.functional.layer_norm: group norm with one group over the (rows, D) view, whose
+    per-"channel" parameters are the elementwise weight and bias. The result is contiguous, as
+    torch's."""
+    shape = _normalized_rows(input, normalized_shape, weight, bias, "layer_norm")
+    width = math.prod(shape)
+    rows = input.reshape(-1, width)
+    ops = _norm.ops_for("layer_norm", input, backend)
+    flat = (lambda t: None if t is None else t.reshape(width))
+    out = ops.group_norm(rows, flat(weight), flat(bias), 1, eps, "none")[0]
+    return out.view(input.shape)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, backend: str | None = None):
+    """RMS normalisation, as torch.nn.functional.rms_norm: x / sqrt(mean(x^2) + eps) * weight over
+    the trailing dimensions; eps=None means the input dtype's machine epsilon."""
+    shape = _normalized_rows(input, normalized_shape, weight, None, "rms_norm")
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    ops = _norm.ops_for("rms_norm", input, backend)
+    return ops.rms_norm(input, weight, len(shape), eps)[0]
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5, *, backend: str | None = None):
+    """Instance normalisation, as torch.nn.functional.instance_norm: batch norm over the
+    (1, N*C, *) view, so every (sample, channel) plane gets its own statistics; the running
+    statistics (when given) move toward the planes' statistics averaged over the batch."""
+    _norm_input(input, "instance_norm")
+    if use_input_stats and math.prod(input.shape[2:]) <= 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    batch, channels = input.shape[:2]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {batch * channels} elements not {t.numel() * batch}")
+    planes = input.reshape(1, batch * channels, *input.shape[2:])
+    per_plane = (lambda t: None if t is None else t.repeat(batch))
+    ops = _norm.ops_for("instance_norm", input, backend)
+    out, _mean, _rstd, new_mean, new_var = ops.batch_norm(
+        planes, per_plane(weight), per_plane(bias), None, per_plane(running_mean), per_plane(running_var),
+        use_input_stats, momentum, eps, "none")
+    if use_input_stats and running_mean is not None and input.numel() > 0:
+        with torch.no_grad():
+            running_mean.copy_(new_mean.view(batch, channels).mean(0))
+            running_var.copy_(new_var.view(batch, channels).mean(0))
+    return out.view(input.shape)
+
+
+def local_response_norm(input, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+                        backend: str | None = None):
+    """Local response normalisation across channels (AlexNet), as
+    torch.nn.functional.local_response_norm: a / (k + alpha/size * sum of a^2 over `size`
+    neighbouring channels)^beta."""
+    _check_tensor(input, "input", "local_response_norm")
+    if input.dim() < 3:
+        raise ValueError(f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise RuntimeError(f"local_response_norm: size should be greater than zero, but got {size}")
+    if input.numel() == 0:
+        return input
+    if not input.dtype.is_floating_point:
+        raise NotImplementedError(f'"local_response_norm" not implemented for {input.dtype}')
+    ops = _norm.ops_for("local_response_norm", input, backend)
+    return ops.local_response_norm(input, size, float(alpha), float(beta), float(k))

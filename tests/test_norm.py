@@ -1,0 +1,417 @@
+"""Normalisation against torch.nn.functional and torch.autograd, on every backend testable here
+(helpers.targets_for): outputs, input/parameter/residual gradients, running statistics, memory
+formats, errors. Inputs are mean-shifted (1000 + randn) unless a test says otherwise: they break
+any E[x^2] - E[x]^2 variance."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import cnnkernels.functional as F
+import cnnkernels.nn as cnn
+from cnnkernels.ops import norm as norm_ops
+from helpers import assert_close, message_names, raises_like_torch, targets_for
+
+CL = torch.channels_last
+TARGETS = targets_for(norm_ops.IMPLEMENTED)
+HALF = (torch.float16, torch.bfloat16)
+TORCH_ACT = {"none": lambda z: z, "relu": torch.relu, "silu": TF.silu, "gelu": TF.gelu}
+
+# (shape, channels_last): (N, C), (N, C, L), NCHW and channels_last, N = 1, H*W = 1.
+SHAPES = [((5, 3), False), ((2, 3, 5), False), ((2, 4, 3, 5), False), ((2, 4, 3, 5), True), ((1, 4, 2, 3), True),
+          ((3, 4, 1, 1), False)]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    return request.param
+
+
+def shifted(shape, dtype=torch.float64, channels_last=False, shift=1000.0):
+    x = (shift + torch.randn(shape, dtype=torch.float64)).to(dtype)
+    return x.contiguous(memory_format=CL) if channels_last else x
+
+
+def param(n, dtype=torch.float64, grad=True):
+    return (1 + 0.5 * torch.randn(n, dtype=torch.float64)).to(dtype).requires_grad_(grad)
+
+
+def compare(ours_fn, torch_fn, tensors, target, dtype, scale=1.0):
+    """Runs ours on target's device and torch on the CPU (fp32 for fp16/bf16) on the same
+    inputs; compares the output, its layout, and the gradient of every tensor that requires
+    one (None entries pass through)."""
+    ref_dtype = torch.float32 if dtype in HALF else dtype
+
+    def leaves(device, dt):
+        return [None if t is None else t.detach().to(device, dt).requires_grad_(t.requires_grad) for t in tensors]
+
+    ref_in, our_in = leaves("cpu", ref_dtype), leaves(target.device, dtype)
+    ref, out = torch_fn(*ref_in), ours_fn(*our_in)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close(out.cpu(), ref.detach(), dtype, scale)
+    assert out.is_contiguous(memory_format=CL) == ref.is_contiguous(memory_format=CL)
+    assert out.is_contiguous() == ref.is_contiguous()
+    wrt = [i for i, t in enumerate(tensors) if t is not None and t.requires_grad]
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(out, [our_in[i] for i in wrt], g.to(target.device, dtype))
+    ref_grads = torch.autograd.grad(ref, [ref_in[i] for i in wrt], g.to(ref_dtype))
+    for i, ours, theirs in zip(wrt, grads, ref_grads):
+        assert ours.shape == theirs.shape, f"gradient of argument {i}"
+        assert_close(ours.cpu(), theirs, dtype, scale)
+    return out
+
+
+# ---- batch norm ----------------------------------------------------------------------------
+
+BN_GRID = list(itertools.product(SHAPES, [True, False], ["none", "relu", "add_relu"]))
+
+
+def _bn_pair(activation, training, momentum=0.1, eps=1e-5):
+    """(ours, torch's) batch norm with the given tail, as functions of (x, w, b, residual, rm, rv)."""
+    def ours(x, w, b, r, rm, rv, backend):
+        if activation == "add_relu":
+            return F.batch_norm_add_relu(x, r, rm, rv, w, b, training, momentum, eps, backend=backend)
+        fn = F.batch_norm_relu if activation == "relu" else F.batch_norm
+        return fn(x, rm, rv, w, b, training, momentum, eps, backend=backend)
+
+    def theirs(x, w, b, r, rm, rv):
+        z = TF.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+        if activation == "add_relu":
+            return torch.relu(z + r)
+        return TORCH_ACT[activation](z)
+
+    return ours, theirs
+
+
+@pytest.mark.parametrize("shape_cl, affine, activation", BN_GRID, ids=str)
+def test_batch_norm_training(shape_cl, affine, activation, target):
+    shape, channels_last = shape_cl
+    channels = shape[1]
+    x = shifted(shape, channels_last=channels_last).requires_grad_()
+    w, b = (param(channels), param(channels)) if affine else (None, None)
+    r = torch.randn(shape, dtype=torch.float64).requires_grad_() if activation == "add_relu" else None
+    ours, theirs = _bn_pair(activation, training=True)
+    stats = [torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)]
+    ours_stats, torch_stats = [s.clone().to(target.device) for s in stats], [s.clone() for s in stats]
+    compare(lambda x, w, b, r: ours(x, w, b, r, *ours_stats, target.backend), lambda x, w, b, r: theirs(x, w, b, r, *torch_stats),
+            [x, w, b, r], target, torch.float64)
+    for a, e in zip(ours_stats, torch_stats):
+        assert_close(a.cpu(), e, torch.float64)
+
+
+@pytest.mark.parametrize("shape_cl, affine, activation", BN_GRID, ids=str)
+def test_batch_norm_eval(shape_cl, affine, activation, target):
+    shape, channels_last = shape_cl
+    channels = shape[1]
+    x = shifted(shape, channels_last=channels_last).requires_grad_()
+    w, b = (param(channels), param(channels)) if affine else (None, None)
+    r = torch.randn(shape, dtype=torch.float64).requires_grad_() if activation == "add_relu" else None
+    rm, rv = 1000 + torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)
+    ours, theirs = _bn_pair(activation, training=False)
+    compare(lambda x, w, b, r: ours(x, w, b, r, rm.to(target.device), rv.to(target.device), target.backend),
+            lambda x, w, b, r: theirs(x, w, b, r, rm, rv), [x, w, b, r], target, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["none", "add_relu"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_dtypes(dtype, activation, channels_last, target):
+    shape = (4, 8, 5, 6)
+    x = shifted(shape, channels_last=channels_last).requires_grad_()
+    r = torch.randn(shape, dtype=torch.float64).requires_grad_() if activation == "add_relu" else None
+    ours, theirs = _bn_pair(activation, training=True)
+    # fp32 inputs near 1000 carry 6e-5 of rounding each; both sides see the same rounded input,
+    # but their mean's last bits differ, which moves x - mean by up to ~1e-4.
+    compare(lambda x, w, b, r: ours(x, w, b, r, None, None, target.backend), lambda x, w, b, r: theirs(x, w, b, r, None, None),
+            [x, param(8), param(8), r], target, dtype, scale=10.0)
+
+
+def test_batch_norm_module_steps(target):
+    """Several training steps (exponential and cumulative momentum), then eval: the modules'
+    outputs, gradients and every buffer follow torch's."""
+    for momentum in (0.1, None):
+        ours = cnn.BatchNorm2d(4, momentum=momentum, backend=target.backend, dtype=torch.float64).to(target.device)
+        theirs = torch.nn.BatchNorm2d(4, momentum=momentum, dtype=torch.float64)
+        for step in range(3):
+            x = shifted((3, 4, 5, 2), shift=10.0 * step)
+            assert_close(ours(x.to(target.device)).cpu(), theirs(x), torch.float64)
+        mine = ours.state_dict()
+        assert list(mine) == list(theirs.state_dict())
+        for key, value in theirs.state_dict().items():
+            if value.is_floating_point():
+                assert_close(mine[key].cpu(), value, torch.float64)
+            else:  # num_batches_tracked
+                assert torch.equal(mine[key].cpu(), value)
+        ours.eval()
+        theirs.eval()
+        x = shifted((2, 4, 3, 3), shift=15.0)
+        compare(lambda x: ours(x), lambda x: theirs(x), [x.requires_grad_()], target, torch.float64)
+
+
+def test_batch_norm_fused_modules(target):
+    """BatchNormReLU2d and BatchNormAddReLU2d: BatchNorm2d's state_dict keys, the fused
+    result, and no running statistics kept when track_running_stats=False."""
+    bn = torch.nn.BatchNorm2d(4, dtype=torch.float64)
+    fused = cnn.BatchNormAddReLU2d(4, backend=target.backend, dtype=torch.float64).to(target.device)
+    assert list(fused.state_dict()) == list(bn.state_dict())
+    x, r = shifted((2, 4, 3, 3)), torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    assert_close(fused(x.to(target.device), r.to(target.device)).cpu(), torch.relu(bn(x) + r), torch.float64)
+    relu = cnn.BatchNormReLU2d(4, track_running_stats=False, backend=target.backend, dtype=torch.float64)
+    relu = relu.to(target.device).eval()
+    assert relu.running_mean is None
+    assert_close(relu(x.to(target.device)).cpu(), torch.relu(TF.batch_norm(x, None, None, training=True)),
+                 torch.float64)
+
+
+# ---- group norm and layer norm --------------------------------------------------------------
+
+GN_GRID = list(itertools.product(
+    [((2, 6), False), ((2, 6, 5), False), ((2, 6, 3, 4), False), ((2, 6, 3, 4), True), ((1, 6, 1, 1), True)],
+    [1, 2, 6], [True, False], ["none", "relu", "silu", "gelu"]))
+
+
+@pytest.mark.parametrize("shape_cl, groups, affine, activation", GN_GRID, ids=str)
+def test_group_norm(shape_cl, groups, affine, activation, target):
+    shape, channels_last = shape_cl
+    x = shifted(shape, channels_last=channels_last).requires_grad_()
+    w, b = (param(6), param(6)) if affine else (None, None)
+    compare(lambda x, w, b: F.group_norm(x, groups, w, b, 1e-5, activation=None if activation == "none" else activation,
+                                         backend=target.backend),
+            lambda x, w, b: TORCH_ACT[activation](TF.group_norm(x, groups, w, b, 1e-5)), [x, w, b], target, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_group_norm_dtypes(dtype, channels_last, target):
+    x = shifted((2, 8, 4, 5), channels_last=channels_last).requires_grad_()
+    compare(lambda x, w, b: F.group_norm(x, 4, w, b, activation="silu", backend=target.backend),
+            lambda x, w, b: TF.silu(TF.group_norm(x, 4, w, b)), [x, param(8), param(8)], target, dtype, scale=10.0)
+
+
+@pytest.mark.parametrize("shape, normalized", [((3, 7), (7,)), ((2, 3, 5), (5,)), ((2, 3, 5), (3, 5)),
+                                               ((2, 3, 4, 5), (5,)), ((2, 3, 4, 5), (3, 4, 5))], ids=str)
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layer_norm(shape, normalized, affine, channels_last, target):
+    x = shifted(shape, channels_last=channels_last and len(shape) == 4).requires_grad_()
+    w = param(normalized) if affine != "none" else None
+    b = param(normalized) if affine == "both" else None
+    compare(lambda x, w, b: F.layer_norm(x, normalized, w, b, 1e-5, backend=target.backend),
+            lambda x, w, b: TF.layer_norm(x, normalized, w, b, 1e-5), [x, w, b], target, torch.float64)
+
+
+# ---- instance norm -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, channels_last", [((2, 3, 5), False), ((2, 3, 4, 5), False), ((2, 3, 4, 5), True),
+                                                  ((1, 3, 2, 2), False)], ids=str)
+@pytest.mark.parametrize("running", [False, True])
+@pytest.mark.parametrize("use_input_stats", [True, False])
+def test_instance_norm(shape, channels_last, running, use_input_stats, target):
+    if not use_input_stats and not running:
+        pytest.skip("torch requires running statistics without input statistics (tested in test_errors)")
+    x = shifted(shape, channels_last=channels_last).requires_grad_()
+    w, b = param(3), param(3)
+    stats = [1000 + torch.randn(3, dtype=torch.float64), 1 + torch.rand(3, dtype=torch.float64)] if running else [None, None]
+    ours_stats = [None if s is None else s.clone().to(target.device) for s in stats]
+    torch_stats = [None if s is None else s.clone() for s in stats]
+    compare(lambda x, w, b: F.instance_norm(x, *ours_stats, w, b, use_input_stats, 0.2, 1e-5, backend=target.backend),
+            lambda x, w, b: TF.instance_norm(x, *torch_stats, w, b, use_input_stats, 0.2, 1e-5), [x, w, b], target,
+            torch.float64)
+    for a, e in zip(ours_stats, torch_stats):
+        if e is not None:
+            assert_close(a.cpu(), e, torch.float64)
+
+
+def test_instance_norm_module(target):
+    ours = cnn.InstanceNorm2d(3, affine=True, track_running_stats=True, backend=target.backend, dtype=torch.float64)
+    theirs = torch.nn.InstanceNorm2d(3, affine=True, track_running_stats=True, dtype=torch.float64)
+    ours.to(target.device)
+    for _ in range(2):
+        x = shifted((2, 3, 4, 4))
+        assert_close(ours(x.to(target.device)).cpu(), theirs(x), torch.float64)
+    x = shifted((3, 4, 4))  # unbatched
+    ours.eval()
+    theirs.eval()
+    assert_close(ours(x.to(target.device)).cpu(), theirs(x), torch.float64)
+    assert_close(ours.running_var.cpu(), theirs.running_var, torch.float64)
+
+
+# ---- RMS norm ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, normalized, channels_last", [((6, 16), (16,), False), ((2, 3, 5), (3, 5), False),
+                                                             ((2, 3, 4, 5), (5,), True), ((2, 4, 3, 3), (4, 3, 3), True),
+                                                             ((7, 1), (1,), False)], ids=str)
+@pytest.mark.parametrize("weight", [True, False])
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_rms_norm(shape, normalized, channels_last, weight, eps, target):
+    x = shifted(shape, channels_last=channels_last, shift=3.0).requires_grad_()
+    w = param(normalized) if weight else None
+    compare(lambda x, w: F.rms_norm(x, normalized, w, eps, backend=target.backend),
+            lambda x, w: TF.rms_norm(x, normalized, w, eps), [x, w], target, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rms_norm_dtypes(dtype, target):
+    x = torch.randn(12, 64, dtype=torch.float64).requires_grad_()
+    compare(lambda x, w: F.rms_norm(x, (64,), w, backend=target.backend), lambda x, w: TF.rms_norm(x, (64,), w),
+            [x, param(64)], target, dtype)
+
+
+# ---- local response normalisation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, channels_last", [((2, 7, 5), False), ((2, 7, 3, 4), False), ((2, 7, 3, 4), True),
+                                                  ((1, 3, 2, 2, 2), False)], ids=str)
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 9])
+def test_local_response_norm(shape, channels_last, size, target):
+    x = shifted(shape, channels_last=channels_last, shift=0.0).requires_grad_()
+    compare(lambda x: F.local_response_norm(x, size, 1e-2, 0.75, 2.0, backend=target.backend),
+            lambda x: TF.local_response_norm(x, size, 1e-2, 0.75, 2.0), [x], target, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_local_response_norm_dtypes(dtype, target):
+    x = (3 * torch.randn(2, 16, 4, 4, dtype=torch.float64)).contiguous(memory_format=CL).requires_grad_()
+    compare(lambda x: F.local_response_norm(x, 5, 1e-1, backend=target.backend),
+            lambda x: TF.local_response_norm(x, 5, 1e-1), [x], target, dtype)
+
+
+# ---- the operators themselves: gradcheck, opcheck, empty inputs, determinism --------------
+
+
+def _op_cases(target):
+    """(name, operator, args) for every forward operator, small float64 inputs on target's device."""
+    dev = target.device
+    ops = norm_ops.BACKEND_OPS[target.backend]
+    x = shifted((2, 4, 3, 3), shift=5.0).to(dev).requires_grad_()
+    xc = shifted((2, 4, 3, 3), shift=5.0, channels_last=True).to(dev).requires_grad_()
+    w, b = param(4).to(dev).detach().requires_grad_(), param(4).to(dev).detach().requires_grad_()
+    r = torch.randn(2, 4, 3, 3, dtype=torch.float64, device=dev).requires_grad_()
+    rm, rv = torch.zeros(4, dtype=torch.float64, device=dev), torch.ones(4, dtype=torch.float64, device=dev)
+    return [
+        ("batch_norm", ops.batch_norm, (x, w, b, None, rm, rv, True, 0.1, 1e-5, "none")),
+        ("batch_norm_add_relu", ops.batch_norm, (xc, w, b, r, None, None, True, 0.1, 1e-5, "relu")),
+        ("batch_norm_eval", ops.batch_norm, (x, w, b, None, rm, rv, False, 0.1, 1e-5, "relu")),
+        ("group_norm_silu", ops.group_norm, (xc, w, b, 2, 1e-5, "silu")),
+        ("group_norm_gelu", ops.group_norm, (x, None, b, 4, 1e-5, "gelu")),
+        ("rms_norm", ops.rms_norm, (x, param(9).to(dev).detach().requires_grad_(), 2, 1e-5)),
+        ("local_response_norm", ops.local_response_norm, (xc, 3, 0.1, 0.75, 1.0)),
+    ]
+
+
+def _first_output(op, args):
+    def fn(*tensors):
+        out = op(*tensors, *args[len(tensors):])
+        return out[0] if isinstance(out, tuple) else out
+    return fn
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_gradcheck(case, target):
+    name, op, args = _op_cases(target)[case]
+    n = max(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad) + 1
+    # fast_mode checks one random projection of the Jacobian; enough to catch a wrong formula.
+    assert torch.autograd.gradcheck(_first_output(op, args), args[:n], fast_mode=True, atol=1e-6), name
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_opcheck(case, target):
+    name, op, args = _op_cases(target)[case]
+    torch.library.opcheck(op, args)
+
+
+EMPTY_CALLS = {
+    "batch_norm": lambda f, x, **kw: f.batch_norm(x, torch.zeros(4), torch.ones(4), training=False, **kw),
+    "group_norm": lambda f, x, **kw: f.group_norm(x, 2, **kw),
+    "layer_norm": lambda f, x, **kw: f.layer_norm(x, (4, 3, 3), **kw),
+    "rms_norm": lambda f, x, **kw: f.rms_norm(x, (3,), **kw),
+    "local_response_norm": lambda f, x, **kw: f.local_response_norm(x, 2, **kw),
+}
+
+
+@pytest.mark.parametrize("fn", list(EMPTY_CALLS))
+def test_empty_input(fn, target):
+    x = torch.randn(0, 4, 3, 3, requires_grad=True)
+    ref = EMPTY_CALLS[fn](TF, x)
+    xo = x.detach().to(target.device).requires_grad_()
+    with torch.device(target.device):
+        out = EMPTY_CALLS[fn](F, xo, backend=target.backend)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    (grad,) = torch.autograd.grad(out.sum(), xo)
+    assert grad.shape == x.shape
+
+
+def test_deterministic(target):
+    """Statistics and parameter gradients are reduced in a fixed order: repeated calls (with
+    another thread count on the CPU) agree bitwise."""
+    x = shifted((8, 16, 9, 9), dtype=torch.float32, channels_last=True).to(target.device).requires_grad_()
+    w = param(16, torch.float32).to(target.device).detach().requires_grad_()
+    results = []
+    threads = torch.get_num_threads()
+    for n in (1, threads if threads > 1 else 2):
+        torch.set_num_threads(n)
+        try:
+            out = F.batch_norm_relu(x, None, None, w, None, True, backend=target.backend)
+            grads = torch.autograd.grad(out, [x, w], torch.ones_like(out))
+            results.append([out, *grads])
+        finally:
+            torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_compile(target):
+    """torch.compile(fullgraph=True) traces the fused operators, the running-statistic update
+    included."""
+    bn = cnn.BatchNormAddReLU2d(4, backend=target.backend).to(target.device)
+    gn = cnn.GroupNorm(2, 4, activation="silu", backend=target.backend).to(target.device)
+    ref_bn, ref_gn = torch.nn.BatchNorm2d(4), torch.nn.GroupNorm(2, 4)
+    x, r = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+
+    def block(x, r):
+        return gn(bn(x, r))
+
+    out = torch.compile(block, fullgraph=True)(x.to(target.device), r.to(target.device))
+    assert_close(out.cpu(), TF.silu(ref_gn(torch.relu(ref_bn(x) + r))), torch.float32)
+    assert_close(bn.running_mean.cpu(), ref_bn.running_mean, torch.float32)
+
+
+# ---- errors --------------------------------------------------------------------------------
+
+
+def test_errors():
+    x = torch.randn(2, 4, 3, 3)
+    cases = [
+        (lambda f: f.batch_norm(torch.randn(1, 4), None, None, training=True), ("more than 1 value per channel",)),
+        (lambda f: f.batch_norm(x, torch.zeros(3), torch.ones(3), training=True), ("running_mean", "4", "3")),
+        (lambda f: f.batch_norm(x, None, None, training=False), ("running_mean", "evaluation")),
+        (lambda f: f.batch_norm(x, torch.zeros(4), None, training=True), ("running_mean", "running_var")),
+        (lambda f: f.batch_norm(x, None, None, weight=torch.ones(3), training=True), ("weight", "4", "3")),
+        (lambda f: f.batch_norm(x, None, None, training=True, eps=0.0), ("eps", "positive")),
+        (lambda f: f.group_norm(x, 3), ("divisible", "num_groups")),
+        (lambda f: f.group_norm(torch.randn(4), 2), ("at least 2 dimensions",)),
+        (lambda f: f.group_norm(x, 2, torch.ones(3)), ("weight", "number of channels")),
+        (lambda f: f.layer_norm(x, (4,)), ("normalized_shape", "expected input with shape")),
+        (lambda f: f.layer_norm(x, (3,), torch.ones(4)), ("weight", "normalized_shape")),
+        (lambda f: f.layer_norm(x, ()), ("at least 1-dimensional",)),
+        (lambda f: f.rms_norm(x, (4,)), ("normalized_shape",)),
+        (lambda f: f.instance_norm(torch.randn(2, 4, 1)), ("more than 1 spatial element",)),
+        (lambda f: f.instance_norm(x, use_input_stats=False), ("running_mean", "running_var")),
+        (lambda f: f.instance_norm(x, torch.zeros(3), torch.ones(3)), ("running_mean", "elements")),
+        (lambda f: f.local_response_norm(torch.randn(2, 4), 2), ("3D or higher",)),
+        (lambda f: f.local_response_norm(x, 0), ("greater than zero",)),
+    ]
+    for call, words in cases:
+        raises_like_torch(lambda: call(F), lambda: call(TF), message_names(*words))
+
+
+def test_bad_activation():
+    with pytest.raises(ValueError, match="activation"):
+        F.group_norm(torch.randn(2, 4), 2, activation="tanh")
+    with pytest.raises(RuntimeError, match="activation"):
+        torch.ops.cnnkernels.group_norm(torch.randn(2, 4), None, None, 2, 1e-5, "tanh")
