@@ -335,6 +335,10 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
         raise RuntimeError(
             f"Expected number of channels in input to be divisible by num_groups, but got input of shape "
             f"{list(input.shape)} and num_groups={num_groups}")
+    per_group = input.shape[0] * (channels // num_groups) * math.prod(input.shape[2:])
+    if per_group == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{[input.shape[0] * channels // num_groups, num_groups, *input.shape[2:]]}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dim() != 1 or t.numel() != channels):
             raise RuntimeError(
