@@ -4,8 +4,8 @@
 //
 // Every kernel reads its (N, C, L) tensor in place, NCHW or channels_last (NclView), and works
 // on tiles: rectangles of positions (m = n * L + l) by channels, of about kTileElements
-// elements, cut from the regions a result belongs to (a (sample, group) for group statistics, a
-// group of channels over every sample for per-channel sums). The tiles depend on the shape
+// elements, cut from the regions a result belongs to (a (sample, group of channels) for group
+// statistics, the whole tensor for per-channel sums). The tiles depend on the shape
 // alone; each accumulates its own acc_t partial in memory order, and the partials are merged in
 // tile order (Chan's merge for statistics, plain sums for gradients). Threads only choose which
 // tiles they compute, so every result is bitwise the same for any number of threads.
@@ -111,22 +111,21 @@ Tiling make_tiling(const NclView& v, int64_t positions, int64_t channels, int64_
   return t;
 }
 
-// The regions a kernel works over, all of one shape and tiling: the channels are split into
-// `groups` groups, and a region is either a group of one sample (per_sample: the unit of group
-// statistics) or a group over every sample (the unit of per-channel sums).
+// The regions a kernel works over, all of one shape and tiling: either the groups of channels
+// of each sample (per_sample: the unit of group statistics; `groups` groups of C / groups
+// channels), or the whole tensor as one region (the unit of per-channel sums).
 struct Partition {
   NclView v;
   int64_t groups = 1;
   bool per_sample = true;
   Tiling tiling;
 
-  int64_t regions() const { return per_sample ? v.batch * groups : groups; }
+  int64_t regions() const { return per_sample ? v.batch * groups : 1; }
   int64_t group_size() const { return v.channels / groups; }
   Rect region(int64_t r) const {
-    const int64_t g = r % groups, c0 = g * group_size(), c1 = c0 + group_size();
-    if (!per_sample) return {0, v.positions(), c0, c1};
-    const int64_t n = r / groups;
-    return {n * v.inner, (n + 1) * v.inner, c0, c1};
+    if (!per_sample) return {0, v.positions(), 0, v.channels};
+    const int64_t n = r / groups, c0 = (r % groups) * group_size();
+    return {n * v.inner, (n + 1) * v.inner, c0, c0 + group_size()};
   }
 };
 
@@ -136,9 +135,9 @@ Partition sample_groups(const NclView& v, int64_t groups) {
   return {v, groups, true, make_tiling(v, v.inner, channels, std::max<int64_t>(v.inner, 1))};
 }
 
-// Regions g over every sample, r = g; their position tiles are few (per-channel partials).
-Partition channel_groups(const NclView& v, int64_t groups) {
-  return {v, groups, false, make_tiling(v, v.positions(), v.channels / groups, kMaxPositionTiles)};
+// One region, all positions by all channels, cut into few position tiles (per-channel partials).
+Partition whole_tensor(const NclView& v) {
+  return {v, 1, false, make_tiling(v, v.positions(), v.channels, kMaxPositionTiles)};
 }
 
 // Runs fn(r, k, tile) for tile k of every region r, in parallel.
@@ -189,15 +188,15 @@ std::vector<Sums<acc, K>> region_sums(const Partition& p, const Term& term) {
   return total;
 }
 
-// Per-channel sums of term(g, offset, n, c) over every position (p from channel_groups).
+// Per-channel sums of term(offset, n, c) over every position (p from whole_tensor).
 template <typename acc, int K, class Term>
 std::vector<Sums<acc, K>> channel_sums(const Partition& p, const Term& term) {
   const int64_t C = p.v.channels;
   std::vector<Sums<acc, K>> partial(p.tiling.m_tiles * C);
-  for_each_tile(p, [&](int64_t g, int64_t k, const Rect& tile) {
+  for_each_tile(p, [&](int64_t, int64_t k, const Rect& tile) {
     Sums<acc, K>* s = partial.data() + p.tiling.m_tile(k) * C;  // this tile's channels are its own
     visit(p.v, tile, [&](int64_t i, int64_t n, int64_t c) {
-      const Sums<acc, K> e = term(g, i, n, c);
+      const Sums<acc, K> e = term(i, n, c);
       for (int q = 0; q < K; ++q) s[c][q] += e[q];
     });
   });
@@ -253,7 +252,7 @@ std::vector<Welford<acc>> region_welford(const Partition& p, const scalar_t* x) 
   return total;
 }
 
-// Statistics of every channel over all positions (p from channel_groups): the corrected two
+// Statistics of every channel over all positions (p from whole_tensor): the corrected two
 // passes per tile for each of its channels, then each channel's tiles merged in position order.
 template <typename acc, typename scalar_t>
 std::vector<Welford<acc>> channel_welford(const Partition& p, const scalar_t* x) {
@@ -339,7 +338,7 @@ void batch_norm_kernel(const NclView& v, const Affine<scalar_t>& e, const at::Te
                        BatchNormOutputs& o) {
   using acc = acc_t<scalar_t>;
   const int64_t C = v.channels;
-  const Partition p = channel_groups(v, 1);
+  const Partition p = whole_tensor(v);
   acc* mean = o.save_mean.mutable_data_ptr<acc>();
   acc* rstd = o.save_rstd.mutable_data_ptr<acc>();
   if (training) {
@@ -383,8 +382,8 @@ void batch_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, con
   const int64_t C = v.channels;
   const acc* mean = save_mean.const_data_ptr<acc>();
   const acc* rstd = save_rstd.const_data_ptr<acc>();
-  const Partition p = channel_groups(v, 1);
-  const std::vector<Sums<acc, 2>> sums = channel_sums<acc, 2>(p, [&](int64_t, int64_t i, int64_t, int64_t c) {
+  const Partition p = whole_tensor(v);
+  const std::vector<Sums<acc, 2>> sums = channel_sums<acc, 2>(p, [&](int64_t i, int64_t, int64_t c) {
     const acc xh = e.xhat(i, mean[c], rstd[c]);
     const acc dz = e.grad_z(i, c, xh, dy[i]);
     return Sums<acc, 2>{dz, dz * xh};
@@ -430,7 +429,7 @@ void group_norm_kernel(const NclView& v, const Affine<scalar_t>& e, int64_t grou
 
 // The input gradient needs each (n, g)'s sums of w_c * dz and w_c * dz * xhat; the parameter
 // gradients (when a parameter is given) each channel's sums of dz and dz * xhat over every
-// sample, taken over tiles that stay inside one group so the group's statistics are at hand.
+// sample (tiles across all channels, reading each channel's group from a table).
 template <typename scalar_t>
 void group_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, const scalar_t* dy, int64_t groups,
                                 const at::Tensor& save_mean, const at::Tensor& save_rstd, at::Tensor& grad_input,
@@ -445,9 +444,11 @@ void group_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, con
     return Sums<acc, 2>{wdz, wdz * xh};
   });
   if (grad_weight.numel() > 0 || grad_bias.numel() > 0) {
+    std::vector<int64_t> group_of(v.channels);
+    for (int64_t c = 0; c < v.channels; ++c) group_of[c] = c / p.group_size();
     const std::vector<Sums<acc, 2>> channel =
-        channel_sums<acc, 2>(channel_groups(v, groups), [&](int64_t g, int64_t i, int64_t n, int64_t c) {
-          const int64_t r = n * groups + g;
+        channel_sums<acc, 2>(whole_tensor(v), [&](int64_t i, int64_t n, int64_t c) {
+          const int64_t r = n * groups + group_of[c];
           const acc xh = e.xhat(i, mean[r], rstd[r]);
           const acc dz = e.grad_z(i, c, xh, dy[i]);
           return Sums<acc, 2>{dz, dz * xh};
@@ -501,7 +502,7 @@ void rms_norm_backward_kernel(const NclView& v, const scalar_t* dy, const scalar
   });
   if (grad_weight.numel() > 0) {
     const std::vector<Sums<acc, 1>> gw =
-        channel_sums<acc, 1>(channel_groups(v, 1), [&](int64_t, int64_t i, int64_t n, int64_t) {
+        channel_sums<acc, 1>(whole_tensor(v), [&](int64_t i, int64_t n, int64_t) {
           return Sums<acc, 1>{static_cast<acc>(dy[i]) * (static_cast<acc>(x[i]) * rstd[n])};
         });
     for (int64_t c = 0; c < v.channels; ++c) grad_weight.mutable_data_ptr<acc>()[c] = gw[c][0];
