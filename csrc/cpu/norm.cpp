@@ -163,6 +163,22 @@ void for_each_element(const Partition& p, const Fn& fn) {
 
 // ---- reductions ------------------------------------------------------------------------------
 
+// Accumulates a tile's elements per channel: add(sums[c - tile.c0], offset, n, c) for each
+// element. Planar tiles go one channel at a time so the running sum stays in registers;
+// interleaved tiles sweep each row across the channels' sums.
+template <class T, class Add>
+void accumulate_channels(const NclView& v, const Rect& tile, T* sums, const Add& add) {
+  if (v.interleaved) {
+    visit(v, tile, [&](int64_t i, int64_t n, int64_t c) { add(sums[c - tile.c0], i, n, c); });
+    return;
+  }
+  for (int64_t c = tile.c0; c < tile.c1; ++c) {
+    T s = sums[c - tile.c0];
+    visit(v, Rect{tile.m0, tile.m1, c, c + 1}, [&](int64_t i, int64_t n, int64_t) { add(s, i, n, c); });
+    sums[c - tile.c0] = s;
+  }
+}
+
 template <typename acc, int K>
 using Sums = std::array<acc, K>;
 
@@ -194,11 +210,11 @@ std::vector<Sums<acc, K>> channel_sums(const Partition& p, const Term& term) {
   const int64_t C = p.v.channels;
   std::vector<Sums<acc, K>> partial(p.tiling.m_tiles * C);
   for_each_tile(p, [&](int64_t, int64_t k, const Rect& tile) {
-    Sums<acc, K>* s = partial.data() + p.tiling.m_tile(k) * C;  // this tile's channels are its own
-    visit(p.v, tile, [&](int64_t i, int64_t n, int64_t c) {
-      const Sums<acc, K> e = term(i, n, c);
-      for (int q = 0; q < K; ++q) s[c][q] += e[q];
-    });
+    accumulate_channels(p.v, tile, partial.data() + p.tiling.m_tile(k) * C + tile.c0,
+                        [&](Sums<acc, K>& s, int64_t i, int64_t n, int64_t c) {
+                          const Sums<acc, K> e = term(i, n, c);
+                          for (int q = 0; q < K; ++q) s[q] += e[q];
+                        });
   });
   std::vector<Sums<acc, K>> total(C);
   at::parallel_for(0, C, kMergeGrain, [&](int64_t begin, int64_t end) {
@@ -212,13 +228,14 @@ std::vector<Sums<acc, K>> channel_sums(const Partition& p, const Term& term) {
 // Statistics of `count` values from the corrected two-pass algorithm: with a the plain mean of a
 // first pass, the second pass sums d = x - a (s1) and d^2 (s2); then mean = a + s1 / count and
 // M2 = s2 - s1^2 / count. s1 is small, so this repairs the rounding of the first pass's sum
-// (which loses ~log2(count) bits against a large common offset such as 1000 + randn).
+// (which loses ~log2(count) bits against a large common offset such as 1000 + randn). M2 is
+// clamped at 0, which rounding could cross for a constant tile.
 template <typename acc>
 Welford<acc> corrected_two_pass(acc count, acc a, acc s1, acc s2) {
   Welford<acc> w;
   w.count = count;
   w.mean = a + s1 / count;
-  w.m2 = s2 - s1 * s1 / count;
+  w.m2 = std::max(acc(0), s2 - s1 * s1 / count);
   return w;
 }
 
@@ -243,7 +260,9 @@ template <typename acc, typename scalar_t>
 std::vector<Welford<acc>> region_welford(const Partition& p, const scalar_t* x) {
   const int64_t T = p.tiling.count();
   std::vector<Welford<acc>> partial(p.regions() * T);
-  for_each_tile(p, [&](int64_t r, int64_t k, const Rect& tile) { partial[r * T + k] = tile_welford<acc>(p.v, tile, x); });
+  for_each_tile(p, [&](int64_t r, int64_t k, const Rect& tile) {
+    partial[r * T + k] = tile_welford<acc>(p.v, tile, x);
+  });
   std::vector<Welford<acc>> total(p.regions());
   at::parallel_for(0, p.regions(), kMergeGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
@@ -261,16 +280,17 @@ std::vector<Welford<acc>> channel_welford(const Partition& p, const scalar_t* x)
   for_each_tile(p, [&](int64_t, int64_t k, const Rect& tile) {
     const int64_t width = tile.c1 - tile.c0;
     const acc count = static_cast<acc>(tile.m1 - tile.m0);
-    std::vector<acc> a(width, acc(0)), s1(width, acc(0)), s2(width, acc(0));
-    visit(p.v, tile, [&](int64_t i, int64_t, int64_t c) { a[c - tile.c0] += static_cast<acc>(x[i]); });
+    std::vector<acc> a(width, acc(0));
+    accumulate_channels(p.v, tile, a.data(), [&](acc& s, int64_t i, int64_t, int64_t) { s += static_cast<acc>(x[i]); });
     for (acc& sum : a) sum /= count;
-    visit(p.v, tile, [&](int64_t i, int64_t, int64_t c) {
-      const acc d = static_cast<acc>(x[i]) - a[c - tile.c0];
-      s1[c - tile.c0] += d;
-      s2[c - tile.c0] += d * d;
+    std::vector<Sums<acc, 2>> d(width);  // sums of x - a and (x - a)^2
+    accumulate_channels(p.v, tile, d.data(), [&](Sums<acc, 2>& s, int64_t i, int64_t, int64_t c) {
+      const acc dx = static_cast<acc>(x[i]) - a[c - tile.c0];
+      s[0] += dx;
+      s[1] += dx * dx;
     });
     Welford<acc>* out = partial.data() + p.tiling.m_tile(k) * C + tile.c0;
-    for (int64_t j = 0; j < width; ++j) out[j] = corrected_two_pass(count, a[j], s1[j], s2[j]);
+    for (int64_t j = 0; j < width; ++j) out[j] = corrected_two_pass(count, a[j], d[j][0], d[j][1]);
   });
   std::vector<Welford<acc>> total(C);
   at::parallel_for(0, C, kMergeGrain, [&](int64_t begin, int64_t end) {
@@ -316,8 +336,8 @@ struct Affine {
 
   acc xhat(int64_t i, acc mean, acc rstd) const { return (static_cast<acc>(x[i]) - mean) * rstd; }
   acc z(int64_t i, int64_t c, acc xh) const {
-    const acc z = xh * weight[c] + bias[c];
-    return residual ? z + static_cast<acc>(residual[i]) : z;
+    const acc affine = xh * weight[c] + bias[c];
+    return residual ? affine + static_cast<acc>(residual[i]) : affine;
   }
   scalar_t output(int64_t i, int64_t c, acc xh) const {
     return static_cast<scalar_t>(activation_forward(act, z(i, c, xh)));
@@ -368,16 +388,19 @@ void batch_norm_kernel(const NclView& v, const Affine<scalar_t>& e, const at::Te
     }
   }
   scalar_t* y = o.out.mutable_data_ptr<scalar_t>();
-  for_each_element(p, [&](int64_t, int64_t i, int64_t, int64_t c) { y[i] = e.output(i, c, e.xhat(i, mean[c], rstd[c])); });
+  for_each_element(p, [&](int64_t, int64_t i, int64_t, int64_t c) {
+    y[i] = e.output(i, c, e.xhat(i, mean[c], rstd[c]));
+  });
 }
 
 // Per channel: grad_bias = sum dz, grad_weight = sum dz * xhat; then the input gradient with
 // the channel's sums of w * dz and w * dz * xhat (training), or rstd * w * dz (evaluation: the
 // statistics are constants, pass zero sums).
 template <typename scalar_t>
-void batch_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, const scalar_t* dy, const at::Tensor& save_mean,
-                                const at::Tensor& save_rstd, bool training, at::Tensor& grad_input,
-                                at::Tensor& grad_weight, at::Tensor& grad_bias, at::Tensor& grad_residual) {
+void batch_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, const scalar_t* dy,
+                                const at::Tensor& save_mean, const at::Tensor& save_rstd, bool training,
+                                at::Tensor& grad_input, at::Tensor& grad_weight, at::Tensor& grad_bias,
+                                at::Tensor& grad_residual) {
   using acc = acc_t<scalar_t>;
   const int64_t C = v.channels;
   const acc* mean = save_mean.const_data_ptr<acc>();
@@ -424,7 +447,9 @@ void group_norm_kernel(const NclView& v, const Affine<scalar_t>& e, int64_t grou
     rstd[r] = rstd_from_variance(welford_variance(stats[r]), static_cast<acc>(eps));
   }
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) { y[i] = e.output(i, c, e.xhat(i, mean[r], rstd[r])); });
+  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
+    y[i] = e.output(i, c, e.xhat(i, mean[r], rstd[r]));
+  });
 }
 
 // The input gradient needs each (n, g)'s sums of w_c * dz and w_c * dz * xhat; the parameter
@@ -510,7 +535,8 @@ void rms_norm_backward_kernel(const NclView& v, const scalar_t* dy, const scalar
   const acc inv_count = acc(1) / static_cast<acc>(v.channels);
   for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
     const acc xh = static_cast<acc>(x[i]) * rstd[r];
-    dx[i] = static_cast<scalar_t>(norm_input_grad(w[c] * static_cast<acc>(dy[i]), xh, rstd[r], acc(0), row[r][0], inv_count));
+    const acc wdy = w[c] * static_cast<acc>(dy[i]);
+    dx[i] = static_cast<scalar_t>(norm_input_grad(wdy, xh, rstd[r], acc(0), row[r][0], inv_count));
   });
 }
 
