@@ -190,8 +190,11 @@ def _inputs(layer: Layer, batch: int, dtype: torch.dtype, memory_format: torch.m
             (layer.C,), value, device=device, dtype=dtype)
         return v
 
+    affine = layer.kind != "lrn"  # LRN has no parameters, RMS norm only a weight
     tensors = {"x": act(), "r": act() if layer.kind == "bn_add_relu" else None,
-               "w": vec().requires_grad_(), "b": vec().requires_grad_(), "rm": vec(0.0), "rv": vec(1.0)}
+               "w": vec().requires_grad_() if affine else None,
+               "b": vec().requires_grad_() if affine and layer.kind != "rms" else None,
+               "rm": vec(0.0), "rv": vec(1.0)}
     tensors["g"] = torch.randn_like(tensors["x"])
     return tensors
 

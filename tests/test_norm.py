@@ -428,3 +428,79 @@ def test_bad_activation():
         F.group_norm(torch.randn(2, 4), 2, activation="tanh")
     with pytest.raises(RuntimeError, match="activation"):
         torch.ops.cnnkernels.group_norm(torch.randn(2, 4), None, None, 2, 1e-5, "tanh")
+
+
+# ---- every Triton configuration, and GPU-sized problems ------------------------------------
+
+TRITON_TARGETS = [t for t in TARGETS if t.values[0].backend == "triton"]
+
+
+@pytest.mark.parametrize("target", TRITON_TARGETS)
+def test_triton_every_config(target):
+    """Each entry of every Triton config list (config=i picks entry i of each list a launcher
+    uses) gives the cpu backend's result; the shapes split every reduction into several chunks."""
+    from cnnkernels.triton import norm as triton_norm
+
+    cpu = norm_ops.BACKEND_OPS["cpu"]
+    x = shifted((4, 8, 9, 9), channels_last=True)
+    r, g = torch.randn_like(x), torch.randn_like(x)
+    w, b = param(8, grad=False), param(8, grad=False)
+    rows, row_w = shifted((40, 72), shift=3.0), param(72, grad=False)
+    dev = target.device
+    on = (lambda *ts: [None if t is None else t.to(dev) for t in ts])
+    for config in range(triton_norm.NUM_CONFIGS):
+        bn = triton_norm.batch_norm_forward(*on(x, w, b, r, None, None), True, 0.1, 1e-5, "relu", config=config)
+        bn_ref = cpu.batch_norm(x, w, b, r, None, None, True, 0.1, 1e-5, "relu")
+        bn_grad = triton_norm.batch_norm_backward(*on(g, x, w, b, r, *bn_ref[1:3]), True, "relu", config=config)
+        bn_grad_ref = cpu.batch_norm_backward(g, x, w, b, r, *bn_ref[1:3], True, "relu")
+        gn = triton_norm.group_norm_forward(*on(x, w, b), 4, 1e-5, "silu", config=config)
+        gn_ref = cpu.group_norm(x, w, b, 4, 1e-5, "silu")
+        gn_grad = triton_norm.group_norm_backward(*on(g, x, w, b, *gn_ref[1:]), 4, "silu", config=config)
+        gn_grad_ref = cpu.group_norm_backward(g, x, w, b, *gn_ref[1:], 4, "silu")
+        rms = triton_norm.rms_norm_forward(*on(rows, row_w), 1, 1e-6, config=config)
+        rms_ref = cpu.rms_norm(rows, row_w, 1, 1e-6)
+        rms_grad = triton_norm.rms_norm_backward(*on(rows, rows, row_w, rms_ref[1]), 1, config=config)
+        rms_grad_ref = cpu.rms_norm_backward(rows, rows, row_w, rms_ref[1], 1)
+        lrn = triton_norm.local_response_norm_forward(*on(r), 5, 0.1, 0.75, 1.0, config=config)
+        lrn_grad = triton_norm.local_response_norm_backward(*on(g, r), 5, 0.1, 0.75, 1.0, config=config)
+        lrn_ref = cpu.local_response_norm(r, 5, 0.1, 0.75, 1.0)
+        lrn_grad_ref = cpu.local_response_norm_backward(g, r, 5, 0.1, 0.75, 1.0)
+        results = [*bn[:3], *bn_grad, *gn, *gn_grad, *rms, *rms_grad, lrn, lrn_grad]
+        refs = [*bn_ref[:3], *bn_grad_ref, *gn_ref, *gn_grad_ref, *rms_ref, *rms_grad_ref, lrn_ref, lrn_grad_ref]
+        for i, (ours, ref) in enumerate(zip(results, refs)):
+            assert ours.shape == ref.shape, f"config {config}, result {i}"
+            assert_close(ours.cpu(), ref, torch.float64)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_resnet_sized(backend):
+    """ResNet-50 activations in bf16 channels_last (layer1's 256 x 56 x 56 at batch 16): the
+    fused BN+add+ReLU and GroupNorm(32)+SiLU, RMS norm over channels, AlexNet's LRN, forward and
+    backward, against torch in float32 on the same bf16 inputs."""
+    x = torch.randn(16, 256, 56, 56, device="cuda").to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+    r = torch.randn_like(x).requires_grad_()
+    w, b = (1 + 0.1 * torch.randn(256, device="cuda")).requires_grad_(), torch.randn(256, device="cuda").requires_grad_()
+    cases = [
+        (lambda x, r, w, b: F.batch_norm_add_relu(x, r, None, None, w, b, True, backend=backend),
+         lambda x, r, w, b: torch.relu(TF.batch_norm(x, None, None, w, b, True) + r), [x, r, w, b]),
+        (lambda x, w, b: F.group_norm(x, 32, w, b, activation="silu", backend=backend),
+         lambda x, w, b: TF.silu(TF.group_norm(x, 32, w, b)), [x, w, b]),
+        (lambda x, w: F.rms_norm(x.permute(0, 2, 3, 1), (256,), w, backend=backend),
+         lambda x, w: TF.rms_norm(x.permute(0, 2, 3, 1), (256,), w), [x, w]),
+        (lambda x: F.local_response_norm(x, 5, k=2.0, backend=backend),
+         lambda x: TF.local_response_norm(x, 5, k=2.0), [x]),
+    ]
+    for ours_fn, torch_fn, tensors in cases:
+        ref_in = [t.detach().float().requires_grad_() for t in tensors]
+        our_in = [t.detach().requires_grad_() for t in tensors]
+        ref, out = torch_fn(*ref_in), ours_fn(*our_in)
+        assert out.dtype == x.dtype
+        assert out.is_contiguous(memory_format=CL) == ref.is_contiguous(memory_format=CL)
+        assert_close(out.float(), ref, torch.bfloat16)
+        g = torch.randn_like(ref)
+        grads = torch.autograd.grad(out, our_in, g.to(out.dtype))
+        ref_grads = torch.autograd.grad(ref, ref_in, g)
+        for ours, theirs in zip(grads, ref_grads):
+            # parameter gradients sum 800k products: compare relative to their size
+            assert_close(ours.float(), theirs, torch.bfloat16, scale=max(1.0, theirs.abs().max().item() / 10))
