@@ -17,6 +17,7 @@ import torch.nn.functional as TF
 
 from cnnkernels.backend import BackendError, select
 from cnnkernels.ops import conv as conv_ops
+from cnnkernels.ops import norm as norm_ops
 from cnnkernels.ops import pool as pool_ops
 
 
@@ -136,7 +137,54 @@ def _pool_rows(device: torch.device, backend: str) -> list[Row]:
     return rows
 
 
-FAMILIES = [("conv2d", conv_ops, _conv_rows), ("pooling", pool_ops, _pool_rows)]
+# (name, N, C, H, W): a ResNet-50 layer1 activation at a small batch.
+NORM_SHAPE = ("resnet-layer1", 4, 64, 56, 56)
+
+
+def _norm_rows(device: torch.device, backend: str) -> list[Row]:
+    """The fused training forward of each normaliser and its backward operator, against torch's
+    unfused sequence and autograd's backward of it (on a graph built once)."""
+    ops = norm_ops.BACKEND_OPS[backend]
+    x = torch.randn(NORM_SHAPE[1:], device=device)
+    c = x.shape[1]
+    wt, b = 1 + 0.1 * torch.randn(c, device=device), torch.randn(c, device=device)
+    rows_x = x.permute(0, 2, 3, 1).contiguous()  # RMS norm over the channels of NHWC rows
+    # name -> (input, our forward, our backward(grad, input, forward result), torch's sequence)
+    cases = {
+        "batch_norm+relu train": (
+            x, lambda x: ops.batch_norm(x, wt, b, None, None, None, True, 0.1, 1e-5, "relu"),
+            lambda g, x, out: ops.batch_norm_backward(g, x, wt, b, None, out[1], out[2], True, "relu")[0],
+            lambda x: TF.relu(TF.batch_norm(x, None, None, wt, b, True))),
+        "group_norm(32)+silu": (
+            x, lambda x: ops.group_norm(x, wt, b, 32, 1e-5, "silu"),
+            lambda g, x, out: ops.group_norm_backward(g, x, wt, b, out[1], out[2], 32, "silu")[0],
+            lambda x: TF.silu(TF.group_norm(x, 32, wt, b))),
+        "rms_norm": (
+            rows_x, lambda x: ops.rms_norm(x, wt, 1, 1e-6),
+            lambda g, x, out: ops.rms_norm_backward(g, x, wt, out[1], 1)[0],
+            lambda x: TF.rms_norm(x, (c,), wt, 1e-6)),
+        "local_response_norm": (
+            x, lambda x: ops.local_response_norm(x, 5, 1e-4, 0.75, 2.0),
+            lambda g, x, out: ops.local_response_norm_backward(g, x, 5, 1e-4, 0.75, 2.0),
+            lambda x: TF.local_response_norm(x, 5, 1e-4, 0.75, 2.0)),
+    }
+    rows = []
+    for name, (inp, forward, backward, sequence) in cases.items():
+        g = torch.randn_like(inp)
+        out = forward(inp)
+        leaf = inp.detach().requires_grad_()
+        ref = sequence(leaf)
+        (ref_grad,) = torch.autograd.grad(ref, leaf, g, retain_graph=True)
+        first = out[0] if isinstance(out, tuple) else out
+        rows.append(Row(f"{name} forward", backend, device.type, (first - ref).abs().max().item(),
+                        _time_ms(lambda: forward(inp), device), _time_ms(lambda: sequence(inp), device)))
+        rows.append(Row(f"{name} backward", backend, device.type, (backward(g, inp, out) - ref_grad).abs().max().item(),
+                        _time_ms(lambda: backward(g, inp, out), device),
+                        _time_ms(lambda: torch.autograd.grad(ref, leaf, g, retain_graph=True), device)))
+    return rows
+
+
+FAMILIES = [("conv2d", conv_ops, _conv_rows), ("pooling", pool_ops, _pool_rows), ("normalisation", norm_ops, _norm_rows)]
 
 
 def collect() -> list[Row]:
@@ -180,7 +228,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"cnnkernels self-check on {machine()}")
     print("float32; times are sums over the shapes " + ", ".join(s[0] for s in CONV_SHAPES) + " (conv2d) and "
-          + ", ".join(s[0] for s in POOL_SHAPES) + " (pooling)\n")
+          + ", ".join(s[0] for s in POOL_SHAPES) + f" (pooling); {NORM_SHAPE[0]} (normalisation)\n")
     print(format_table(collect()))
 
 
