@@ -67,3 +67,47 @@ def test_conv2d_module_backend_pin():
     assert "backend='cuda'" in repr(layer)
     with pytest.raises(cnnkernels.BackendError, match="cuda backend runs on CUDA tensors"):
         layer(torch.randn(1, 2, 3, 3))
+
+
+# Normalisation modules: (name, constructor args, input shape); the same arguments build torch's.
+NORM_MODULES = [
+    ("BatchNorm1d", dict(num_features=4), (5, 4, 3)),
+    ("BatchNorm1d", dict(num_features=4, affine=False, momentum=None), (6, 4)),
+    ("BatchNorm2d", dict(num_features=4, track_running_stats=False), (2, 4, 3, 3)),
+    ("GroupNorm", dict(num_groups=2, num_channels=4), (2, 4, 3, 3)),
+    ("GroupNorm", dict(num_groups=4, num_channels=4, affine=False), (2, 4, 5)),
+    ("LayerNorm", dict(normalized_shape=(3, 3)), (2, 4, 3, 3)),
+    ("LayerNorm", dict(normalized_shape=5, bias=False), (2, 5)),
+    ("InstanceNorm1d", dict(num_features=4, affine=True), (2, 4, 6)),
+    ("InstanceNorm2d", dict(num_features=4, track_running_stats=True), (2, 4, 3, 3)),
+    ("RMSNorm", dict(normalized_shape=3), (2, 4, 3)),
+    ("RMSNorm", dict(normalized_shape=(4, 3), eps=1e-3, elementwise_affine=False), (2, 4, 3)),
+    ("LocalResponseNorm", dict(size=3, k=2.0), (2, 5, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", NORM_MODULES, ids=lambda v: str(v))
+def test_norm_module_matches_torch(name, kwargs, shape):
+    """Same constructor, parameters, buffers and state_dict keys as torch.nn's module; the same
+    outputs, gradients and buffers over two training steps and one evaluation step."""
+    if name != "LocalResponseNorm":  # the one without parameters (and without a dtype argument)
+        kwargs = kwargs | {"dtype": torch.float64}
+    torch.manual_seed(1)
+    ours = getattr(cnnkernels.nn, name)(**kwargs)
+    torch.manual_seed(1)
+    theirs = getattr(torch.nn, name)(**kwargs)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for param in ours.parameters():  # move off torch's ones/zeros init so the affine part is checked
+        param.data.add_(0.1 * torch.randn_like(param))
+    theirs.load_state_dict(ours.state_dict())
+    for step, training in enumerate([True, True, False]):
+        ours.train(training)
+        theirs.train(training)
+        x = (10 * step + torch.randn(shape, dtype=torch.float64)).requires_grad_()
+        out, ref = ours(x), theirs(x)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, [x, *ours.parameters()], g),
+                                   torch.autograd.grad(ref, [x, *theirs.parameters()], g))
+        for (key, mine), theirs_value in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            torch.testing.assert_close(mine, theirs_value, msg=key)
