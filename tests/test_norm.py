@@ -338,6 +338,21 @@ def test_opcheck(case, target):
     torch.library.opcheck(op, args)
 
 
+def test_opcheck_backward_operators(target):
+    """The backward operators on their own (autograd calls them with saved statistics)."""
+    ops = norm_ops.BACKEND_OPS[target.backend]
+    dev = target.device
+    x = shifted((2, 4, 3, 3), shift=5.0, channels_last=True).to(dev)
+    w, b, r, g = param(4, grad=False).to(dev), param(4, grad=False).to(dev), torch.randn_like(x), torch.randn_like(x)
+    _, mean, rstd, _, _ = ops.batch_norm(x, w, b, r, None, None, True, 0.1, 1e-5, "relu")
+    torch.library.opcheck(ops.batch_norm_backward, (g, x, w, b, r, mean, rstd, True, "relu"))
+    _, mean, rstd = ops.group_norm(x, w, None, 2, 1e-5, "gelu")
+    torch.library.opcheck(ops.group_norm_backward, (g, x, w, None, mean, rstd, 2, "gelu"))
+    _, rstd = ops.rms_norm(x, None, 2, 1e-5)
+    torch.library.opcheck(ops.rms_norm_backward, (g, x, None, rstd, 2))
+    torch.library.opcheck(ops.local_response_norm_backward, (g, x, 3, 0.1, 0.75, 1.0))
+
+
 EMPTY_CALLS = {
     "batch_norm": lambda f, x, **kw: f.batch_norm(x, torch.zeros(4), torch.ones(4), training=False, **kw),
     "group_norm": lambda f, x, **kw: f.group_norm(x, 2, **kw),
