@@ -153,17 +153,49 @@ def _activation_grad(dy, z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _rows(m, L):
-    """Flat row index m over N*L -> (n, l), both int64."""
+def _rows(m, L, s_n, s_l):
+    """Flat row index m over N*L -> (n as int64, the row's offset n*s_n + l*s_l)."""
     n = (m // L).to(tl.int64)
     l = (m % L).to(tl.int64)
-    return n, l
+    return n, n * s_n + l * s_l
 
 
 @triton.jit
-def _chan(pid, C, BLOCK_C: tl.constexpr):
+def _chan(pid, C, s_c, BLOCK_C: tl.constexpr):
+    """Channels [pid*BLOCK_C, ...) -> (c, c < C, the channels' offsets c*s_c as int64)."""
     c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
-    return c, c < C
+    return c, c < C, c.to(tl.int64) * s_c
+
+
+@triton.jit
+def _cross(pix, m_ok, c_off, c_ok):
+    """(offsets, mask) of the (rows x columns) tile of row offsets pix and column offsets c_off."""
+    return pix[:, None] + c_off[None, :], m_ok[:, None] & c_ok[None, :]
+
+
+@triton.jit
+def _tile(M, C, L, s_n, s_c, s_l, INDEX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program (pid0, pid1)'s tile of rows [pid0*BLOCK_M, ...) of N*L x channels
+    [pid1*BLOCK_C, ...): (off, ok, pix, m_ok, n, c, c_ok)."""
+    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    c, c_ok, c_off = _chan(tl.program_id(1), C, s_c, BLOCK_C)
+    m_ok = m < M
+    n, pix = _rows(m, L, s_n, s_l)
+    off, ok = _cross(pix, m_ok, c_off, c_ok)
+    return off, ok, pix, m_ok, n, c, c_ok
+
+
+@triton.jit
+def _chunk(split, chunk, total, INDEX: tl.constexpr):
+    """[begin, end) of chunk `split` of a reduction over `total` steps."""
+    begin = tl.cast(split, INDEX) * chunk
+    return begin, tl.minimum(begin + chunk, tl.cast(total, INDEX))
+
+
+@triton.jit
+def _param(p, c, c_ok, ACC: tl.constexpr):
+    """Per-channel values p[c] as a (1, BLOCK_C) row in ACC."""
+    return tl.load(p + c, mask=c_ok, other=0.0).to(ACC)[None, :]
 
 
 @triton.jit
@@ -175,6 +207,14 @@ def _stat_index(n, c, G, Cg, PER_SAMPLE: tl.constexpr):
     else:
         s = c[None, :]
     return s
+
+
+@triton.jit
+def _load_stats(mean, rstd, n, c, ok, c_ok, G, Cg, PER_SAMPLE: tl.constexpr):
+    """(index, mask, mean, rstd) of a tile's statistics (_stat_index)."""
+    st = _stat_index(n, c, G, Cg, PER_SAMPLE)
+    st_ok = ok if PER_SAMPLE else c_ok[None, :]
+    return st, st_ok, tl.load(mean + st, mask=st_ok, other=0.0), tl.load(rstd + st, mask=st_ok, other=0.0)
 
 
 @triton.jit
@@ -197,9 +237,32 @@ def _chan_merge(cnt_a, mean_a, m2_a, cnt_b, mean_b, m2_b):
 
 
 @triton.jit
-def _group_offsets(e, Cg, L, s_c, s_l, CHANNELS_INNER: tl.constexpr, FLAT: tl.constexpr):
-    """Element e of a group (in memory order) -> (offset from the group's first element,
-    channel within the group)."""
+def _welford_tile(v, ok, i0, begin, end, mean_a, m2_a, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """Merges tile v (steps [i0, min(i0 + BLOCK, end)) along axis 0, masked by ok) into the
+    running (mean, M2) of steps [begin, i0): the tile's exact two-pass values, Chan-merged."""
+    cnt_b = tl.minimum(end - i0, BLOCK).to(ACC)  # the tile's steps (every earlier tile is full)
+    mean_b = tl.sum(v, axis=0) / cnt_b
+    d = tl.where(ok, v - mean_b, 0.0)
+    m2_b = tl.sum(d * d, axis=0)
+    return _chan_merge((i0 - begin).to(ACC), mean_a, m2_a, cnt_b, mean_b, m2_b)
+
+
+@triton.jit
+def _group(G, Cg, s_n, s_c):
+    """Program (pid0, pid1) = (group (n, g), split) -> (ng, split, g, offset of the group's
+    first element)."""
+    ng = tl.program_id(0)
+    n = ng // G
+    g = ng % G
+    return ng, tl.program_id(1), g, tl.cast(n, tl.int64) * s_n + tl.cast(g * Cg, tl.int64) * s_c
+
+
+@triton.jit
+def _group_offsets(e0, end, Cg, L, s_c, s_l, CHANNELS_INNER: tl.constexpr, FLAT: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """Elements e = [e0, e0 + BLOCK) of a group (in memory order) -> (offset from the group's
+    first element, channel within the group, e < end)."""
+    e = e0 + tl.arange(0, BLOCK)
     if CHANNELS_INNER:
         c = e % Cg
         l = e // Cg
@@ -210,7 +273,7 @@ def _group_offsets(e, Cg, L, s_c, s_l, CHANNELS_INNER: tl.constexpr, FLAT: tl.co
         off = e.to(tl.int64)
     else:
         off = c.to(tl.int64) * s_c + l.to(tl.int64) * s_l
-    return off, c
+    return off, c, e < end
 
 
 # ---- statistics ----------------------------------------------------------------------------
@@ -222,24 +285,17 @@ def _channel_stats_kernel(
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Partial (mean, M2) of channels [pid0*BLOCK_C, ...) over rows [split*chunk, ...) of N*L."""
-    c, c_ok = _chan(tl.program_id(0), C, BLOCK_C)
+    c, c_ok, c_off = _chan(tl.program_id(0), C, s_c, BLOCK_C)
     split = tl.program_id(1)
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(M, INDEX))
-    c_off = (c.to(tl.int64) * s_c)[None, :]
+    begin, end = _chunk(split, chunk, M, INDEX)
     mean_a = tl.zeros((BLOCK_C,), ACC)
     m2_a = tl.zeros((BLOCK_C,), ACC)
     for m0 in range(begin, end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
-        m_ok = m < end
-        n, l = _rows(m, L)
-        ok = m_ok[:, None] & c_ok[None, :]
-        v = tl.load(x + (n * s_n + l * s_l)[:, None] + c_off, mask=ok, other=0.0).to(ACC)
-        cnt_b = tl.minimum(end - m0, BLOCK_M).to(ACC)  # the tile's rows (every earlier tile is full)
-        mean_b = tl.sum(v, axis=0) / cnt_b
-        d = tl.where(ok, v - mean_b[None, :], 0.0)
-        m2_b = tl.sum(d * d, axis=0)
-        mean_a, m2_a = _chan_merge((m0 - begin).to(ACC), mean_a, m2_a, cnt_b, mean_b, m2_b)
+        n, pix = _rows(m, L, s_n, s_l)
+        off, ok = _cross(pix, m < end, c_off, c_ok)
+        v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
+        mean_a, m2_a = _welford_tile(v, ok, m0, begin, end, mean_a, m2_a, BLOCK_M, ACC)
     out = tl.cast(split, tl.int64) * C + c
     tl.store(mean_p + out, mean_a, mask=c_ok)
     tl.store(m2_p + out, m2_a, mask=c_ok)
@@ -252,25 +308,14 @@ def _group_stats_kernel(
     BLOCK: tl.constexpr,
 ):
     """Partial (mean, M2) of group (n, g) = pid0 over its elements [split*chunk, ...)."""
-    ng = tl.program_id(0)
-    split = tl.program_id(1)
-    n = ng // G
-    g = ng % G
-    base = x + tl.cast(n, tl.int64) * s_n + tl.cast(g * Cg, tl.int64) * s_c
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(E, INDEX))
+    ng, split, g, start = _group(G, Cg, s_n, s_c)
+    begin, end = _chunk(split, chunk, E, INDEX)
     mean_a = tl.sum(tl.zeros((BLOCK,), ACC), axis=0)
     m2_a = mean_a
     for e0 in range(begin, end, BLOCK):
-        e = e0 + tl.arange(0, BLOCK)
-        ok = e < end
-        off, _ = _group_offsets(e, Cg, L, s_c, s_l, CHANNELS_INNER, FLAT)
-        v = tl.load(base + off, mask=ok, other=0.0).to(ACC)
-        cnt_b = tl.minimum(end - e0, BLOCK).to(ACC)
-        mean_b = tl.sum(v, axis=0) / cnt_b
-        d = tl.where(ok, v - mean_b, 0.0)
-        m2_b = tl.sum(d * d, axis=0)
-        mean_a, m2_a = _chan_merge((e0 - begin).to(ACC), mean_a, m2_a, cnt_b, mean_b, m2_b)
+        off, c, ok = _group_offsets(e0, end, Cg, L, s_c, s_l, CHANNELS_INNER, FLAT, BLOCK)
+        v = tl.load(x + start + off, mask=ok, other=0.0).to(ACC)
+        mean_a, m2_a = _welford_tile(v, ok, e0, begin, end, mean_a, m2_a, BLOCK, ACC)
     out = tl.cast(ng, tl.int64) * splits + split
     tl.store(mean_p + out, mean_a)
     tl.store(m2_p + out, m2_a)
@@ -318,21 +363,13 @@ def _norm_forward_kernel(
     ACT: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """y = act((x - mean) * rstd * w + b (+ residual)), rounded once to y's dtype."""
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c, c_ok = _chan(tl.program_id(1), C, BLOCK_C)
-    m_ok = m < M
-    ok = m_ok[:, None] & c_ok[None, :]
-    n, l = _rows(m, L)
-    off = (n * s_n + l * s_l)[:, None] + (c.to(tl.int64) * s_c)[None, :]
-    st = _stat_index(n, c, G, Cg, PER_SAMPLE)
-    st_ok = ok if PER_SAMPLE else c_ok[None, :]
-    mu = tl.load(mean + st, mask=st_ok, other=0.0)
-    r = tl.load(rstd + st, mask=st_ok, other=0.0)
+    off, ok, _, _, n, c, c_ok = _tile(M, C, L, s_n, s_c, s_l, INDEX, BLOCK_M, BLOCK_C)
+    _, _, mu, r = _load_stats(mean, rstd, n, c, ok, c_ok, G, Cg, PER_SAMPLE)
     z = (tl.load(x + off, mask=ok, other=0.0).to(ACC) - mu) * r
     if HAS_W:
-        z = z * tl.load(w + c, mask=c_ok, other=0.0).to(ACC)[None, :]
+        z = z * _param(w, c, c_ok, ACC)
     if HAS_B:
-        z = z + tl.load(b + c, mask=c_ok, other=0.0).to(ACC)[None, :]
+        z = z + _param(b, c, c_ok, ACC)
     if HAS_RES:
         z = z + tl.load(res + off, mask=ok, other=0.0).to(ACC)
     tl.store(y + off, _activation(z, ACT).to(y.dtype.element_ty), mask=ok)
@@ -368,30 +405,25 @@ def _channel_grad_sums_kernel(
 ):
     """Partial sums of dz and dz * xhat of channels [pid0*BLOCK_C, ...) over rows
     [split*chunk, ...) of N*L."""
-    c, c_ok = _chan(tl.program_id(0), C, BLOCK_C)
+    c, c_ok, c_off = _chan(tl.program_id(0), C, s_c, BLOCK_C)
     split = tl.program_id(1)
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(M, INDEX))
-    c_off = (c.to(tl.int64) * s_c)[None, :]
-    w_c = tl.load(w + c, mask=c_ok, other=0.0).to(ACC)[None, :] if HAS_W else 1.0
-    b_c = tl.load(b + c, mask=c_ok, other=0.0).to(ACC)[None, :] if HAS_B else 0.0
+    begin, end = _chunk(split, chunk, M, INDEX)
+    w_c = _param(w, c, c_ok, ACC) if HAS_W else 1.0
+    b_c = _param(b, c, c_ok, ACC) if HAS_B else 0.0
     if not PER_SAMPLE:
-        mu_c = tl.load(mean + c, mask=c_ok, other=0.0)[None, :]
-        r_c = tl.load(rstd + c, mask=c_ok, other=0.0)[None, :]
+        mu_c = _param(mean, c, c_ok, ACC)
+        r_c = _param(rstd, c, c_ok, ACC)
     acc_dz = tl.zeros((BLOCK_M, BLOCK_C), ACC)
     acc_dzx = tl.zeros((BLOCK_M, BLOCK_C), ACC)
     for m0 in range(begin, end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
-        n, l = _rows(m, L)
-        ok = (m < end)[:, None] & c_ok[None, :]
+        n, pix = _rows(m, L, s_n, s_l)
+        off, ok = _cross(pix, m < end, c_off, c_ok)
         if PER_SAMPLE:
-            st = _stat_index(n, c, G, Cg, PER_SAMPLE)
-            mu = tl.load(mean + st, mask=ok, other=0.0)
-            r = tl.load(rstd + st, mask=ok, other=0.0)
+            st, st_ok, mu, r = _load_stats(mean, rstd, n, c, ok, c_ok, G, Cg, PER_SAMPLE)
         else:
             mu = mu_c
             r = r_c
-        off = (n * s_n + l * s_l)[:, None] + c_off
         dz, xhat = _dz_xhat(dy, x, res, w_c, b_c, mu, r, off, ok, HAS_W, HAS_B, HAS_RES, ACT, ACC)
         acc_dz += dz
         acc_dzx += dz * xhat
@@ -409,21 +441,14 @@ def _group_grad_sums_kernel(
 ):
     """Partial sums of w*dz and w*dz*xhat of group (n, g) = pid0 over its elements
     [split*chunk, ...)."""
-    ng = tl.program_id(0)
-    split = tl.program_id(1)
-    n = ng // G
-    g = ng % G
-    start = tl.cast(n, tl.int64) * s_n + tl.cast(g * Cg, tl.int64) * s_c
+    ng, split, g, start = _group(G, Cg, s_n, s_c)
     mu = tl.load(mean + ng)
     r = tl.load(rstd + ng)
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(E, INDEX))
+    begin, end = _chunk(split, chunk, E, INDEX)
     acc1 = tl.zeros((BLOCK,), ACC)
     acc2 = tl.zeros((BLOCK,), ACC)
     for e0 in range(begin, end, BLOCK):
-        e = e0 + tl.arange(0, BLOCK)
-        ok = e < end
-        off, c = _group_offsets(e, Cg, L, s_c, s_l, CHANNELS_INNER, FLAT)
+        off, c, ok = _group_offsets(e0, end, Cg, L, s_c, s_l, CHANNELS_INNER, FLAT, BLOCK)
         cw = g * Cg + c
         w_c = tl.load(w + cw, mask=ok, other=0.0).to(ACC) if HAS_W else 1.0
         b_c = tl.load(b + cw, mask=ok, other=0.0).to(ACC) if HAS_B else 0.0
@@ -467,17 +492,10 @@ def _norm_backward_kernel(
     """grad_input = norm.h norm_input_grad(w*dz, xhat, rstd, sum_dy, sum_dy_xhat, inv_count)
     (training) or rstd*w*dz (eval); grad_residual = dz. sum_dy, sum_dy_xhat are s1, s2 indexed
     like the statistics, or (SUMS_PER_CHANNEL, batch norm) w*s1[c], w*s2[c]."""
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c, c_ok = _chan(tl.program_id(1), C, BLOCK_C)
-    ok = (m < M)[:, None] & c_ok[None, :]
-    n, l = _rows(m, L)
-    off = (n * s_n + l * s_l)[:, None] + (c.to(tl.int64) * s_c)[None, :]
-    st = _stat_index(n, c, G, Cg, PER_SAMPLE)
-    st_ok = ok if PER_SAMPLE else c_ok[None, :]
-    mu = tl.load(mean + st, mask=st_ok, other=0.0)
-    r = tl.load(rstd + st, mask=st_ok, other=0.0)
-    w_c = tl.load(w + c, mask=c_ok, other=0.0).to(ACC)[None, :] if HAS_W else 1.0
-    b_c = tl.load(b + c, mask=c_ok, other=0.0).to(ACC)[None, :] if HAS_B else 0.0
+    off, ok, _, _, n, c, c_ok = _tile(M, C, L, s_n, s_c, s_l, INDEX, BLOCK_M, BLOCK_C)
+    st, st_ok, mu, r = _load_stats(mean, rstd, n, c, ok, c_ok, G, Cg, PER_SAMPLE)
+    w_c = _param(w, c, c_ok, ACC) if HAS_W else 1.0
+    b_c = _param(b, c, c_ok, ACC) if HAS_B else 0.0
     dz, xhat = _dz_xhat(dy, x, res, w_c, b_c, mu, r, off, ok, HAS_W, HAS_B, HAS_RES, ACT, ACC)
     if TRAINING:
         sum_dy = tl.load(s1 + st, mask=st_ok, other=0.0)
@@ -497,6 +515,30 @@ def _norm_backward_kernel(
 
 
 @triton.jit
+def _row_block(r0, end, D, rstd, BLOCK_R: tl.constexpr):
+    """Rows [r0, r0 + BLOCK_R) of a contiguous (rows, D) matrix -> (their offsets row*D as an
+    int64 (BLOCK_R, 1) column, row < end, their rstd as a (BLOCK_R, 1) column)."""
+    row = r0 + tl.arange(0, BLOCK_R)
+    r_ok = row < end
+    return (row.to(tl.int64) * D)[:, None], r_ok, tl.load(rstd + row, mask=r_ok, other=0.0)[:, None]
+
+
+@triton.jit
+def _row_mask(r_ok, dd, D):
+    """Mask of the (rows x columns dd) tile."""
+    return r_ok[:, None] & (dd < D)[None, :]
+
+
+@triton.jit
+def _rms_wdy(dy, w, base, dd, ok, D, HAS_W: tl.constexpr, ACC: tl.constexpr):
+    """dy * w of the (rows x columns dd) tile at row offsets base (dy without HAS_W)."""
+    wdy = tl.load(dy + base + dd[None, :], mask=ok, other=0.0).to(ACC)
+    if HAS_W:
+        wdy = wdy * _param(w, dd, dd < D, ACC)
+    return wdy
+
+
+@triton.jit
 def _rms_norm_kernel(
     x, w, y, rstd, rows, D, eps,
     HAS_W: tl.constexpr, ONE_TILE: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
@@ -510,13 +552,13 @@ def _rms_norm_kernel(
     base = (row.to(tl.int64) * D)[:, None]
     d = tl.arange(0, BLOCK_D)
     if ONE_TILE:
-        ok = r_ok[:, None] & (d < D)[None, :]
+        ok = _row_mask(r_ok, d, D)
         v = tl.load(x + base + d[None, :], mask=ok, other=0.0).to(ACC)
         ss = tl.sum(v * v, axis=1)
     else:
         acc = tl.zeros((BLOCK_R, BLOCK_D), ACC)
         for d0 in range(0, D, BLOCK_D):
-            ok = r_ok[:, None] & (d0 + d < D)[None, :]
+            ok = _row_mask(r_ok, d0 + d, D)
             v = tl.load(x + base + (d0 + d)[None, :], mask=ok, other=0.0).to(ACC)
             acc += v * v
         ss = tl.sum(acc, axis=1)
@@ -525,15 +567,15 @@ def _rms_norm_kernel(
     if ONE_TILE:
         out = v * r[:, None]
         if HAS_W:
-            out = out * tl.load(w + d, mask=d < D, other=0.0).to(ACC)[None, :]
+            out = out * _param(w, d, d < D, ACC)
         tl.store(y + base + d[None, :], out.to(y.dtype.element_ty), mask=ok)
     else:
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + d
-            ok = r_ok[:, None] & (dd < D)[None, :]
+            ok = _row_mask(r_ok, dd, D)
             out = tl.load(x + base + dd[None, :], mask=ok, other=0.0).to(ACC) * r[:, None]
             if HAS_W:
-                out = out * tl.load(w + dd, mask=dd < D, other=0.0).to(ACC)[None, :]
+                out = out * _param(w, dd, dd < D, ACC)
             tl.store(y + base + dd[None, :], out.to(y.dtype.element_ty), mask=ok)
 
 
@@ -547,20 +589,17 @@ def _rms_norm_backward_kernel(
     with ONE_TILE and HAS_W also this program's partial of grad_weight, sum dy*x*rstd over its rows."""
     BLOCK_R: tl.constexpr = tl.constexpr((ROW_TILE + BLOCK_D - 1) // BLOCK_D)
     split = tl.program_id(0)
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(rows, INDEX))
+    begin, end = _chunk(split, chunk, rows, INDEX)
     d = tl.arange(0, BLOCK_D)
     inv_d = 1.0 / tl.cast(D, ACC)
     if ONE_TILE:
         d_ok = d < D
-        w_d = tl.load(w + d, mask=d_ok, other=0.0).to(ACC)[None, :] if HAS_W else 1.0
+        w_d = _param(w, d, d_ok, ACC) if HAS_W else 1.0
         dw_acc = tl.zeros((BLOCK_R, BLOCK_D), ACC)
         for r0 in range(begin, end, BLOCK_R):
-            row = r0 + tl.arange(0, BLOCK_R)
-            r_ok = row < end
+            base, r_ok, r = _row_block(r0, end, D, rstd, BLOCK_R)
             ok = r_ok[:, None] & d_ok[None, :]
-            off = (row.to(tl.int64) * D)[:, None] + d[None, :]
-            r = tl.load(rstd + row, mask=r_ok, other=0.0)[:, None]
+            off = base + d[None, :]
             g = tl.load(dy + off, mask=ok, other=0.0).to(ACC)
             xhat = tl.load(x + off, mask=ok, other=0.0).to(ACC) * r
             wdy = g * w_d
@@ -573,25 +612,17 @@ def _rms_norm_backward_kernel(
     else:
         # Long rows: one row at a time (BLOCK_R = 1 for ROW_TILE <= BLOCK_D), twice over the row.
         for r0 in range(begin, end, BLOCK_R):
-            row = r0 + tl.arange(0, BLOCK_R)
-            r_ok = row < end
-            base = (row.to(tl.int64) * D)[:, None]
-            r = tl.load(rstd + row, mask=r_ok, other=0.0)[:, None]
+            base, r_ok, r = _row_block(r0, end, D, rstd, BLOCK_R)
             acc = tl.zeros((BLOCK_R, BLOCK_D), ACC)
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + d
-                ok = r_ok[:, None] & (dd < D)[None, :]
-                wdy = tl.load(dy + base + dd[None, :], mask=ok, other=0.0).to(ACC)
-                if HAS_W:
-                    wdy = wdy * tl.load(w + dd, mask=dd < D, other=0.0).to(ACC)[None, :]
-                acc += wdy * tl.load(x + base + dd[None, :], mask=ok, other=0.0).to(ACC)
+                ok = _row_mask(r_ok, dd, D)
+                acc += _rms_wdy(dy, w, base, dd, ok, D, HAS_W, ACC) * tl.load(x + base + dd[None, :], mask=ok, other=0.0).to(ACC)
             s = tl.sum(acc, axis=1)[:, None] * r
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + d
-                ok = r_ok[:, None] & (dd < D)[None, :]
-                wdy = tl.load(dy + base + dd[None, :], mask=ok, other=0.0).to(ACC)
-                if HAS_W:
-                    wdy = wdy * tl.load(w + dd, mask=dd < D, other=0.0).to(ACC)[None, :]
+                ok = _row_mask(r_ok, dd, D)
+                wdy = _rms_wdy(dy, w, base, dd, ok, D, HAS_W, ACC)
                 xhat = tl.load(x + base + dd[None, :], mask=ok, other=0.0).to(ACC) * r
                 tl.store(dx + base + dd[None, :], (r * (wdy - xhat * s * inv_d)).to(dx.dtype.element_ty), mask=ok)
 
@@ -605,15 +636,12 @@ def _rms_weight_grad_kernel(
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < D
     split = tl.program_id(1)
-    begin = tl.cast(split, INDEX) * chunk
-    end = tl.minimum(begin + chunk, tl.cast(rows, INDEX))
+    begin, end = _chunk(split, chunk, rows, INDEX)
     acc = tl.zeros((BLOCK_R, BLOCK_D), ACC)
     for r0 in range(begin, end, BLOCK_R):
-        row = r0 + tl.arange(0, BLOCK_R)
-        r_ok = row < end
+        base, r_ok, r = _row_block(r0, end, D, rstd, BLOCK_R)
         ok = r_ok[:, None] & d_ok[None, :]
-        off = (row.to(tl.int64) * D)[:, None] + d[None, :]
-        r = tl.load(rstd + row, mask=r_ok, other=0.0)[:, None]
+        off = base + d[None, :]
         acc += tl.load(dy + off, mask=ok, other=0.0).to(ACC) * (tl.load(x + off, mask=ok, other=0.0).to(ACC) * r)
     tl.store(dw_p + tl.cast(split, tl.int64) * D + d, tl.sum(acc, axis=0), mask=d_ok)
 
@@ -622,18 +650,32 @@ def _rms_weight_grad_kernel(
 
 
 @triton.jit
-def _lrn_denominator(x, off_pix, c, C, s_c, ok_m, size, alpha_over_size, k, ACC: tl.constexpr,
+def _window_load(p, pix, m_ok, j, C, s_c):
+    """p at rows pix, channels j (0 where j is outside [0, C) or the row is out of range)."""
+    off, ok = _cross(pix, m_ok, j.to(tl.int64) * s_c, (j >= 0) & (j < C))
+    return tl.load(p + off, mask=ok, other=0.0)
+
+
+@triton.jit
+def _lrn_denominator(x, pix, m_ok, c, C, s_c, size, alpha_over_size, k, ACC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """norm.h lrn_denominator of channels c: k + alpha/size * sum of x_j^2 over the window
     [c - size/2, c + (size-1)/2] clipped to [0, C)."""
     first = c - size // 2
     acc = tl.zeros((BLOCK_M, BLOCK_C), ACC)
     for t in range(0, size):
-        j = first + t
-        ok = ok_m[:, None] & ((j >= 0) & (j < C))[None, :]
-        v = tl.load(x + off_pix[:, None] + (j.to(tl.int64) * s_c)[None, :], mask=ok, other=0.0).to(ACC)
+        v = _window_load(x, pix, m_ok, first + t, C, s_c).to(ACC)
         acc += v * v
     return k + alpha_over_size * acc
+
+
+@triton.jit
+def _lrn_tile(x, M, C, L, size, alpha_over_size, k, s_n, s_c, s_l,
+              INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program (pid0, pid1)'s tile (_tile) and its LRN denominators: (off, ok, pix, m_ok, c, den)."""
+    off, ok, pix, m_ok, _, c, _ = _tile(M, C, L, s_n, s_c, s_l, INDEX, BLOCK_M, BLOCK_C)
+    den = _lrn_denominator(x, pix, m_ok, c, C, s_c, size, alpha_over_size, k, ACC, BLOCK_M, BLOCK_C)
+    return off, ok, pix, m_ok, c, den
 
 
 @triton.jit
@@ -647,14 +689,8 @@ def _lrn_kernel(
     x, y, M, C, L, size, alpha_over_size, beta, k, s_n, s_c, s_l,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c, c_ok = _chan(tl.program_id(1), C, BLOCK_C)
-    m_ok = m < M
-    ok = m_ok[:, None] & c_ok[None, :]
-    n, l = _rows(m, L)
-    pix = n * s_n + l * s_l
-    off = pix[:, None] + (c.to(tl.int64) * s_c)[None, :]
-    den = _lrn_denominator(x, pix, c, C, s_c, m_ok, size, alpha_over_size, k, ACC, BLOCK_M, BLOCK_C)
+    off, ok, _, _, _, den = _lrn_tile(x, M, C, L, size, alpha_over_size, k, s_n, s_c, s_l,
+                                      INDEX, ACC, BLOCK_M, BLOCK_C)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
     tl.store(y + off, (v * _pow(den, -beta)).to(y.dtype.element_ty), mask=ok)
 
@@ -665,14 +701,8 @@ def _lrn_backward_term_kernel(
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """t_c = dy_c * x_c * d_c^(-beta-1) (norm.h lrn_backward_term), in acc_t, x's layout."""
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c, c_ok = _chan(tl.program_id(1), C, BLOCK_C)
-    m_ok = m < M
-    ok = m_ok[:, None] & c_ok[None, :]
-    n, l = _rows(m, L)
-    pix = n * s_n + l * s_l
-    off = pix[:, None] + (c.to(tl.int64) * s_c)[None, :]
-    den = _lrn_denominator(x, pix, c, C, s_c, m_ok, size, alpha_over_size, k, ACC, BLOCK_M, BLOCK_C)
+    off, ok, _, _, _, den = _lrn_tile(x, M, C, L, size, alpha_over_size, k, s_n, s_c, s_l,
+                                      INDEX, ACC, BLOCK_M, BLOCK_C)
     g = tl.load(dy + off, mask=ok, other=0.0).to(ACC)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
     tl.store(t + off, g * v * _pow(den, -beta - 1.0), mask=ok)
@@ -685,20 +715,12 @@ def _lrn_backward_kernel(
 ):
     """dx_j = dy_j * d_j^-beta - 2*beta*alpha/size * x_j * sum of t_c over the channels c whose
     window holds j, c in [j - (size-1)/2, j + size/2] clipped (norm.h lrn_users_first/last)."""
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)
-    c, c_ok = _chan(tl.program_id(1), C, BLOCK_C)
-    m_ok = m < M
-    ok = m_ok[:, None] & c_ok[None, :]
-    n, l = _rows(m, L)
-    pix = n * s_n + l * s_l
-    off = pix[:, None] + (c.to(tl.int64) * s_c)[None, :]
-    den = _lrn_denominator(x, pix, c, C, s_c, m_ok, size, alpha_over_size, k, ACC, BLOCK_M, BLOCK_C)
+    off, ok, pix, m_ok, c, den = _lrn_tile(x, M, C, L, size, alpha_over_size, k, s_n, s_c, s_l,
+                                           INDEX, ACC, BLOCK_M, BLOCK_C)
     first = c - (size - 1) // 2
     acc = tl.zeros((BLOCK_M, BLOCK_C), ACC)
     for u in range(0, size):
-        j = first + u
-        j_ok = m_ok[:, None] & ((j >= 0) & (j < C))[None, :]
-        acc += tl.load(t + pix[:, None] + (j.to(tl.int64) * s_c)[None, :], mask=j_ok, other=0.0)
+        acc += _window_load(t, pix, m_ok, first + u, C, s_c)
     g = tl.load(dy + off, mask=ok, other=0.0).to(ACC)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
     out = g * _pow(den, -beta) - 2.0 * beta * alpha_over_size * v * acc
