@@ -33,12 +33,18 @@ at::Tensor workspace(int64_t elems, const at::Tensor& input) {
   return at::empty({std::max<int64_t>(elems, 1)}, input.options().dtype(norm_acc_dtype(input)));
 }
 
+// Copies the (N, C, L) view and layout of s into the kernel arguments (NormGeometry, LrnArgs).
+template <typename Args>
+void set_view(Args& a, const NormShape& s) {
+  a.batch = s.batch;
+  a.channels = s.channels;
+  a.inner = s.inner;
+  a.channels_last = s.channels_last;
+}
+
 NormGeometry geometry(const NormShape& s, int64_t groups) {
   NormGeometry g;
-  g.batch = s.batch;
-  g.channels = s.channels;
-  g.inner = s.inner;
-  g.channels_last = s.channels_last;
+  set_view(g, s);
   g.groups = groups;
   return g;
 }
@@ -50,6 +56,107 @@ at::Tensor saved_stat(const char* op, const char* name, const at::Tensor& t, int
 
 at::Tensor empty_acc(const at::Tensor& input) { return new_acc_buffer({0}, input); }
 
+// ---- batch norm and group norm: shared argument handling -------------------------------------
+
+void check_groups(const char* op, const NormShape& s, int64_t num_groups) {
+  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
+  TORCH_CHECK(s.channels % num_groups == 0, op, ": num_groups (", num_groups, ") must divide the number of channels (",
+              s.channels, ")");
+}
+
+// norm_shape, and check_groups for group norm (num_groups given).
+NormShape checked_norm_shape(const char* op, const at::Tensor& input, std::optional<int64_t> num_groups) {
+  const NormShape s = norm_shape(op, input);
+  if (num_groups.has_value()) check_groups(op, s, *num_groups);
+  return s;
+}
+
+// What every batch/group norm operator starts with, in this order: the checks of the shape,
+// activation and dtype, the device guard, the input in a kernel layout, grad_output (backward
+// operators: grad_output non-null) and the acc_t weight and bias (undefined when absent).
+struct NormOperands {
+  NormOperands(const char* op, const at::Tensor& input, const at::Tensor* grad_output,
+               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+               c10::string_view activation, std::optional<int64_t> num_groups)
+      : s(checked_norm_shape(op, input, num_groups)),
+        act(parse_activation(op, activation)),
+        dtype(kernel_dtype(op, input)),
+        guard(input.device()),
+        x(norm_layout(input, s)),
+        dy(grad_output != nullptr ? norm_operand(op, "grad_output", *grad_output, input, s) : at::Tensor()),
+        w(norm_param(op, "weight", weight, s.channels, input)),
+        b(norm_param(op, "bias", bias, s.channels, input)) {}
+
+  const NormShape s;
+  const Activation act;
+  const DType dtype;
+  const c10::cuda::CUDAGuard guard;
+  const at::Tensor x, dy, w, b;
+};
+
+// The forward arguments batch norm and group norm (groups > 0) share; batch norm adds its own.
+NormForwardArgs forward_args(const NormOperands& in, int64_t groups, at::Tensor& out, at::Tensor& save_mean,
+                             at::Tensor& save_rstd, double eps) {
+  NormForwardArgs a;
+  a.g = geometry(in.s, groups);
+  a.input = in.x.const_data_ptr();
+  a.output = out.mutable_data_ptr();
+  a.weight = ptr_or_null(in.w);
+  a.bias = ptr_or_null(in.b);
+  a.save_mean = save_mean.mutable_data_ptr();
+  a.save_rstd = save_rstd.mutable_data_ptr();
+  a.eps = eps;
+  a.activation = in.act;
+  return a;
+}
+
+// Launches the forward kernels, with a workspace when they compute batch statistics.
+void launch_forward(const char* op, const NormOperands& in, NormForwardArgs a, const at::Tensor& input) {
+  at::Tensor ws;
+  if (a.g.groups != 0 || a.training) {
+    ws = workspace(norm_forward_workspace(in.dtype, a.g), input);
+    a.workspace = ws.mutable_data_ptr();
+  }
+  check_launch(op, launch_norm_forward(in.dtype, a, current_stream()));
+}
+
+// The backward arguments batch norm and group norm share; batch norm adds the residual.
+NormBackwardArgs backward_args(const NormOperands& in, int64_t groups, const at::Tensor& mean,
+                               const at::Tensor& rstd, at::Tensor& grad_input, at::Tensor& grad_w,
+                               at::Tensor& grad_b) {
+  NormBackwardArgs a;
+  a.g = geometry(in.s, groups);
+  a.grad_output = in.dy.const_data_ptr();
+  a.input = in.x.const_data_ptr();
+  a.weight = ptr_or_null(in.w);
+  a.bias = ptr_or_null(in.b);
+  a.save_mean = mean.const_data_ptr();
+  a.save_rstd = rstd.const_data_ptr();
+  a.grad_input = grad_input.mutable_data_ptr();
+  a.grad_weight = grad_w.mutable_data_ptr();
+  a.grad_bias = grad_b.mutable_data_ptr();
+  a.activation = in.act;
+  return a;
+}
+
+// grad_weight and grad_bias buffers (C acc_t values each); zeros for an input without elements.
+std::pair<at::Tensor, at::Tensor> new_param_grads(const NormShape& s, const at::Tensor& input) {
+  at::Tensor grad_w = new_acc_buffer({s.channels}, input);
+  at::Tensor grad_b = new_acc_buffer({s.channels}, input);
+  if (s.numel() == 0) {
+    grad_w.zero_();
+    grad_b.zero_();
+  }
+  return {grad_w, grad_b};
+}
+
+// Launches the backward kernels with their workspace.
+void launch_backward(const char* op, const NormOperands& in, NormBackwardArgs a, const at::Tensor& input) {
+  at::Tensor ws = workspace(norm_backward_workspace(in.dtype, a.g), input);
+  a.workspace = ws.mutable_data_ptr();
+  check_launch(op, launch_norm_backward(in.dtype, a, current_stream()));
+}
+
 // ---- batch norm ------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
@@ -58,14 +165,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     c10::string_view activation) {
   const char* op = "cnnkernels::batch_norm";
-  const NormShape s = norm_shape(op, input);
-  const Activation act = parse_activation(op, activation);
-  const DType dtype = kernel_dtype(op, input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const NormOperands in(op, input, nullptr, weight, bias, activation, std::nullopt);
+  const NormShape& s = in.s;
   const int64_t C = s.channels;
-  const at::Tensor x = norm_layout(input, s);
-  const at::Tensor w = norm_param(op, "weight", weight, C, input);
-  const at::Tensor b = norm_param(op, "bias", bias, C, input);
   const at::Tensor res =
       residual.has_value() && residual->defined() ? norm_operand(op, "residual", *residual, input, s) : at::Tensor();
   const at::Tensor rm = norm_param(op, "running_mean", running_mean, C, input);
@@ -96,29 +198,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
       save_rstd.copy_(rv.add(eps).sqrt().reciprocal());
     }
   } else if (s.numel() > 0) {
-    NormForwardArgs a;
-    a.g = geometry(s, 0);
-    a.input = x.const_data_ptr();
+    NormForwardArgs a = forward_args(in, 0, out, save_mean, save_rstd, eps);
     a.residual = ptr_or_null(res);
-    a.output = out.mutable_data_ptr();
-    a.weight = ptr_or_null(w);
-    a.bias = ptr_or_null(b);
-    a.save_mean = save_mean.mutable_data_ptr();
-    a.save_rstd = save_rstd.mutable_data_ptr();
     a.training = training;
     a.running_mean = ptr_or_null(rm);
     a.running_var = ptr_or_null(rv);
     a.new_running_mean = mutable_ptr_or_null(new_rm);
     a.new_running_var = mutable_ptr_or_null(new_rv);
     a.momentum = momentum;
-    a.eps = eps;
-    a.activation = act;
-    at::Tensor ws;
-    if (training) {
-      ws = workspace(norm_forward_workspace(dtype, a.g), input);
-      a.workspace = ws.mutable_data_ptr();
-    }
-    check_launch(op, launch_norm_forward(dtype, a, current_stream()));
+    launch_forward(op, in, a, input);
   }
   at::Tensor out_rm = update ? as_param_dtype(new_rm, running_mean, input) : empty_acc(input);
   at::Tensor out_rv = update ? as_param_dtype(new_rv, running_var, input) : empty_acc(input);
@@ -130,15 +218,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_c
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, const at::Tensor& save_mean,
     const at::Tensor& save_rstd, bool training, c10::string_view activation) {
   const char* op = "cnnkernels::batch_norm_backward";
-  const NormShape s = norm_shape(op, input);
-  const Activation act = parse_activation(op, activation);
-  const DType dtype = kernel_dtype(op, input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const NormOperands in(op, input, &grad_output, weight, bias, activation, std::nullopt);
+  const NormShape& s = in.s;
   const int64_t C = s.channels;
-  const at::Tensor x = norm_layout(input, s);
-  const at::Tensor dy = norm_operand(op, "grad_output", grad_output, input, s);
-  const at::Tensor w = norm_param(op, "weight", weight, C, input);
-  const at::Tensor b = norm_param(op, "bias", bias, C, input);
   const bool has_res = residual.has_value() && residual->defined();
   const at::Tensor res = has_res ? norm_operand(op, "residual", *residual, input, s) : at::Tensor();
   const at::Tensor mean = saved_stat(op, "save_mean", save_mean, C, input);
@@ -146,41 +228,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_c
 
   at::Tensor grad_input = new_norm_output(input, s);
   at::Tensor grad_res = has_res ? new_norm_output(input, s) : empty_acc(input);
-  at::Tensor grad_w = new_acc_buffer({C}, input);
-  at::Tensor grad_b = new_acc_buffer({C}, input);
-  if (s.numel() == 0) {
-    grad_w.zero_();
-    grad_b.zero_();
-  } else {
-    NormBackwardArgs a;
-    a.g = geometry(s, 0);
-    a.grad_output = dy.const_data_ptr();
-    a.input = x.const_data_ptr();
+  auto [grad_w, grad_b] = new_param_grads(s, input);
+  if (s.numel() > 0) {
+    NormBackwardArgs a = backward_args(in, 0, mean, rstd, grad_input, grad_w, grad_b);
     a.residual = ptr_or_null(res);
-    a.weight = ptr_or_null(w);
-    a.bias = ptr_or_null(b);
-    a.save_mean = mean.const_data_ptr();
-    a.save_rstd = rstd.const_data_ptr();
-    a.grad_input = grad_input.mutable_data_ptr();
     a.grad_residual = has_res ? grad_res.mutable_data_ptr() : nullptr;
-    a.grad_weight = grad_w.mutable_data_ptr();
-    a.grad_bias = grad_b.mutable_data_ptr();
     a.training = training;
-    a.activation = act;
-    at::Tensor ws = workspace(norm_backward_workspace(dtype, a.g), input);
-    a.workspace = ws.mutable_data_ptr();
-    check_launch(op, launch_norm_backward(dtype, a, current_stream()));
+    launch_backward(op, in, a, input);
   }
   return {grad_input, as_param_dtype(grad_w, weight, input), as_param_dtype(grad_b, bias, input), grad_res};
 }
 
 // ---- group norm ------------------------------------------------------------------------------
-
-void check_groups(const char* op, const NormShape& s, int64_t num_groups) {
-  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(s.channels % num_groups == 0, op, ": num_groups (", num_groups, ") must divide the number of channels (",
-              s.channels, ")");
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(const at::Tensor& input,
                                                                const std::optional<at::Tensor>& weight,
@@ -188,15 +247,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(const at::Tensor&
                                                                int64_t num_groups, double eps,
                                                                c10::string_view activation) {
   const char* op = "cnnkernels::group_norm";
-  const NormShape s = norm_shape(op, input);
-  check_groups(op, s, num_groups);
-  const Activation act = parse_activation(op, activation);
-  const DType dtype = kernel_dtype(op, input);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t C = s.channels, N = s.batch, G = num_groups;
-  const at::Tensor x = norm_layout(input, s);
-  const at::Tensor w = norm_param(op, "weight", weight, C, input);
-  const at::Tensor b = norm_param(op, "bias", bias, C, input);
+  const NormOperands in(op, input, nullptr, weight, bias, activation, num_groups);
+  const NormShape& s = in.s;
+  const int64_t N = s.batch, G = num_groups;
 
   at::Tensor out = new_norm_output(input, s);
   at::Tensor save_mean = new_acc_buffer({N, G}, input);
@@ -207,20 +260,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_cuda(const at::Tensor&
       save_rstd.fill_(1.0 / std::sqrt(eps));
     }
   } else {
-    NormForwardArgs a;
-    a.g = geometry(s, G);
-    a.input = x.const_data_ptr();
-    a.output = out.mutable_data_ptr();
-    a.weight = ptr_or_null(w);
-    a.bias = ptr_or_null(b);
-    a.save_mean = save_mean.mutable_data_ptr();
-    a.save_rstd = save_rstd.mutable_data_ptr();
+    NormForwardArgs a = forward_args(in, G, out, save_mean, save_rstd, eps);
     a.training = true;
-    a.eps = eps;
-    a.activation = act;
-    at::Tensor ws = workspace(norm_forward_workspace(dtype, a.g), input);
-    a.workspace = ws.mutable_data_ptr();
-    check_launch(op, launch_norm_forward(dtype, a, current_stream()));
+    launch_forward(op, in, a, input);
   }
   return {out, save_mean, save_rstd};
 }
@@ -230,42 +272,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
     const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_rstd,
     int64_t num_groups, c10::string_view activation) {
   const char* op = "cnnkernels::group_norm_backward";
-  const NormShape s = norm_shape(op, input);
-  check_groups(op, s, num_groups);
-  const Activation act = parse_activation(op, activation);
-  const DType dtype = kernel_dtype(op, input);
-  const c10::cuda::CUDAGuard guard(input.device());
-  const int64_t C = s.channels, N = s.batch, G = num_groups;
-  const at::Tensor x = norm_layout(input, s);
-  const at::Tensor dy = norm_operand(op, "grad_output", grad_output, input, s);
-  const at::Tensor w = norm_param(op, "weight", weight, C, input);
-  const at::Tensor b = norm_param(op, "bias", bias, C, input);
+  const NormOperands in(op, input, &grad_output, weight, bias, activation, num_groups);
+  const NormShape& s = in.s;
+  const int64_t N = s.batch, G = num_groups;
   const at::Tensor mean = saved_stat(op, "save_mean", save_mean, N * G, input);
   const at::Tensor rstd = saved_stat(op, "save_rstd", save_rstd, N * G, input);
 
   at::Tensor grad_input = new_norm_output(input, s);
-  at::Tensor grad_w = new_acc_buffer({C}, input);
-  at::Tensor grad_b = new_acc_buffer({C}, input);
-  if (s.numel() == 0) {
-    grad_w.zero_();
-    grad_b.zero_();
-  } else {
-    NormBackwardArgs a;
-    a.g = geometry(s, G);
-    a.grad_output = dy.const_data_ptr();
-    a.input = x.const_data_ptr();
-    a.weight = ptr_or_null(w);
-    a.bias = ptr_or_null(b);
-    a.save_mean = mean.const_data_ptr();
-    a.save_rstd = rstd.const_data_ptr();
-    a.grad_input = grad_input.mutable_data_ptr();
-    a.grad_weight = grad_w.mutable_data_ptr();
-    a.grad_bias = grad_b.mutable_data_ptr();
+  auto [grad_w, grad_b] = new_param_grads(s, input);
+  if (s.numel() > 0) {
+    NormBackwardArgs a = backward_args(in, G, mean, rstd, grad_input, grad_w, grad_b);
     a.training = true;
-    a.activation = act;
-    at::Tensor ws = workspace(norm_backward_workspace(dtype, a.g), input);
-    a.workspace = ws.mutable_data_ptr();
-    check_launch(op, launch_norm_backward(dtype, a, current_stream()));
+    launch_backward(op, in, a, input);
   }
   return {grad_input, as_param_dtype(grad_w, weight, input), as_param_dtype(grad_b, bias, input)};
 }
@@ -282,6 +300,16 @@ std::pair<int64_t, int64_t> rms_shape(const char* op, const at::Tensor& input, i
     (d < input.dim() - normalized_ndim ? rows : dim) *= input.size(d);
   }
   return {rows, dim};
+}
+
+// The arguments both RMS norm operators pass: rows x dim, the contiguous input, the weight.
+RmsNormArgs rms_args(int64_t rows, int64_t dim, const at::Tensor& x, const at::Tensor& w) {
+  RmsNormArgs a;
+  a.rows = rows;
+  a.dim = dim;
+  a.input = x.const_data_ptr();
+  a.weight = ptr_or_null(w);
+  return a;
 }
 
 // The result of a row kernel (written contiguous) in the input's memory format.
@@ -303,11 +331,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cuda(const at::Tensor& input, const 
   if (rows > 0 && dim == 0) {
     rstd.fill_(1.0 / std::sqrt(eps));  // an empty row: mean(x^2) taken as 0
   } else if (rows > 0) {
-    RmsNormArgs a;
-    a.rows = rows;
-    a.dim = dim;
-    a.input = x.const_data_ptr();
-    a.weight = ptr_or_null(w);
+    RmsNormArgs a = rms_args(rows, dim, x, w);
     a.output = out.mutable_data_ptr();
     a.rstd = rstd.mutable_data_ptr();
     a.eps = eps;
@@ -339,12 +363,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& grad
     if (grad_w.defined()) grad_w.zero_();
   } else {
     at::Tensor ws;
-    RmsNormArgs a;
-    a.rows = rows;
-    a.dim = dim;
-    a.input = x.const_data_ptr();
+    RmsNormArgs a = rms_args(rows, dim, x, w);
     a.grad_output = dy.const_data_ptr();
-    a.weight = ptr_or_null(w);
     a.output = grad_input.mutable_data_ptr();
     a.rstd = const_cast<void*>(rstd.const_data_ptr());
     if (grad_w.defined()) {
@@ -366,10 +386,7 @@ void check_lrn_args(const char* op, int64_t size) {
 
 LrnArgs lrn_args(const NormShape& s, int64_t size, double alpha, double beta, double k) {
   LrnArgs a;
-  a.batch = s.batch;
-  a.channels = s.channels;
-  a.inner = s.inner;
-  a.channels_last = s.channels_last;
+  set_view(a, s);
   a.size = size;
   a.alpha = alpha;
   a.beta = beta;

@@ -95,6 +95,39 @@ __device__ __forceinline__ void store_part(T* p, int n, const acc_t<T> (&in)[V])
   }
 }
 
+// The V elements at p, or only the first n < V of them (the rest read as zeros).
+template <bool kVec, typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, int n, acc_t<T> (&out)[V]) {
+  if (n == V) {
+    load_full<kVec>(p, out);
+  } else {
+    load_part(p, n, out);
+  }
+}
+
+// load_vec of p + o for an optional operand: zeros where p is null.
+template <bool kVec, typename T, typename Offset, int V>
+__device__ __forceinline__ void load_vec_or_zero(const T* p, Offset o, int n, acc_t<T> (&out)[V]) {
+  if (p == nullptr) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) out[v] = acc_t<T>(0);
+  } else if (n == V) {
+    load_full<kVec>(p + o, out);
+  } else {
+    load_part(p + o, n, out);
+  }
+}
+
+// The V elements at p, or only the first n < V of them.
+template <bool kVec, typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, int n, const acc_t<T> (&in)[V]) {
+  if (n == V) {
+    store_full<kVec>(p, in);
+  } else {
+    store_part(p, n, in);
+  }
+}
+
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
@@ -132,6 +165,66 @@ RowsPlan make_rows_plan(int V, int64_t C, int64_t segs, int64_t seg_rows) {
 
 dim3 rows_grid(const RowsPlan& p) { return dim3(static_cast<unsigned>(p.blocks()), static_cast<unsigned>(p.ctiles)); }
 dim3 rows_block(const RowsPlan& p) { return dim3(p.lanes, p.ytile); }
+
+// What one thread of a rows-path block covers. Block x is chunk k of segment seg (x = seg *
+// chunks + k): the rows [r0, r1), which the thread walks from r0 + threadIdx.y with stride
+// step (= ytile); block y and threadIdx.x give the nc channels from c0 it owns (nc <= V, 0 past
+// the last channel).
+struct RowsTile {
+  int64_t seg, c0, r0, r1, step;
+  int nc;
+};
+
+template <int V>
+__device__ __forceinline__ RowsTile rows_tile(const RowsPlan& pl) {
+  RowsTile t;
+  const int64_t k = blockIdx.x % pl.chunks;
+  t.seg = blockIdx.x / pl.chunks;
+  t.c0 = (int64_t{blockIdx.y} * pl.lanes + threadIdx.x) * V;
+  t.nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - t.c0, 0), V));
+  t.r0 = t.seg * pl.seg_rows + k * pl.chunk_rows;
+  t.r1 = std::min(t.r0 + pl.chunk_rows, (t.seg + 1) * pl.seg_rows);
+  t.step = pl.ytile;
+  return t;
+}
+
+// Fixed-order tree over the rows of a rows-path tile: afterwards the threads of row 0 hold, for
+// each of their V channels, the sums over the tile of the K accumulators in acc. red is
+// K x V x kThreads shared memory.
+template <int K, int V, typename A>
+__device__ __forceinline__ void rows_tile_sum(const RowsPlan& pl, A (&acc)[K][V], A (&red)[K][V][kThreads]) {
+  const int ly = threadIdx.y;
+  const int t = ly * pl.lanes + threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) red[i][v][t] = acc[i][v];
+  }
+  for (int s = pl.ytile / 2; s > 0; s >>= 1) {
+    __syncthreads();
+    if (ly < s) {
+      const int o = t + s * pl.lanes;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+#pragma unroll
+        for (int i = 0; i < K; ++i) {
+          acc[i][v] += red[i][v][o];
+          red[i][v][t] = acc[i][v];
+        }
+      }
+    }
+  }
+}
+
+// A per-channel partial of block x, written by row 0 of the tile: out[x*C + c0 + v], v < nc.
+template <int V, typename A>
+__device__ __forceinline__ void store_tile_partial(A* out, const RowsPlan& pl, const RowsTile& t, const A (&val)[V]) {
+  const int64_t base = int64_t{blockIdx.x} * pl.C + t.c0;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    if (v < t.nc) out[base + v] = val[v];
+  }
+}
 
 // The "runs" path: S groups of M elements; element e of group s lies at
 // s*base_stride + (e / P)*run_stride + e % P. Chunks of E elements (a multiple of V).
@@ -173,6 +266,27 @@ struct RunsIndex {
     return q * run_stride + (e - q * P);
   }
 };
+
+// What one block of the runs path covers. Block x is chunk k of group s (x = s * chunks + k):
+// the elements [e0, e1) of the group, element e at off + at(e). A thread takes the V elements
+// from e0 + threadIdx.x * V, then every step-th (step = blockDim.x * V).
+struct RunsChunk {
+  int64_t s, off, e0, e1, step;
+  RunsIndex at;
+};
+
+template <int V>
+__device__ __forceinline__ RunsChunk runs_chunk(const RunsPlan& pl) {
+  RunsChunk r;
+  const int64_t k = blockIdx.x % pl.chunks;
+  r.s = blockIdx.x / pl.chunks;
+  r.off = r.s * pl.base_stride;
+  r.e0 = k * pl.E;
+  r.e1 = std::min(r.e0 + pl.E, pl.M);
+  r.step = int64_t{blockDim.x} * V;
+  r.at = RunsIndex{pl.P, pl.run_stride, pl.small};
+  return r;
+}
 
 // Which statistics a (sample, channel) pair uses.
 struct StatIndex {
@@ -217,6 +331,15 @@ __device__ __forceinline__ ChannelParams<A> channel_params(const NormParams<A>& 
     r.sdyx = q.sum_dy_xhat[s];
   }
   return r;
+}
+
+// The parameters of the V channels from c0 of sample n; those past the nc valid ones repeat
+// channel c0 (loaded, never used).
+template <int V, typename A>
+__device__ __forceinline__ void channel_params_vec(const NormParams<A>& q, int64_t n, int64_t c0, int nc,
+                                                   bool backward, ChannelParams<A> (&cp)[V]) {
+#pragma unroll
+  for (int v = 0; v < V; ++v) cp[v] = channel_params(q, n, c0 + (v < nc ? v : 0), backward);
 }
 
 // Forward value of one element.
@@ -278,20 +401,17 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A s_m2[V][kThreads];
 
   const int lx = threadIdx.x, ly = threadIdx.y;
-  const int64_t seg = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const int64_t c0 = (int64_t{blockIdx.y} * pl.lanes + lx) * V;
-  const int nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - c0, 0), V));
-  const int64_t r0 = seg * pl.seg_rows + k * pl.chunk_rows;
-  const int64_t r1 = std::min(r0 + pl.chunk_rows, (seg + 1) * pl.seg_rows);
-  const int64_t step = pl.ytile;
+  const RowsTile tile = rows_tile<V>(pl);
+  const int64_t r1 = tile.r1, step = tile.step;
+  const int nc = tile.nc;
 
   A count = A(0), mean[V], m2[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) mean[v] = m2[v] = A(0);
 
-  const T* p = x + c0;
+  const T* p = x + tile.c0;
   if (nc == V) {
-    int64_t r = r0 + ly;
+    int64_t r = tile.r0 + ly;
     for (; r + 3 * step < r1; r += 4 * step) {
       A a0[V], a1[V], a2[V], a3[V];
       load_full<kVec>(p + r * pl.C, a0);
@@ -309,7 +429,7 @@ __global__ void __launch_bounds__(kThreads)
       welford_step(count, mean, m2, a0);
     }
   } else if (nc > 0) {
-    for (int64_t r = r0 + ly; r < r1; r += step) {
+    for (int64_t r = tile.r0 + ly; r < r1; r += step) {
       A a0[V];
       load_part(p + r * pl.C, nc, a0);
       welford_step(count, mean, m2, a0);
@@ -354,15 +474,12 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   if (ly == 0) {
-    const int64_t base = int64_t{blockIdx.x} * pl.C + c0;
+    A counts[V];
 #pragma unroll
-    for (int v = 0; v < V; ++v) {
-      if (v < nc) {
-        pc[base + v] = count;
-        pm[base + v] = mean[v];
-        pm2[base + v] = m2[v];
-      }
-    }
+    for (int v = 0; v < V; ++v) counts[v] = count;
+    store_tile_partial(pc, pl, tile, counts);
+    store_tile_partial(pm, pl, tile, mean);
+    store_tile_partial(pm2, pl, tile, m2);
   }
 }
 
@@ -379,18 +496,17 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A s_m2[kThreads];
 
   const int tid = threadIdx.x, nt = blockDim.x;
-  const int64_t s = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const T* base = x + s * pl.base_stride;
-  const RunsIndex at{pl.P, pl.run_stride, pl.small};
-  const int64_t e0 = k * pl.E, e1 = std::min(e0 + pl.E, pl.M);
+  const RunsChunk ch = runs_chunk<V>(pl);
+  const T* base = x + ch.off;
+  const RunsIndex at = ch.at;
+  const int64_t e1 = ch.e1, step = ch.step;
 
   A count = A(0), mean[V], m2[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) mean[v] = m2[v] = A(0);
   Welford<A> tail;
 
-  const int64_t step = int64_t{nt} * V;
-  int64_t e = e0 + int64_t{tid} * V;
+  int64_t e = ch.e0 + int64_t{tid} * V;
   if constexpr (kVec) {
     // Two vectors in flight per thread.
     for (; e + step + V <= e1; e += 2 * step) {
@@ -514,47 +630,29 @@ __global__ void __launch_bounds__(kThreads)
                         NormParams<acc_t<T>> q) {
   using A = acc_t<T>;
   constexpr int V = VecWidth<T>::value;
-  const int lx = threadIdx.x, ly = threadIdx.y;
-  const int64_t seg = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const int64_t c0 = (int64_t{blockIdx.y} * pl.lanes + lx) * V;
-  const int nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - c0, 0), V));
+  const RowsTile tile = rows_tile<V>(pl);
+  const int nc = tile.nc;
   if (nc == 0) return;
-  const int64_t r0 = seg * pl.seg_rows + k * pl.chunk_rows;
-  const int64_t r1 = std::min(r0 + pl.chunk_rows, (seg + 1) * pl.seg_rows);
-  const int64_t step = pl.ytile;
 
   ChannelParams<A> cp[V];
-#pragma unroll
-  for (int v = 0; v < V; ++v) cp[v] = channel_params(q, seg, c0 + (v < nc ? v : 0), false);
+  channel_params_vec(q, tile.seg, tile.c0, nc, false, cp);
 
   const Activation act = q.act;
-  for (int64_t r = r0 + ly; r < r1; r += step) {
-    const int64_t o = r * pl.C + c0;
+  for (int64_t r = tile.r0 + threadIdx.y; r < tile.r1; r += tile.step) {
+    const int64_t o = r * pl.C + tile.c0;
     A xv[V], rv[V], out[V];
+    // One branch on nc around both loads: two separate load_vec branches make ptxas spill the
+    // 16-bit instantiations.
     if (nc == V) {
       load_full<kVec>(x + o, xv);
-      if (residual != nullptr) {
-        load_full<kVec>(residual + o, rv);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) rv[v] = A(0);
-      }
+      load_vec_or_zero<kVec>(residual, o, V, rv);
     } else {
       load_part(x + o, nc, xv);
-      if (residual != nullptr) {
-        load_part(residual + o, nc, rv);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) rv[v] = A(0);
-      }
+      load_vec_or_zero<kVec>(residual, o, nc, rv);
     }
 #pragma unroll
     for (int v = 0; v < V; ++v) out[v] = forward_value(cp[v], xv[v], rv[v], act);
-    if (nc == V) {
-      store_full<kVec>(y + o, out);
-    } else {
-      store_part(y + o, nc, out);
-    }
+    store_vec<kVec>(y + o, nc, out);
   }
 }
 
@@ -566,86 +664,40 @@ __global__ void __launch_bounds__(kThreads)
                           acc_t<T>* __restrict__ part_dzx) {
   using A = acc_t<T>;
   constexpr int V = VecWidth<T>::value;
-  __shared__ A s_dz[V][kThreads];
-  __shared__ A s_dzx[V][kThreads];
+  __shared__ A s_sums[2][V][kThreads];
 
-  const int lx = threadIdx.x, ly = threadIdx.y;
-  const int64_t seg = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const int64_t c0 = (int64_t{blockIdx.y} * pl.lanes + lx) * V;
-  const int nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - c0, 0), V));
-  const int64_t r0 = seg * pl.seg_rows + k * pl.chunk_rows;
-  const int64_t r1 = std::min(r0 + pl.chunk_rows, (seg + 1) * pl.seg_rows);
-  const int64_t step = pl.ytile;
+  const RowsTile tile = rows_tile<V>(pl);
+  const int nc = tile.nc;
 
-  A sdz[V], sdzx[V];
+  A sums[2][V];  // dz, dz*xhat
 #pragma unroll
-  for (int v = 0; v < V; ++v) sdz[v] = sdzx[v] = A(0);
+  for (int v = 0; v < V; ++v) sums[0][v] = sums[1][v] = A(0);
 
   if (nc > 0) {
     ChannelParams<A> cp[V];
-#pragma unroll
-    for (int v = 0; v < V; ++v) cp[v] = channel_params(q, seg, c0 + (v < nc ? v : 0), false);
+    channel_params_vec(q, tile.seg, tile.c0, nc, false, cp);
     const Activation act = q.act;
-    for (int64_t r = r0 + ly; r < r1; r += step) {
-      const int64_t o = r * pl.C + c0;
+    const T* res = act != Activation::None ? residual : nullptr;
+    for (int64_t r = tile.r0 + threadIdx.y; r < tile.r1; r += tile.step) {
+      const int64_t o = r * pl.C + tile.c0;
       A xv[V], gv[V], rv[V];
-      if (nc == V) {
-        load_full<kVec>(x + o, xv);
-        load_full<kVec>(dy + o, gv);
-        if (residual != nullptr && act != Activation::None) {
-          load_full<kVec>(residual + o, rv);
-        } else {
-#pragma unroll
-          for (int v = 0; v < V; ++v) rv[v] = A(0);
-        }
-      } else {
-        load_part(x + o, nc, xv);
-        load_part(dy + o, nc, gv);
-        if (residual != nullptr && act != Activation::None) {
-          load_part(residual + o, nc, rv);
-        } else {
-#pragma unroll
-          for (int v = 0; v < V; ++v) rv[v] = A(0);
-        }
-      }
+      load_vec<kVec>(x + o, nc, xv);
+      load_vec<kVec>(dy + o, nc, gv);
+      load_vec_or_zero<kVec>(res, o, nc, rv);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         A xhat;
         const A dz = grad_at_z(cp[v], xv[v], gv[v], rv[v], act, xhat);
-        sdz[v] += dz;
-        sdzx[v] += dz * xhat;
+        sums[0][v] += dz;
+        sums[1][v] += dz * xhat;
       }
     }
   }
 
-  const int t = ly * pl.lanes + lx;
-#pragma unroll
-  for (int v = 0; v < V; ++v) {
-    s_dz[v][t] = sdz[v];
-    s_dzx[v][t] = sdzx[v];
-  }
-  for (int s = pl.ytile / 2; s > 0; s >>= 1) {
-    __syncthreads();
-    if (ly < s) {
-      const int o = t + s * pl.lanes;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        sdz[v] += s_dz[v][o];
-        sdzx[v] += s_dzx[v][o];
-        s_dz[v][t] = sdz[v];
-        s_dzx[v][t] = sdzx[v];
-      }
-    }
-  }
-  if (ly == 0) {
-    const int64_t base = int64_t{blockIdx.x} * pl.C + c0;
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      if (v < nc) {
-        part_dz[base + v] = sdz[v];
-        part_dzx[base + v] = sdzx[v];
-      }
-    }
+  rows_tile_sum(pl, sums, s_sums);
+  if (threadIdx.y == 0) {
+    store_tile_partial(part_dz, pl, tile, sums[0]);
+    store_tile_partial(part_dzx, pl, tile, sums[1]);
   }
 }
 
@@ -655,55 +707,28 @@ __global__ void __launch_bounds__(kThreads)
                          T* __restrict__ dx, T* __restrict__ dres, RowsPlan pl, NormParams<acc_t<T>> q) {
   using A = acc_t<T>;
   constexpr int V = VecWidth<T>::value;
-  const int lx = threadIdx.x, ly = threadIdx.y;
-  const int64_t seg = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const int64_t c0 = (int64_t{blockIdx.y} * pl.lanes + lx) * V;
-  const int nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - c0, 0), V));
+  const RowsTile tile = rows_tile<V>(pl);
+  const int nc = tile.nc;
   if (nc == 0) return;
-  const int64_t r0 = seg * pl.seg_rows + k * pl.chunk_rows;
-  const int64_t r1 = std::min(r0 + pl.chunk_rows, (seg + 1) * pl.seg_rows);
-  const int64_t step = pl.ytile;
 
   ChannelParams<A> cp[V];
-#pragma unroll
-  for (int v = 0; v < V; ++v) cp[v] = channel_params(q, seg, c0 + (v < nc ? v : 0), true);
+  channel_params_vec(q, tile.seg, tile.c0, nc, true, cp);
   const Activation act = q.act;
-  const bool need_res = residual != nullptr && act != Activation::None;
-  for (int64_t r = r0 + ly; r < r1; r += step) {
-    const int64_t o = r * pl.C + c0;
+  const T* res = act != Activation::None ? residual : nullptr;
+  for (int64_t r = tile.r0 + threadIdx.y; r < tile.r1; r += tile.step) {
+    const int64_t o = r * pl.C + tile.c0;
     A xv[V], gv[V], rv[V], dzv[V], dxv[V];
-    if (nc == V) {
-      load_full<kVec>(x + o, xv);
-      load_full<kVec>(dy + o, gv);
-      if (need_res) {
-        load_full<kVec>(residual + o, rv);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) rv[v] = A(0);
-      }
-    } else {
-      load_part(x + o, nc, xv);
-      load_part(dy + o, nc, gv);
-      if (need_res) {
-        load_part(residual + o, nc, rv);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) rv[v] = A(0);
-      }
-    }
+    load_vec<kVec>(x + o, nc, xv);
+    load_vec<kVec>(dy + o, nc, gv);
+    load_vec_or_zero<kVec>(res, o, nc, rv);
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       A xhat;
       dzv[v] = grad_at_z(cp[v], xv[v], gv[v], rv[v], act, xhat);
       dxv[v] = grad_input_value(cp[v], dzv[v], xhat, q.inv_count, q.training);
     }
-    if (nc == V) {
-      store_full<kVec>(dx + o, dxv);
-      if (dres != nullptr) store_full<kVec>(dres + o, dzv);
-    } else {
-      store_part(dx + o, nc, dxv);
-      if (dres != nullptr) store_part(dres + o, nc, dzv);
-    }
+    store_vec<kVec>(dx + o, nc, dxv);
+    if (dres != nullptr) store_vec<kVec>(dres + o, nc, dzv);
   }
 }
 
@@ -722,29 +747,22 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A s_dzx[kThreads];
 
   const int tid = threadIdx.x, nt = blockDim.x;
-  const int64_t s = blockIdx.x / pl.chunks, k = blockIdx.x % pl.chunks;
-  const int64_t off = s * pl.base_stride;
-  const RunsIndex at{pl.P, pl.run_stride, pl.small};
-  const int64_t e0 = k * pl.E, e1 = std::min(e0 + pl.E, pl.M);
-  const ChannelParams<A> cp = channel_params(q, s / C, s % C, false);
+  const RunsChunk ch = runs_chunk<V>(pl);
+  const int64_t off = ch.off, e1 = ch.e1;
+  const RunsIndex at = ch.at;
+  const ChannelParams<A> cp = channel_params(q, ch.s / C, ch.s % C, false);
   const Activation act = q.act;
   const bool need_res = residual != nullptr && act != Activation::None;
 
   A sdz = A(0), sdzx = A(0);
-  const int64_t step = int64_t{nt} * V;
-  for (int64_t e = e0 + int64_t{tid} * V; e < e1; e += step) {
+  for (int64_t e = ch.e0 + int64_t{tid} * V; e < e1; e += ch.step) {
     const int n = static_cast<int>(std::min<int64_t>(V, e1 - e));
     A xv[V], gv[V], rv[V];
     if (kVec && n == V) {
       const int64_t o = off + at(e);
       load_full<true>(x + o, xv);
       load_full<true>(dy + o, gv);
-      if (need_res) {
-        load_full<true>(residual + o, rv);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v) rv[v] = A(0);
-      }
+      load_vec_or_zero<true>(need_res ? residual : nullptr, o, V, rv);
     } else {
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -818,12 +836,7 @@ __global__ void __launch_bounds__(kThreads)
     flat_unit_channels<T, kMode>(g, e, n, c);
     A xv[V], rv[V], out[V];
     load_full<kMode != 0>(x + e, xv);
-    if (residual != nullptr) {
-      load_full<kMode != 0>(residual + e, rv);
-    } else {
-#pragma unroll
-      for (int v = 0; v < V; ++v) rv[v] = A(0);
-    }
+    load_vec_or_zero<kMode != 0>(residual, e, V, rv);
     if constexpr (kMode == 2) {
 #pragma unroll
       for (int v = 0; v < V; ++v) out[v] = forward_value(channel_params(q, n, c + v, false), xv[v], rv[v], act);
@@ -1283,11 +1296,7 @@ template <bool kVec, typename T, int V>
 __device__ __forceinline__ int load_unit(const T* row, int64_t dim, int64_t u, acc_t<T> (&out)[V]) {
   const int64_t e = u * V;
   const int n = static_cast<int>(std::min<int64_t>(V, dim - e));
-  if (n == V) {
-    load_full<kVec>(row + e, out);
-  } else {
-    load_part(row + e, n, out);
-  }
+  load_vec<kVec>(row + e, n, out);
   return n;
 }
 
@@ -1343,11 +1352,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       const A w = (weight != nullptr && j < n) ? weight[e + j] : A(1);
       v[j] = v[j] * rs * w;
     }
-    if (n == V) {
-      store_full<kVec>(yr + e, v);
-    } else {
-      store_part(yr + e, n, v);
-    }
+    store_vec<kVec>(yr + e, n, v);
   }
 }
 
@@ -1392,11 +1397,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       const A w = (weight != nullptr && j < n) ? weight[e + j] : A(1);
       xv[j] = norm_input_grad(w * gv[j], xv[j] * rs, rs, A(0), s, inv_dim);
     }
-    if (n == V) {
-      store_full<kVec>(dx + off + e, xv);
-    } else {
-      store_part(dx + off + e, n, xv);
-    }
+    store_vec<kVec>(dx + off + e, n, xv);
   }
 }
 
@@ -1407,52 +1408,26 @@ __global__ void __launch_bounds__(kThreads)
                                RowsPlan pl, acc_t<T>* __restrict__ part) {
   using A = acc_t<T>;
   constexpr int V = VecWidth<T>::value;
-  __shared__ A s_sum[V][kThreads];
-  const int lx = threadIdx.x, ly = threadIdx.y;
-  const int64_t k = blockIdx.x;
-  const int64_t c0 = (int64_t{blockIdx.y} * pl.lanes + lx) * V;
-  const int nc = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pl.C - c0, 0), V));
-  const int64_t r0 = k * pl.chunk_rows;
-  const int64_t r1 = std::min(r0 + pl.chunk_rows, pl.seg_rows);
-  A acc[V];
+  __shared__ A s_sum[1][V][kThreads];
+  // One segment: block x is chunk x.
+  const RowsTile tile = rows_tile<V>(pl);
+  const int nc = tile.nc;
+  A acc[1][V];
 #pragma unroll
-  for (int v = 0; v < V; ++v) acc[v] = A(0);
+  for (int v = 0; v < V; ++v) acc[0][v] = A(0);
   if (nc > 0) {
-    for (int64_t r = r0 + ly; r < r1; r += pl.ytile) {
-      const int64_t o = r * pl.C + c0;
+    for (int64_t r = tile.r0 + threadIdx.y; r < tile.r1; r += tile.step) {
+      const int64_t o = r * pl.C + tile.c0;
       const A rs = rstd[r];
       A xv[V], gv[V];
-      if (nc == V) {
-        load_full<kVec>(x + o, xv);
-        load_full<kVec>(dy + o, gv);
-      } else {
-        load_part(x + o, nc, xv);
-        load_part(dy + o, nc, gv);
-      }
+      load_vec<kVec>(x + o, nc, xv);
+      load_vec<kVec>(dy + o, nc, gv);
 #pragma unroll
-      for (int v = 0; v < V; ++v) acc[v] += gv[v] * (xv[v] * rs);
+      for (int v = 0; v < V; ++v) acc[0][v] += gv[v] * (xv[v] * rs);
     }
   }
-  const int t = ly * pl.lanes + lx;
-#pragma unroll
-  for (int v = 0; v < V; ++v) s_sum[v][t] = acc[v];
-  for (int s = pl.ytile / 2; s > 0; s >>= 1) {
-    __syncthreads();
-    if (ly < s) {
-      const int o = t + s * pl.lanes;
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        acc[v] += s_sum[v][o];
-        s_sum[v][t] = acc[v];
-      }
-    }
-  }
-  if (ly == 0) {
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      if (v < nc) part[k * pl.C + c0 + v] = acc[v];
-    }
-  }
+  rows_tile_sum(pl, acc, s_sum);
+  if (threadIdx.y == 0) store_tile_partial(part, pl, tile, acc[0]);
 }
 
 template <typename A>
