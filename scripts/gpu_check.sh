@@ -15,12 +15,19 @@
 #   BENCH_ARGS  arguments for every benchmark (default "--max-minutes 8", which keeps the whole
 #               script near 15 minutes on an H100; set it empty for no limit, or e.g. "--quick")
 #   PYTHON      the interpreter (default: python)
+#   STEPS       the steps to run, space-separated (default "all": environment build pytest and
+#               every bench_<family>); e.g. STEPS="environment build pytest", then
+#               STEPS="bench_conv" and STEPS="bench_pool bench_norm" in later calls, to fit a
+#               per-command time limit (the build stays in place between calls)
+#   PYTEST_ARGS extra pytest arguments (e.g. "-k norm" or "-m cuda")
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT_DIR=${1:-benchmarks/results}
 PYTHON=${PYTHON:-python}
 BENCH_ARGS=${BENCH_ARGS-"--max-minutes 8"}
+STEPS=${STEPS:-all}
+PYTEST_ARGS=${PYTEST_ARGS:-}
 mkdir -p "$OUT_DIR"
 # Output lines reach the logs in the order they were printed.
 export PYTHONUNBUFFERED=1
@@ -35,6 +42,9 @@ summary=()
 step() {
     local name=$1 log=$2 start=$SECONDS outcome=ok
     shift 2
+    if [[ $STEPS != all && " $STEPS " != *" $name "* ]]; then
+        return 0
+    fi
     echo "=== $name ($(date -u '+%Y-%m-%d %H:%M:%S') UTC) -> $log"
     if ! "$@" 2>&1 | tee "$log"; then
         outcome=FAILED
@@ -68,8 +78,10 @@ build() {
 
 step environment "$OUT_DIR/$DEVICE-environment.log" environment
 step build "$OUT_DIR/$DEVICE-build.log" build
+# PYTEST_ARGS is a list of arguments: split on purpose.
+# shellcheck disable=SC2086
 step pytest "$OUT_DIR/$DEVICE-pytest.log" \
-    "$PYTHON" -m pytest -q -rs --junitxml="$OUT_DIR/$DEVICE-pytest.xml"
+    "$PYTHON" -m pytest -q -rs --junitxml="$OUT_DIR/$DEVICE-pytest.xml" $PYTEST_ARGS
 shopt -s nullglob
 for bench in benchmarks/bench_*.py; do
     name=$(basename "$bench" .py)
