@@ -25,7 +25,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -290,19 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         "layers_measured": len(layers), "batches": batches, "dtypes": dtypes, "stopped_early": None,
     }
     harness.announce("conv2d benchmark", meta)
-    results: list[dict] = []
-
-    def save() -> tuple[str, tuple]:
-        summary = summarize(layers, results, list(ours))
-        data = {"layers": [asdict(layer) for layer in layers], "summary": summary, "results": results}
-        text = markdown(meta, layers, results, summary)
-        return text, harness.write_results(args.out, FAMILY, meta, data, text)
-
-    return harness.run_cases(
-        [(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes],
-        functools.partial(run_case, ours=ours, device=device, results=results), results, meta, save,
-        functools.partial(harness.progress, time_cell=_time_cell, err_cell=_err_cell), args.max_minutes)
-
+    return harness.run_suite(
+        args, FAMILY, meta, layers, batches, dtypes, functools.partial(run_case, ours=ours, device=device),
+        lambda layers, results: summarize(layers, results, list(ours)), markdown,
+        functools.partial(harness.progress, time_cell=_time_cell, err_cell=_err_cell))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -358,22 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         "target_copy_fraction": TARGET_COPY_FRACTION, "stopped_early": None,
     }
     harness.announce("normalisation benchmark", meta)
-    results: list[dict] = []
-
-    def save() -> tuple[str, tuple]:
-        summary = summarize(layers, results, list(ours))
-        data = {"layers": [asdict(layer) for layer in layers], "summary": summary, "results": results}
-        text = markdown(meta, layers, results, summary)
-        return text, harness.write_results(args.out, FAMILY, meta, data, text)
-
-    return harness.run_cases(
-        [(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes],
-        functools.partial(run_case, ours=ours, device=device, copy_gbps=copy.get("copy_gbps"), results=results),
-        results, meta, save,
+    return harness.run_suite(
+        args, FAMILY, meta, layers, batches, dtypes,
+        functools.partial(run_case, ours=ours, device=device, copy_gbps=copy.get("copy_gbps")),
+        lambda layers, results: summarize(layers, results, list(ours)), markdown,
         functools.partial(harness.progress, time_cell=_time_cell, err_cell=_err_cell,
-                          rate=lambda r: f" {r['gbps']:.3g} GB/s" if "gbps" in r else ""),
-        args.max_minutes)
-
+                          rate=lambda r: f" {r['gbps']:.3g} GB/s" if "gbps" in r else ""))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -476,22 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     harness.announce("pooling benchmark", meta)
     print(f"copy bandwidth: {fmt(copy.get('copy_gbps'), '.1f')} GB/s" + (f" ({copy['copy_error']})"
                                                                           if "copy_error" in copy else ""))
-    results: list[dict] = []
-
-    def save() -> tuple[str, tuple]:
-        summary = summarize(layers, results, list(ours))
-        data = {"layers": [asdict(layer) | {"out_hw": list(layer.out_hw)} for layer in layers],
-                "summary": summary, "results": results}
-        text = markdown(meta, layers, results, summary)
-        return text, harness.write_results(args.out, FAMILY, meta, data, text)
-
-    return harness.run_cases(
-        [(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes],
-        functools.partial(run_case, ours=ours, device=device, copy_gbps=copy.get("copy_gbps"), results=results),
-        results, meta, save,
+    return harness.run_suite(
+        args, FAMILY, meta, layers, batches, dtypes,
+        functools.partial(run_case, ours=ours, device=device, copy_gbps=copy.get("copy_gbps")),
+        lambda layers, results: summarize(layers, results, list(ours)), markdown,
         functools.partial(harness.progress, time_cell=_time_cell, err_cell=_err_cell, rate=_rate_text),
-        args.max_minutes)
-
+        layer_data=lambda layer: asdict(layer) | {"out_hw": list(layer.out_hw)})
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -635,6 +635,27 @@ def progress(prefix: str, results: list[dict], time_cell: Callable[[dict], str],
 # ---- the run -------------------------------------------------------------------------------
 
 
+def run_suite(args: argparse.Namespace, family: str, meta: dict, layers: Sequence[NetLayer], batches: Sequence[int],
+              dtypes: Sequence[str], run_case: Callable[..., None],
+              summarize: Callable[[Sequence[NetLayer], list[dict]], list[dict]],
+              markdown: Callable[[dict, Sequence[NetLayer], list[dict], list[dict]], str],
+              log: Callable[[str, list[dict]], str], layer_data: Callable[[NetLayer], dict] = dataclasses.asdict) -> int:
+    """A benchmark script's run: run_case(layer, batch, dtype, results=...) for every combination
+    (:func:`run_cases`), the results saved after every case as <family> JSON (layer_data(layer)
+    per layer, summarize(layers, results), the results) and markdown(meta, layers, results,
+    summary). Returns run_cases' exit status."""
+    results: list[dict] = []
+
+    def save() -> tuple[str, tuple[Path, Path]]:
+        summary = summarize(layers, results)
+        data = {"layers": [layer_data(layer) for layer in layers], "summary": summary, "results": results}
+        text = markdown(meta, layers, results, summary)
+        return text, write_results(args.out, family, meta, data, text)
+
+    return run_cases([(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes],
+                     functools.partial(run_case, results=results), results, meta, save, log, args.max_minutes)
+
+
 def run_cases(cases: Sequence[tuple], run_case: Callable[..., None], results: list[dict], meta: dict,
               save: Callable[[], tuple[str, tuple[Path, Path]]], log: Callable[[str, list[dict]], str],
               max_minutes: float | None) -> int:
