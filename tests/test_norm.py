@@ -94,33 +94,22 @@ def _bn_pair(activation, training, momentum=0.1, eps=1e-5):
     return ours, theirs
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
 @pytest.mark.parametrize("shape_cl, affine, activation", BN_GRID, ids=str)
-def test_batch_norm_training(shape_cl, affine, activation, target):
+def test_batch_norm(shape_cl, affine, activation, training, target):
     shape, channels_last = shape_cl
     channels = shape[1]
     x = shifted(shape, channels_last=channels_last).requires_grad_()
     w, b = (param(channels), param(channels)) if affine else (None, None)
     r = torch.randn(shape, dtype=torch.float64).requires_grad_() if activation == "add_relu" else None
-    ours, theirs = _bn_pair(activation, training=True)
-    stats = [torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)]
+    ours, theirs = _bn_pair(activation, training)
+    # Running statistics: updated in training, used (and left alone) in eval.
+    stats = [1000 + torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)]
     ours_stats, torch_stats = [s.clone().to(target.device) for s in stats], [s.clone() for s in stats]
-    compare(lambda x, w, b, r: ours(x, w, b, r, *ours_stats, target.backend), lambda x, w, b, r: theirs(x, w, b, r, *torch_stats),
-            [x, w, b, r], target, torch.float64)
+    compare(lambda x, w, b, r: ours(x, w, b, r, *ours_stats, target.backend),
+            lambda x, w, b, r: theirs(x, w, b, r, *torch_stats), [x, w, b, r], target, torch.float64)
     for a, e in zip(ours_stats, torch_stats):
         assert_close(a.cpu(), e, torch.float64)
-
-
-@pytest.mark.parametrize("shape_cl, affine, activation", BN_GRID, ids=str)
-def test_batch_norm_eval(shape_cl, affine, activation, target):
-    shape, channels_last = shape_cl
-    channels = shape[1]
-    x = shifted(shape, channels_last=channels_last).requires_grad_()
-    w, b = (param(channels), param(channels)) if affine else (None, None)
-    r = torch.randn(shape, dtype=torch.float64).requires_grad_() if activation == "add_relu" else None
-    rm, rv = 1000 + torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)
-    ours, theirs = _bn_pair(activation, training=False)
-    compare(lambda x, w, b, r: ours(x, w, b, r, rm.to(target.device), rv.to(target.device), target.backend),
-            lambda x, w, b, r: theirs(x, w, b, r, rm, rv), [x, w, b, r], target, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
