@@ -433,39 +433,54 @@ struct Affine {
         act(a) {}
 
   acc xhat(int64_t i, acc m, acc s) const { return (static_cast<acc>(x[i]) - m) * s; }
-  acc z(int64_t i, acc xh, acc w, acc b) const {
+  // Res: whether the residual is present, a compile-time constant (a runtime test would keep
+  // GCC from vectorising the loops: it may not load residual[i] unconditionally).
+  template <class Res>
+  acc z(Res, int64_t i, acc xh, acc w, acc b) const {
     const acc affine = xh * w + b;
-    return residual ? affine + static_cast<acc>(residual[i]) : affine;
+    if constexpr (Res::value) return affine + static_cast<acc>(residual[i]);
+    return affine;
+  }
+
+  // Calls fn(act, res): the activation (with_activation) and whether the residual is present, as
+  // std::integral_constants, so that the loops are compiled per case without runtime branches.
+  template <class Fn>
+  void specialised(const Fn& fn) const {
+    with_activation(act, [&](auto a) {
+      if (residual) return fn(a, std::true_type{});
+      fn(a, std::false_type{});
+    });
   }
 
   // y over the whole partition.
   void forward(const Partition& p, scalar_t* y) const {
-    with_activation(act, [&](auto a) {
+    specialised([&](auto a, auto res) {
       for_each_run(p, [&](int64_t, int64_t i, int64_t len, int64_t n, auto ch) {
         const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j)
-          y[i + j] = static_cast<scalar_t>(activation_forward(a.value, z(i + j, xhat(i + j, m[j], s[j]), w[j], b[j])));
+          y[i + j] =
+              static_cast<scalar_t>(activation_forward(a.value, z(res, i + j, xhat(i + j, m[j], s[j]), w[j], b[j])));
       });
     });
   }
 
   // For the run at offset i (sample n, channels ch): the function j -> (xhat, dz) of its element j.
-  template <class Act, class Ch>
-  auto grad_run(Act a, const scalar_t* dy, int64_t i, int64_t n, Ch ch) const {
+  template <class Act, class Res, class Ch>
+  auto grad_run(Act a, Res res, const scalar_t* dy, int64_t i, int64_t n, Ch ch) const {
     const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
     return [=, this](int64_t j) {
       const acc xh = xhat(i + j, m[j], s[j]);
-      return std::pair<acc, acc>{xh, static_cast<acc>(dy[i + j]) * activation_derivative(a.value, z(i + j, xh, w[j], b[j]))};
+      return std::pair<acc, acc>{xh, static_cast<acc>(dy[i + j]) * activation_derivative(a.value, z(res, i + j, xh, w[j], b[j]))};
     };
   }
 
   // Per-channel sums of dz and dz * xhat (the bias and weight gradients), p from whole_tensor.
   std::vector<Sums<acc>> parameter_sums(const Partition& p, const scalar_t* dy) const {
     std::vector<Sums<acc>> sums;
-    with_activation(act, [&](auto a) {
+    specialised([&](auto a, auto res) {
       sums = channel_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
-        return [g = grad_run(a, dy, i, n, ch)](int64_t j) {
+        return [g = grad_run(a, res, dy, i, n, ch)](int64_t j) {
           const auto [xh, dz] = g(j);
           return Sums<acc>{dz, dz * xh};
         };
@@ -478,9 +493,9 @@ struct Affine {
   // per (n, c); also dz into dres when given.
   void input_grad(const Partition& p, const scalar_t* dy, const ChannelTable<acc>& sum_dy,
                   const ChannelTable<acc>& sum_dy_xhat, acc inv_count, scalar_t* dx, scalar_t* dres) const {
-    with_activation(act, [&](auto a) {
+    specialised([&](auto a, auto res) {
       for_each_run(p, [&](int64_t, int64_t i, int64_t len, int64_t n, auto ch) {
-        const auto g = grad_run(a, dy, i, n, ch);
+        const auto g = grad_run(a, res, dy, i, n, ch);
         const auto w = ch(weight.data()), s = ch(rstd.row(n)), sd = ch(sum_dy.row(n)), sdx = ch(sum_dy_xhat.row(n));
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
@@ -601,9 +616,9 @@ void group_norm_backward_kernel(const NclView& v, Affine<scalar_t>& e, const sca
   e.rstd = expand_groups<acc>(v, groups, [&](int64_t r) { return rstd[r]; });
   const Partition p = sample_groups(v, groups);
   std::vector<Sums<acc>> group;
-  with_activation(e.act, [&](auto a) {
+  e.specialised([&](auto a, auto res) {
     group = region_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
-      return [g = e.grad_run(a, dy, i, n, ch), w = ch(e.weight.data())](int64_t j) {
+      return [g = e.grad_run(a, res, dy, i, n, ch), w = ch(e.weight.data())](int64_t j) {
         const auto [xh, dz] = g(j);
         const acc wdz = w[j] * dz;
         return Sums<acc>{wdz, wdz * xh};
