@@ -18,6 +18,8 @@
 #include <array>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cnnkernels/norm.h"
@@ -61,22 +63,51 @@ struct Rect {
   int64_t m0, m1, c0, c1;
 };
 
-// Calls fn(offset, n, c) for every element of r, in memory order.
+// The coefficients (mean, rstd, weight...) of a run of contiguous elements, read at the run's
+// element j: one value for a planar run (all one channel), one per element for an interleaved
+// run (a row of consecutive channels). Both have unit stride, so GCC vectorises the run's loop.
+template <typename T>
+struct Same {
+  T value;
+  T operator[](int64_t) const { return value; }
+};
+template <typename T>
+struct Each {
+  const T* values;
+  T operator[](int64_t j) const { return values[j]; }
+};
+
+// A planar run's channel: a per-channel table read at it, the same for the whole run.
+struct OneChannel {
+  int64_t c;
+  int64_t channel(int64_t) const { return c; }
+  template <typename T>
+  Same<T> operator()(const T* table) const { return {table[c]}; }
+};
+
+// An interleaved run's channels c0, c0 + 1, ...: a per-channel table read from c0 on.
+struct ChannelRow {
+  int64_t c0;
+  int64_t channel(int64_t j) const { return c0 + j; }
+  template <typename T>
+  Each<T> operator()(const T* table) const { return {table + c0}; }
+};
+
+// Calls fn(offset, len, n, ch) for every run of contiguous elements of r, in memory order: rows of
+// r's channels (interleaved, ch a ChannelRow) or a channel's positions within one sample (planar,
+// ch a OneChannel). fn is a generic lambda, compiled once per layout, so the layout and the
+// division m / L stay out of the per-element loops.
 template <class Fn>
-void visit(const NclView& v, const Rect& r, const Fn& fn) {
+void visit_runs(const NclView& v, const Rect& r, const Fn& fn) {
   if (v.interleaved) {
-    for (int64_t m = r.m0; m < r.m1; ++m) {
-      const int64_t n = m / v.inner, row = m * v.channels;
-      for (int64_t c = r.c0; c < r.c1; ++c) fn(row + c, n, c);
-    }
+    for (int64_t m = r.m0; m < r.m1; ++m) fn(m * v.channels + r.c0, r.c1 - r.c0, m / v.inner, ChannelRow{r.c0});
     return;
   }
   for (int64_t c = r.c0; c < r.c1; ++c) {
     // The positions of one channel are runs of L contiguous elements, one per sample.
     for (int64_t m = r.m0; m < r.m1;) {
       const int64_t n = m / v.inner, l0 = m - n * v.inner, l1 = std::min(v.inner, l0 + (r.m1 - m));
-      const int64_t base = (n * v.channels + c) * v.inner;
-      for (int64_t l = l0; l < l1; ++l) fn(base + l, n, c);
+      fn((n * v.channels + c) * v.inner + l0, l1 - l0, n, OneChannel{c});
       m += l1 - l0;
     }
   }
@@ -153,74 +184,94 @@ void for_each_tile(const Partition& p, const Fn& fn) {
   });
 }
 
-// Runs fn(r, offset, n, c) for every element, r being its region, in parallel.
+// Runs fn(r, offset, len, n, ch) for every run of contiguous elements (visit_runs), r being its
+// region, in parallel.
 template <class Fn>
-void for_each_element(const Partition& p, const Fn& fn) {
+void for_each_run(const Partition& p, const Fn& fn) {
   for_each_tile(p, [&](int64_t r, int64_t, const Rect& tile) {
-    visit(p.v, tile, [&](int64_t i, int64_t n, int64_t c) { fn(r, i, n, c); });
+    visit_runs(p.v, tile, [&](int64_t i, int64_t len, int64_t n, auto ch) { fn(r, i, len, n, ch); });
   });
 }
 
 // ---- reductions ------------------------------------------------------------------------------
+// The reductions take a run term: term(r, offset, n, ch) gives, for the run at offset (region r,
+// sample n, channels ch), the function j -> Sums of its element j. A run is summed with a
+// `#pragma omp simd` reduction: GCC keeps a fixed number of lanes and merges them in a fixed
+// order, so a run's sum depends on the run (and the build) alone, never on the threads.
 
-// Accumulates a tile's elements per channel: add(sums[c - tile.c0], offset, n, c) for each
-// element. Planar tiles go one channel at a time so the running sum stays in registers;
-// interleaved tiles sweep each row across the channels' sums.
-template <class T, class Add>
-void accumulate_channels(const NclView& v, const Rect& tile, T* sums, const Add& add) {
-  if (v.interleaved) {
-    visit(v, tile, [&](int64_t i, int64_t n, int64_t c) { add(sums[c - tile.c0], i, n, c); });
-    return;
+template <typename acc>
+using Sums = std::array<acc, 2>;
+
+// The sums of term(j) over j in [0, len).
+template <typename acc, class Term>
+Sums<acc> run_sums(int64_t len, const Term& term) {
+  acc s0 = 0, s1 = 0;
+#pragma omp simd reduction(+ : s0, s1)
+  for (int64_t j = 0; j < len; ++j) {
+    const Sums<acc> e = term(j);
+    s0 += e[0];
+    s1 += e[1];
   }
-  for (int64_t c = tile.c0; c < tile.c1; ++c) {
-    T s = sums[c - tile.c0];
-    visit(v, Rect{tile.m0, tile.m1, c, c + 1}, [&](int64_t i, int64_t n, int64_t) { add(s, i, n, c); });
-    sums[c - tile.c0] = s;
+  return {s0, s1};
+}
+
+// Adds a run's terms to its channels' entries of sums (indexed by channel): a planar run's
+// reduced into its one channel, an interleaved run's element j into channel c0 + j.
+template <typename acc, class Term>
+void add_run(Sums<acc>* sums, int64_t len, OneChannel ch, const Term& term) {
+  const Sums<acc> s = run_sums<acc>(len, term);
+  sums[ch.c][0] += s[0];
+  sums[ch.c][1] += s[1];
+}
+template <typename acc, class Term>
+void add_run(Sums<acc>* sums, int64_t len, ChannelRow ch, const Term& term) {
+  Sums<acc>* row = sums + ch.c0;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const Sums<acc> e = term(j);
+    row[j][0] += e[0];
+    row[j][1] += e[1];
   }
 }
 
-template <typename acc, int K>
-using Sums = std::array<acc, K>;
-
-// Per-region sums of term(r, offset, n, c) (K values per element).
-template <typename acc, int K, class Term>
-std::vector<Sums<acc, K>> region_sums(const Partition& p, const Term& term) {
+// Per-region sums of the run terms.
+template <typename acc, class Term>
+std::vector<Sums<acc>> region_sums(const Partition& p, const Term& term) {
   const int64_t T = p.tiling.count();
-  std::vector<Sums<acc, K>> partial(p.regions() * T);
+  std::vector<Sums<acc>> partial(p.regions() * T);
   for_each_tile(p, [&](int64_t r, int64_t k, const Rect& tile) {
-    Sums<acc, K> s{};
-    visit(p.v, tile, [&](int64_t i, int64_t n, int64_t c) {
-      const Sums<acc, K> e = term(r, i, n, c);
-      for (int q = 0; q < K; ++q) s[q] += e[q];
+    Sums<acc> s{};
+    visit_runs(p.v, tile, [&](int64_t i, int64_t len, int64_t n, auto ch) {
+      const Sums<acc> e = run_sums<acc>(len, term(r, i, n, ch));
+      s[0] += e[0];
+      s[1] += e[1];
     });
     partial[r * T + k] = s;
   });
-  std::vector<Sums<acc, K>> total(p.regions());
+  std::vector<Sums<acc>> total(p.regions());
   at::parallel_for(0, p.regions(), kMergeGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       for (int64_t k = 0; k < T; ++k)
-        for (int q = 0; q < K; ++q) total[r][q] += partial[r * T + k][q];
+        for (int q = 0; q < 2; ++q) total[r][q] += partial[r * T + k][q];
   });
   return total;
 }
 
-// Per-channel sums of term(offset, n, c) over every position (p from whole_tensor).
-template <typename acc, int K, class Term>
-std::vector<Sums<acc, K>> channel_sums(const Partition& p, const Term& term) {
+// Per-channel sums of the run terms over every position (p from whole_tensor).
+template <typename acc, class Term>
+std::vector<Sums<acc>> channel_sums(const Partition& p, const Term& term) {
   const int64_t C = p.v.channels;
-  std::vector<Sums<acc, K>> partial(p.tiling.m_tiles * C);
-  for_each_tile(p, [&](int64_t, int64_t k, const Rect& tile) {
-    accumulate_channels(p.v, tile, partial.data() + p.tiling.m_tile(k) * C + tile.c0,
-                        [&](Sums<acc, K>& s, int64_t i, int64_t n, int64_t c) {
-                          const Sums<acc, K> e = term(i, n, c);
-                          for (int q = 0; q < K; ++q) s[q] += e[q];
-                        });
+  std::vector<Sums<acc>> partial(p.tiling.m_tiles * C);
+  for_each_tile(p, [&](int64_t r, int64_t k, const Rect& tile) {
+    Sums<acc>* sums = partial.data() + p.tiling.m_tile(k) * C;
+    visit_runs(p.v, tile,
+               [&](int64_t i, int64_t len, int64_t n, auto ch) { add_run<acc>(sums, len, ch, term(r, i, n, ch)); });
   });
-  std::vector<Sums<acc, K>> total(C);
+  std::vector<Sums<acc>> total(C);
   at::parallel_for(0, C, kMergeGrain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
       for (int64_t t = 0; t < p.tiling.m_tiles; ++t)
-        for (int q = 0; q < K; ++q) total[c][q] += partial[t * C + c][q];
+        for (int q = 0; q < 2; ++q) total[c][q] += partial[t * C + c][q];
   });
   return total;
 }
@@ -239,20 +290,34 @@ Welford<acc> corrected_two_pass(acc count, acc a, acc s1, acc s2) {
   return w;
 }
 
+// The run terms of the two passes: x (the second sum unused), and d = x - a, d^2 for the
+// per-element a of a run (Same or Each).
+template <typename acc, typename scalar_t>
+auto value_term(const scalar_t* x) {
+  return [x](int64_t j) { return Sums<acc>{static_cast<acc>(x[j]), acc(0)}; };
+}
+template <typename acc, typename scalar_t, class A>
+auto deviation_term(const scalar_t* x, A a) {
+  return [x, a](int64_t j) {
+    const acc d = static_cast<acc>(x[j]) - a[j];
+    return Sums<acc>{d, d * d};
+  };
+}
+
 // Statistics of one tile's elements.
 template <typename acc, typename scalar_t>
 Welford<acc> tile_welford(const NclView& v, const Rect& r, const scalar_t* x) {
   const acc count = static_cast<acc>((r.m1 - r.m0) * (r.c1 - r.c0));
   acc sum = 0;
-  visit(v, r, [&](int64_t i, int64_t, int64_t) { sum += static_cast<acc>(x[i]); });
-  const acc a = sum / count;
-  acc s1 = 0, s2 = 0;
-  visit(v, r, [&](int64_t i, int64_t, int64_t) {
-    const acc d = static_cast<acc>(x[i]) - a;
-    s1 += d;
-    s2 += d * d;
+  visit_runs(v, r, [&](int64_t i, int64_t len, int64_t, auto) { sum += run_sums<acc>(len, value_term<acc>(x + i))[0]; });
+  const Same<acc> a{sum / count};
+  Sums<acc> d{};
+  visit_runs(v, r, [&](int64_t i, int64_t len, int64_t, auto) {
+    const Sums<acc> e = run_sums<acc>(len, deviation_term<acc>(x + i, a));
+    d[0] += e[0];
+    d[1] += e[1];
   });
-  return corrected_two_pass(count, a, s1, s2);
+  return corrected_two_pass(count, a.value, d[0], d[1]);
 }
 
 // Statistics of every region (p from sample_groups): its tiles' statistics merged in order.
@@ -278,19 +343,18 @@ std::vector<Welford<acc>> channel_welford(const Partition& p, const scalar_t* x)
   const int64_t C = p.v.channels;
   std::vector<Welford<acc>> partial(p.tiling.m_tiles * C);
   for_each_tile(p, [&](int64_t, int64_t k, const Rect& tile) {
-    const int64_t width = tile.c1 - tile.c0;
     const acc count = static_cast<acc>(tile.m1 - tile.m0);
-    std::vector<acc> a(width, acc(0));
-    accumulate_channels(p.v, tile, a.data(), [&](acc& s, int64_t i, int64_t, int64_t) { s += static_cast<acc>(x[i]); });
-    for (acc& sum : a) sum /= count;
-    std::vector<Sums<acc, 2>> d(width);  // sums of x - a and (x - a)^2
-    accumulate_channels(p.v, tile, d.data(), [&](Sums<acc, 2>& s, int64_t i, int64_t, int64_t c) {
-      const acc dx = static_cast<acc>(x[i]) - a[c - tile.c0];
-      s[0] += dx;
-      s[1] += dx * dx;
+    std::vector<Sums<acc>> sum(C), d(C);  // by channel: sum of x; sums of x - a and (x - a)^2
+    visit_runs(p.v, tile, [&](int64_t i, int64_t len, int64_t, auto ch) {
+      add_run<acc>(sum.data(), len, ch, value_term<acc>(x + i));
     });
-    Welford<acc>* out = partial.data() + p.tiling.m_tile(k) * C + tile.c0;
-    for (int64_t j = 0; j < width; ++j) out[j] = corrected_two_pass(count, a[j], d[j][0], d[j][1]);
+    std::vector<acc> a(C);
+    for (int64_t c = tile.c0; c < tile.c1; ++c) a[c] = sum[c][0] / count;
+    visit_runs(p.v, tile, [&](int64_t i, int64_t len, int64_t, auto ch) {
+      add_run<acc>(d.data(), len, ch, deviation_term<acc>(x + i, ch(a.data())));
+    });
+    Welford<acc>* out = partial.data() + p.tiling.m_tile(k) * C;
+    for (int64_t c = tile.c0; c < tile.c1; ++c) out[c] = corrected_two_pass(count, a[c], d[c][0], d[c][1]);
   });
   std::vector<Welford<acc>> total(C);
   at::parallel_for(0, C, kMergeGrain, [&](int64_t begin, int64_t end) {
@@ -315,9 +379,42 @@ const scalar_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
+// Calls fn(act) with act a std::integral_constant of the activation, so that each kernel's loops
+// are compiled once per activation: activation_forward/derivative's switch folds away and the
+// loops vectorise.
+template <class Fn>
+void with_activation(Activation act, const Fn& fn) {
+  switch (act) {
+    case Activation::ReLU: return fn(std::integral_constant<Activation, Activation::ReLU>{});
+    case Activation::SiLU: return fn(std::integral_constant<Activation, Activation::SiLU>{});
+    case Activation::GELU: return fn(std::integral_constant<Activation, Activation::GELU>{});
+    default: return fn(std::integral_constant<Activation, Activation::None>{});
+  }
+}
+
+// A value per channel for each sample: (n, c)'s at data[n * n_stride + c]. n_stride is 0 for a
+// value per channel alone (batch norm) and C for one per (sample, channel) (group norm's
+// per-(sample, group) values, expanded so that a run of channels reads them with unit stride).
+template <typename acc>
+struct ChannelTable {
+  std::vector<acc> data;
+  int64_t n_stride = 0;
+  const acc* row(int64_t n) const { return data.data() + n * n_stride; }
+};
+
+// Group norm's per-(n, g) value(r), r = n * groups + g, for every (n, c).
+template <typename acc, class Value>
+ChannelTable<acc> expand_groups(const NclView& v, int64_t groups, const Value& value) {
+  const int64_t C = v.channels, group_size = C / groups;
+  std::vector<acc> data(v.batch * C);
+  for (int64_t n = 0; n < v.batch; ++n)
+    for (int64_t c = 0; c < C; ++c) data[n * C + c] = value(n * groups + c / group_size);
+  return {std::move(data), C};
+}
+
 // The elementwise part of batch and group norm:
 //   xhat = (x - mean) * rstd,   z = xhat * w_c + b_c (+ residual),   y = act(z),
-// and the gradient at z, dz = dy * act'(z), recomputed from x.
+// and the gradient at z, dz = dy * act'(z), recomputed from x. Act is with_activation's constant.
 template <typename scalar_t>
 struct Affine {
   using acc = acc_t<scalar_t>;
@@ -326,6 +423,7 @@ struct Affine {
   std::vector<acc> weight;   // per channel; ones when absent
   std::vector<acc> bias;     // per channel; zeros when absent
   Activation act;
+  ChannelTable<acc> mean, rstd;  // set by the kernel
 
   Affine(const at::Tensor& input, const at::Tensor& res, const at::Tensor& w, const at::Tensor& b, Activation a)
       : x(input.const_data_ptr<scalar_t>()),
@@ -334,16 +432,79 @@ struct Affine {
         bias(values_or<acc>(b, input.size(1), acc(0))),
         act(a) {}
 
-  acc xhat(int64_t i, acc mean, acc rstd) const { return (static_cast<acc>(x[i]) - mean) * rstd; }
-  acc z(int64_t i, int64_t c, acc xh) const {
-    const acc affine = xh * weight[c] + bias[c];
-    return residual ? affine + static_cast<acc>(residual[i]) : affine;
+  acc xhat(int64_t i, acc m, acc s) const { return (static_cast<acc>(x[i]) - m) * s; }
+  // Res: whether the residual is present, a compile-time constant (a runtime test would keep
+  // GCC from vectorising the loops: it may not load residual[i] unconditionally).
+  template <class Res>
+  acc z(Res, int64_t i, acc xh, acc w, acc b) const {
+    const acc affine = xh * w + b;
+    if constexpr (Res::value) return affine + static_cast<acc>(residual[i]);
+    return affine;
   }
-  scalar_t output(int64_t i, int64_t c, acc xh) const {
-    return static_cast<scalar_t>(activation_forward(act, z(i, c, xh)));
+
+  // Calls fn(act, res): the activation (with_activation) and whether the residual is present, as
+  // std::integral_constants, so that the loops are compiled per case without runtime branches.
+  template <class Fn>
+  void specialised(const Fn& fn) const {
+    with_activation(act, [&](auto a) {
+      if (residual) return fn(a, std::true_type{});
+      fn(a, std::false_type{});
+    });
   }
-  acc grad_z(int64_t i, int64_t c, acc xh, scalar_t dy) const {
-    return static_cast<acc>(dy) * activation_derivative(act, z(i, c, xh));
+
+  // y over the whole partition.
+  void forward(const Partition& p, scalar_t* y) const {
+    specialised([&](auto a, auto res) {
+      for_each_run(p, [&](int64_t, int64_t i, int64_t len, int64_t n, auto ch) {
+        const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j)
+          y[i + j] =
+              static_cast<scalar_t>(activation_forward(a.value, z(res, i + j, xhat(i + j, m[j], s[j]), w[j], b[j])));
+      });
+    });
+  }
+
+  // For the run at offset i (sample n, channels ch): the function j -> (xhat, dz) of its element j.
+  template <class Act, class Res, class Ch>
+  auto grad_run(Act a, Res res, const scalar_t* dy, int64_t i, int64_t n, Ch ch) const {
+    const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
+    return [=, this](int64_t j) {
+      const acc xh = xhat(i + j, m[j], s[j]);
+      return std::pair<acc, acc>{xh, static_cast<acc>(dy[i + j]) * activation_derivative(a.value, z(res, i + j, xh, w[j], b[j]))};
+    };
+  }
+
+  // Per-channel sums of dz and dz * xhat (the bias and weight gradients), p from whole_tensor.
+  std::vector<Sums<acc>> parameter_sums(const Partition& p, const scalar_t* dy) const {
+    std::vector<Sums<acc>> sums;
+    specialised([&](auto a, auto res) {
+      sums = channel_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
+        return [g = grad_run(a, res, dy, i, n, ch)](int64_t j) {
+          const auto [xh, dz] = g(j);
+          return Sums<acc>{dz, dz * xh};
+        };
+      });
+    });
+    return sums;
+  }
+
+  // dx = norm_input_grad(w * dz, xhat, rstd, sum_dy, sum_dy_xhat, inv_count) with the sums read
+  // per (n, c); also dz into dres when given.
+  void input_grad(const Partition& p, const scalar_t* dy, const ChannelTable<acc>& sum_dy,
+                  const ChannelTable<acc>& sum_dy_xhat, acc inv_count, scalar_t* dx, scalar_t* dres) const {
+    specialised([&](auto a, auto res) {
+      for_each_run(p, [&](int64_t, int64_t i, int64_t len, int64_t n, auto ch) {
+        const auto g = grad_run(a, res, dy, i, n, ch);
+        const auto w = ch(weight.data()), s = ch(rstd.row(n)), sd = ch(sum_dy.row(n)), sdx = ch(sum_dy_xhat.row(n));
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const auto [xh, dz] = g(j);
+          if (dres) dres[i + j] = static_cast<scalar_t>(dz);
+          dx[i + j] = static_cast<scalar_t>(norm_input_grad(w[j] * dz, xh, s[j], sd[j], sdx[j], inv_count));
+        }
+      });
+    });
   }
 };
 
@@ -353,7 +514,7 @@ struct BatchNormOutputs {
 };
 
 template <typename scalar_t>
-void batch_norm_kernel(const NclView& v, const Affine<scalar_t>& e, const at::Tensor& running_mean,
+void batch_norm_kernel(const NclView& v, Affine<scalar_t>& e, const at::Tensor& running_mean,
                        const at::Tensor& running_var, bool training, double momentum, double eps,
                        BatchNormOutputs& o) {
   using acc = acc_t<scalar_t>;
@@ -387,17 +548,16 @@ void batch_norm_kernel(const NclView& v, const Affine<scalar_t>& e, const at::Te
       rstd[c] = rstd_from_variance(rv[c], static_cast<acc>(eps));
     }
   }
-  scalar_t* y = o.out.mutable_data_ptr<scalar_t>();
-  for_each_element(p, [&](int64_t, int64_t i, int64_t, int64_t c) {
-    y[i] = e.output(i, c, e.xhat(i, mean[c], rstd[c]));
-  });
+  e.mean = {std::vector<acc>(mean, mean + C), 0};
+  e.rstd = {std::vector<acc>(rstd, rstd + C), 0};
+  e.forward(p, o.out.mutable_data_ptr<scalar_t>());
 }
 
 // Per channel: grad_bias = sum dz, grad_weight = sum dz * xhat; then the input gradient with
 // the channel's sums of w * dz and w * dz * xhat (training), or rstd * w * dz (evaluation: the
 // statistics are constants, pass zero sums).
 template <typename scalar_t>
-void batch_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, const scalar_t* dy,
+void batch_norm_backward_kernel(const NclView& v, Affine<scalar_t>& e, const scalar_t* dy,
                                 const at::Tensor& save_mean, const at::Tensor& save_rstd, bool training,
                                 at::Tensor& grad_input, at::Tensor& grad_weight, at::Tensor& grad_bias,
                                 at::Tensor& grad_residual) {
@@ -405,37 +565,28 @@ void batch_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, con
   const int64_t C = v.channels;
   const acc* mean = save_mean.const_data_ptr<acc>();
   const acc* rstd = save_rstd.const_data_ptr<acc>();
+  e.mean = {std::vector<acc>(mean, mean + C), 0};
+  e.rstd = {std::vector<acc>(rstd, rstd + C), 0};
   const Partition p = whole_tensor(v);
-  const std::vector<Sums<acc, 2>> sums = channel_sums<acc, 2>(p, [&](int64_t i, int64_t, int64_t c) {
-    const acc xh = e.xhat(i, mean[c], rstd[c]);
-    const acc dz = e.grad_z(i, c, xh, dy[i]);
-    return Sums<acc, 2>{dz, dz * xh};
-  });
-  std::vector<acc> sum_dy(C, acc(0)), sum_dy_xhat(C, acc(0));
+  const std::vector<Sums<acc>> sums = e.parameter_sums(p, dy);
+  ChannelTable<acc> sum_dy{std::vector<acc>(C, acc(0)), 0}, sum_dy_xhat{std::vector<acc>(C, acc(0)), 0};
   acc* gw = grad_weight.mutable_data_ptr<acc>();
   acc* gb = grad_bias.mutable_data_ptr<acc>();
   for (int64_t c = 0; c < C; ++c) {
     gb[c] = sums[c][0];
     gw[c] = sums[c][1];
     if (training) {
-      sum_dy[c] = e.weight[c] * sums[c][0];
-      sum_dy_xhat[c] = e.weight[c] * sums[c][1];
+      sum_dy.data[c] = e.weight[c] * sums[c][0];
+      sum_dy_xhat.data[c] = e.weight[c] * sums[c][1];
     }
   }
   const acc inv_count = training ? acc(1) / static_cast<acc>(v.positions()) : acc(0);
-  scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
   scalar_t* dres = grad_residual.numel() > 0 ? grad_residual.mutable_data_ptr<scalar_t>() : nullptr;
-  for_each_element(p, [&](int64_t, int64_t i, int64_t, int64_t c) {
-    const acc xh = e.xhat(i, mean[c], rstd[c]);
-    const acc dz = e.grad_z(i, c, xh, dy[i]);
-    if (dres) dres[i] = static_cast<scalar_t>(dz);
-    dx[i] = static_cast<scalar_t>(
-        norm_input_grad(e.weight[c] * dz, xh, rstd[c], sum_dy[c], sum_dy_xhat[c], inv_count));
-  });
+  e.input_grad(p, dy, sum_dy, sum_dy_xhat, inv_count, grad_input.mutable_data_ptr<scalar_t>(), dres);
 }
 
 template <typename scalar_t>
-void group_norm_kernel(const NclView& v, const Affine<scalar_t>& e, int64_t groups, double eps, at::Tensor& out,
+void group_norm_kernel(const NclView& v, Affine<scalar_t>& e, int64_t groups, double eps, at::Tensor& out,
                        at::Tensor& save_mean, at::Tensor& save_rstd) {
   using acc = acc_t<scalar_t>;
   const Partition p = sample_groups(v, groups);
@@ -446,50 +597,45 @@ void group_norm_kernel(const NclView& v, const Affine<scalar_t>& e, int64_t grou
     mean[r] = stats[r].mean;
     rstd[r] = rstd_from_variance(welford_variance(stats[r]), static_cast<acc>(eps));
   }
-  scalar_t* y = out.mutable_data_ptr<scalar_t>();
-  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    y[i] = e.output(i, c, e.xhat(i, mean[r], rstd[r]));
-  });
+  e.mean = expand_groups<acc>(v, groups, [&](int64_t r) { return mean[r]; });
+  e.rstd = expand_groups<acc>(v, groups, [&](int64_t r) { return rstd[r]; });
+  e.forward(p, out.mutable_data_ptr<scalar_t>());
 }
 
 // The input gradient needs each (n, g)'s sums of w_c * dz and w_c * dz * xhat; the parameter
 // gradients (when a parameter is given) each channel's sums of dz and dz * xhat over every
-// sample (tiles across all channels, reading each channel's group from a table).
+// sample.
 template <typename scalar_t>
-void group_norm_backward_kernel(const NclView& v, const Affine<scalar_t>& e, const scalar_t* dy, int64_t groups,
+void group_norm_backward_kernel(const NclView& v, Affine<scalar_t>& e, const scalar_t* dy, int64_t groups,
                                 const at::Tensor& save_mean, const at::Tensor& save_rstd, at::Tensor& grad_input,
                                 at::Tensor& grad_weight, at::Tensor& grad_bias) {
   using acc = acc_t<scalar_t>;
   const acc* mean = save_mean.const_data_ptr<acc>();
   const acc* rstd = save_rstd.const_data_ptr<acc>();
+  e.mean = expand_groups<acc>(v, groups, [&](int64_t r) { return mean[r]; });
+  e.rstd = expand_groups<acc>(v, groups, [&](int64_t r) { return rstd[r]; });
   const Partition p = sample_groups(v, groups);
-  const std::vector<Sums<acc, 2>> group = region_sums<acc, 2>(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    const acc xh = e.xhat(i, mean[r], rstd[r]);
-    const acc wdz = e.weight[c] * e.grad_z(i, c, xh, dy[i]);
-    return Sums<acc, 2>{wdz, wdz * xh};
+  std::vector<Sums<acc>> group;
+  e.specialised([&](auto a, auto res) {
+    group = region_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
+      return [g = e.grad_run(a, res, dy, i, n, ch), w = ch(e.weight.data())](int64_t j) {
+        const auto [xh, dz] = g(j);
+        const acc wdz = w[j] * dz;
+        return Sums<acc>{wdz, wdz * xh};
+      };
+    });
   });
   if (grad_weight.numel() > 0 || grad_bias.numel() > 0) {
-    std::vector<int64_t> group_of(v.channels);
-    for (int64_t c = 0; c < v.channels; ++c) group_of[c] = c / p.group_size();
-    const std::vector<Sums<acc, 2>> channel =
-        channel_sums<acc, 2>(whole_tensor(v), [&](int64_t i, int64_t n, int64_t c) {
-          const int64_t r = n * groups + group_of[c];
-          const acc xh = e.xhat(i, mean[r], rstd[r]);
-          const acc dz = e.grad_z(i, c, xh, dy[i]);
-          return Sums<acc, 2>{dz, dz * xh};
-        });
+    const std::vector<Sums<acc>> channel = e.parameter_sums(whole_tensor(v), dy);
     for (int64_t c = 0; c < v.channels; ++c) {
       if (grad_bias.numel() > 0) grad_bias.mutable_data_ptr<acc>()[c] = channel[c][0];
       if (grad_weight.numel() > 0) grad_weight.mutable_data_ptr<acc>()[c] = channel[c][1];
     }
   }
   const acc inv_count = acc(1) / static_cast<acc>(p.group_size() * v.inner);
-  scalar_t* dx = grad_input.mutable_data_ptr<scalar_t>();
-  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    const acc xh = e.xhat(i, mean[r], rstd[r]);
-    const acc dz = e.grad_z(i, c, xh, dy[i]);
-    dx[i] = static_cast<scalar_t>(norm_input_grad(e.weight[c] * dz, xh, rstd[r], group[r][0], group[r][1], inv_count));
-  });
+  e.input_grad(p, dy, expand_groups<acc>(v, groups, [&](int64_t r) { return group[r][0]; }),
+               expand_groups<acc>(v, groups, [&](int64_t r) { return group[r][1]; }), inv_count,
+               grad_input.mutable_data_ptr<scalar_t>(), nullptr);
 }
 
 // ---- rms norm --------------------------------------------------------------------------------
@@ -501,16 +647,20 @@ void rms_norm_kernel(const NclView& v, const scalar_t* x, const at::Tensor& weig
   using acc = acc_t<scalar_t>;
   const std::vector<acc> w = values_or<acc>(weight, v.channels, acc(1));
   const Partition p = sample_groups(v, 1);
-  const std::vector<Sums<acc, 1>> sum_sq = region_sums<acc, 1>(p, [&](int64_t, int64_t i, int64_t, int64_t) {
-    const acc xv = static_cast<acc>(x[i]);
-    return Sums<acc, 1>{xv * xv};
+  const std::vector<Sums<acc>> sum_sq = region_sums<acc>(p, [&](int64_t, int64_t i, int64_t, auto) {
+    return [xr = x + i](int64_t j) {
+      const acc xv = static_cast<acc>(xr[j]);
+      return Sums<acc>{xv * xv, acc(0)};
+    };
   });
   for (int64_t r = 0; r < v.batch; ++r) {
     const acc mean_sq = v.channels > 0 ? sum_sq[r][0] / static_cast<acc>(v.channels) : acc(0);
     rstd[r] = rstd_from_variance(mean_sq, static_cast<acc>(eps));
   }
-  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    y[i] = static_cast<scalar_t>(static_cast<acc>(x[i]) * rstd[r] * w[c]);
+  for_each_run(p, [&](int64_t r, int64_t i, int64_t len, int64_t, auto ch) {
+    const auto wr = ch(w.data());
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) y[i + j] = static_cast<scalar_t>(static_cast<acc>(x[i + j]) * rstd[r] * wr[j]);
   });
 }
 
@@ -522,21 +672,28 @@ void rms_norm_backward_kernel(const NclView& v, const scalar_t* dy, const scalar
   using acc = acc_t<scalar_t>;
   const std::vector<acc> w = values_or<acc>(weight, v.channels, acc(1));
   const Partition p = sample_groups(v, 1);
-  const std::vector<Sums<acc, 1>> row = region_sums<acc, 1>(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    return Sums<acc, 1>{w[c] * static_cast<acc>(dy[i]) * (static_cast<acc>(x[i]) * rstd[r])};
+  const std::vector<Sums<acc>> row = region_sums<acc>(p, [&](int64_t r, int64_t i, int64_t, auto ch) {
+    return [=, wr = ch(w.data()), s = rstd[r]](int64_t j) {
+      return Sums<acc>{wr[j] * static_cast<acc>(dy[i + j]) * (static_cast<acc>(x[i + j]) * s), acc(0)};
+    };
   });
   if (grad_weight.numel() > 0) {
-    const std::vector<Sums<acc, 1>> gw =
-        channel_sums<acc, 1>(whole_tensor(v), [&](int64_t i, int64_t n, int64_t) {
-          return Sums<acc, 1>{static_cast<acc>(dy[i]) * (static_cast<acc>(x[i]) * rstd[n])};
-        });
+    const std::vector<Sums<acc>> gw = channel_sums<acc>(whole_tensor(v), [&](int64_t, int64_t i, int64_t n, auto) {
+      return [=, s = rstd[n]](int64_t j) {
+        return Sums<acc>{static_cast<acc>(dy[i + j]) * (static_cast<acc>(x[i + j]) * s), acc(0)};
+      };
+    });
     for (int64_t c = 0; c < v.channels; ++c) grad_weight.mutable_data_ptr<acc>()[c] = gw[c][0];
   }
   const acc inv_count = acc(1) / static_cast<acc>(v.channels);
-  for_each_element(p, [&](int64_t r, int64_t i, int64_t, int64_t c) {
-    const acc xh = static_cast<acc>(x[i]) * rstd[r];
-    const acc wdy = w[c] * static_cast<acc>(dy[i]);
-    dx[i] = static_cast<scalar_t>(norm_input_grad(wdy, xh, rstd[r], acc(0), row[r][0], inv_count));
+  for_each_run(p, [&](int64_t r, int64_t i, int64_t len, int64_t, auto ch) {
+    const auto wr = ch(w.data());
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      const acc xh = static_cast<acc>(x[i + j]) * rstd[r];
+      const acc wdy = wr[j] * static_cast<acc>(dy[i + j]);
+      dx[i + j] = static_cast<scalar_t>(norm_input_grad(wdy, xh, rstd[r], acc(0), row[r][0], inv_count));
+    }
   });
 }
 
@@ -655,7 +812,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   o.new_running_mean = new_acc_buffer({training && rm.defined() ? C : 0}, input);
   o.new_running_var = new_acc_buffer({training && rv.defined() ? C : 0}, input);
   CNNK_DISPATCH_NORM(input.scalar_type(), "batch_norm_cpu", [&] {
-    const Affine<scalar_t> e(x, res, w, b, act);
+    Affine<scalar_t> e(x, res, w, b, act);
     batch_norm_kernel<scalar_t>(ncl_view(shape), e, rm, rv, training, momentum, eps, o);
   });
   return {o.out, o.save_mean, o.save_rstd,
@@ -683,7 +840,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   at::Tensor grad_bias = new_acc_buffer({C}, input);
   at::Tensor grad_residual = res.defined() ? new_norm_output(input, shape) : new_acc_buffer({0}, input);
   CNNK_DISPATCH_NORM(input.scalar_type(), "batch_norm_backward_cpu", [&] {
-    const Affine<scalar_t> e(x, res, w, b, act);
+    Affine<scalar_t> e(x, res, w, b, act);
     batch_norm_backward_kernel<scalar_t>(ncl_view(shape), e, dy.const_data_ptr<scalar_t>(), mean, rstd, training,
                                          grad_input, grad_weight, grad_bias, grad_residual);
   });
@@ -713,7 +870,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& inpu
   at::Tensor save_mean = new_acc_buffer({shape.batch, num_groups}, input);
   at::Tensor save_rstd = new_acc_buffer({shape.batch, num_groups}, input);
   CNNK_DISPATCH_NORM(input.scalar_type(), "group_norm_cpu", [&] {
-    const Affine<scalar_t> e(x, at::Tensor(), w, b, act);
+    Affine<scalar_t> e(x, at::Tensor(), w, b, act);
     group_norm_kernel<scalar_t>(ncl_view(shape), e, num_groups, eps, out, save_mean, save_rstd);
   });
   return {out, save_mean, save_rstd};
@@ -738,7 +895,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
   at::Tensor grad_weight = new_acc_buffer({w.defined() ? C : 0}, input);
   at::Tensor grad_bias = new_acc_buffer({b.defined() ? C : 0}, input);
   CNNK_DISPATCH_NORM(input.scalar_type(), "group_norm_backward_cpu", [&] {
-    const Affine<scalar_t> e(x, at::Tensor(), w, b, act);
+    Affine<scalar_t> e(x, at::Tensor(), w, b, act);
     group_norm_backward_kernel<scalar_t>(ncl_view(shape), e, dy.const_data_ptr<scalar_t>(), num_groups, mean, rstd,
                                          grad_input, grad_weight, grad_bias);
   });
