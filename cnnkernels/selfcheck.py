@@ -149,6 +149,7 @@ def _norm_rows(device: torch.device, backend: str) -> list[Row]:
     c = x.shape[1]
     wt, b = 1 + 0.1 * torch.randn(c, device=device), torch.randn(c, device=device)
     rows_x = x.permute(0, 2, 3, 1).contiguous()  # RMS norm over the channels of NHWC rows
+    # torch's own functions appear here only as the reference we are compared and timed against.
     # name -> (input, our forward, our backward(grad, input, forward result), torch's sequence)
     cases = {
         "batch_norm+relu train": (

@@ -40,7 +40,7 @@ def param(n, dtype=torch.float64, grad=True):
     return (1 + 0.5 * torch.randn(n, dtype=torch.float64)).to(dtype).requires_grad_(grad)
 
 
-def compare(ours_fn, torch_fn, tensors, target, dtype, scale=1.0):
+def assert_like_torch(ours_fn, torch_fn, tensors, target, dtype, scale=1.0):
     """Runs ours on target's device and torch on the CPU in float64 on the same inputs (rounded
     to `dtype`), so the reference is exact to the tolerance; compares the output, its layout,
     and the gradient of every tensor that requires one (None entries pass through)."""
@@ -106,7 +106,7 @@ def test_batch_norm(shape_cl, affine, activation, training, target):
     # Running statistics: updated in training, used (and left alone) in eval.
     stats = [1000 + torch.randn(channels, dtype=torch.float64), 1 + torch.rand(channels, dtype=torch.float64)]
     ours_stats, torch_stats = [s.clone().to(target.device) for s in stats], [s.clone() for s in stats]
-    compare(lambda x, w, b, r: ours(x, w, b, r, *ours_stats, target.backend),
+    assert_like_torch(lambda x, w, b, r: ours(x, w, b, r, *ours_stats, target.backend),
             lambda x, w, b, r: theirs(x, w, b, r, *torch_stats), [x, w, b, r], target, torch.float64)
     for a, e in zip(ours_stats, torch_stats):
         assert_close(a.cpu(), e, torch.float64)
@@ -122,7 +122,7 @@ def test_batch_norm_dtypes(dtype, activation, channels_last, target):
     ours, theirs = _bn_pair(activation, training=True)
     # fp32 inputs near 1000 carry 6e-5 of rounding each; both sides see the same rounded input,
     # but their mean's last bits differ, which moves x - mean by up to ~1e-4.
-    compare(lambda x, w, b, r: ours(x, w, b, r, None, None, target.backend), lambda x, w, b, r: theirs(x, w, b, r, None, None),
+    assert_like_torch(lambda x, w, b, r: ours(x, w, b, r, None, None, target.backend), lambda x, w, b, r: theirs(x, w, b, r, None, None),
             [x, param(8), param(8), r], target, dtype, scale=10.0)
 
 
@@ -145,7 +145,7 @@ def test_batch_norm_module_steps(target):
         ours.eval()
         theirs.eval()
         x = shifted((2, 4, 3, 3), shift=15.0)
-        compare(lambda x: ours(x), lambda x: theirs(x), [x.requires_grad_()], target, torch.float64)
+        assert_like_torch(lambda x: ours(x), lambda x: theirs(x), [x.requires_grad_()], target, torch.float64)
 
 
 def test_batch_norm_fused_modules(target):
@@ -182,7 +182,7 @@ def test_group_norm(shape_cl, groups, affine, activation, target):
     shape, channels_last = shape_cl
     x = shifted(shape, channels_last=channels_last).requires_grad_()
     w, b = (param(6), param(6)) if affine else (None, None)
-    compare(lambda x, w, b: F.group_norm(x, groups, w, b, 1e-5, activation=None if activation == "none" else activation,
+    assert_like_torch(lambda x, w, b: F.group_norm(x, groups, w, b, 1e-5, activation=None if activation == "none" else activation,
                                          backend=target.backend),
             lambda x, w, b: TORCH_ACT[activation](torch_group_norm(x, groups, w, b)), [x, w, b], target, torch.float64)
 
@@ -191,7 +191,7 @@ def test_group_norm(shape_cl, groups, affine, activation, target):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_group_norm_dtypes(dtype, channels_last, target):
     x = shifted((2, 8, 4, 5), channels_last=channels_last).requires_grad_()
-    compare(lambda x, w, b: F.group_norm(x, 4, w, b, activation="silu", backend=target.backend),
+    assert_like_torch(lambda x, w, b: F.group_norm(x, 4, w, b, activation="silu", backend=target.backend),
             lambda x, w, b: TF.silu(torch_group_norm(x, 4, w, b)), [x, param(8), param(8)], target, dtype, scale=10.0)
 
 
@@ -203,7 +203,7 @@ def test_layer_norm(shape, normalized, affine, channels_last, target):
     x = shifted(shape, channels_last=channels_last and len(shape) == 4).requires_grad_()
     w = param(normalized) if affine != "none" else None
     b = param(normalized) if affine == "both" else None
-    compare(lambda x, w, b: F.layer_norm(x, normalized, w, b, 1e-5, backend=target.backend),
+    assert_like_torch(lambda x, w, b: F.layer_norm(x, normalized, w, b, 1e-5, backend=target.backend),
             lambda x, w, b: TF.layer_norm(x, normalized, w, b, 1e-5), [x, w, b], target, torch.float64)
 
 
@@ -220,7 +220,7 @@ def test_instance_norm(shape, channels_last, running, use_input_stats, target):
     stats = [1000 + torch.randn(3, dtype=torch.float64), 1 + torch.rand(3, dtype=torch.float64)] if running else [None, None]
     ours_stats = [None if s is None else s.clone().to(target.device) for s in stats]
     torch_stats = [None if s is None else s.clone() for s in stats]
-    compare(lambda x, w, b: F.instance_norm(x, *ours_stats, w, b, use_input_stats, 0.2, 1e-5, backend=target.backend),
+    assert_like_torch(lambda x, w, b: F.instance_norm(x, *ours_stats, w, b, use_input_stats, 0.2, 1e-5, backend=target.backend),
             lambda x, w, b: TF.instance_norm(x, *torch_stats, w, b, use_input_stats, 0.2, 1e-5), [x, w, b], target,
             torch.float64)
     for a, e in zip(ours_stats, torch_stats):
@@ -253,14 +253,14 @@ def test_instance_norm_module(target):
 def test_rms_norm(shape, normalized, channels_last, weight, eps, target):
     x = shifted(shape, channels_last=channels_last, shift=3.0).requires_grad_()
     w = param(normalized) if weight else None
-    compare(lambda x, w: F.rms_norm(x, normalized, w, eps, backend=target.backend),
+    assert_like_torch(lambda x, w: F.rms_norm(x, normalized, w, eps, backend=target.backend),
             lambda x, w: TF.rms_norm(x, normalized, w, eps), [x, w], target, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_rms_norm_dtypes(dtype, target):
     x = torch.randn(12, 64, dtype=torch.float64).requires_grad_()
-    compare(lambda x, w: F.rms_norm(x, (64,), w, backend=target.backend), lambda x, w: TF.rms_norm(x, (64,), w),
+    assert_like_torch(lambda x, w: F.rms_norm(x, (64,), w, backend=target.backend), lambda x, w: TF.rms_norm(x, (64,), w),
             [x, param(64)], target, dtype)
 
 
@@ -272,14 +272,14 @@ def test_rms_norm_dtypes(dtype, target):
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 9])
 def test_local_response_norm(shape, channels_last, size, target):
     x = shifted(shape, channels_last=channels_last, shift=0.0).requires_grad_()
-    compare(lambda x: F.local_response_norm(x, size, 1e-2, 0.75, 2.0, backend=target.backend),
+    assert_like_torch(lambda x: F.local_response_norm(x, size, 1e-2, 0.75, 2.0, backend=target.backend),
             lambda x: TF.local_response_norm(x, size, 1e-2, 0.75, 2.0), [x], target, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_local_response_norm_dtypes(dtype, target):
     x = (3 * torch.randn(2, 16, 4, 4, dtype=torch.float64)).contiguous(memory_format=CL).requires_grad_()
-    compare(lambda x: F.local_response_norm(x, 5, 1e-1, backend=target.backend),
+    assert_like_torch(lambda x: F.local_response_norm(x, 5, 1e-1, backend=target.backend),
             lambda x: TF.local_response_norm(x, 5, 1e-1), [x], target, dtype)
 
 
