@@ -42,6 +42,33 @@ bool is_channels_last(const at::Tensor& t) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// The kernels' operands of a pooling forward: the input read, the pooled output (and the
+// indices) written; the output's layout is the one the kernel indexes by.
+Pool2dTensors pooling_operands(const at::Tensor& input, at::Tensor& out, at::Tensor* indices = nullptr) {
+  Pool2dTensors t;
+  t.input = reads(input);
+  t.output = writes(out);
+  if (indices != nullptr) t.indices = writes(*indices);
+  t.channels_last = is_channels_last(out);
+  return t;
+}
+
+// The operands of a backward gather: grad_output (and the indices) read, grad_input written.
+Pool2dTensors gather_operands(at::Tensor& grad_input, const at::Tensor& grad_output,
+                              const at::Tensor* indices = nullptr) {
+  Pool2dTensors t;
+  t.input = writes(grad_input);
+  t.output = reads(grad_output);
+  if (indices != nullptr) t.indices = reads(*indices);
+  t.channels_last = is_channels_last(grad_input);
+  return t;
+}
+
+// A backward gather's result: the input's sizes in grad_output's memory format.
+at::Tensor new_grad_input(at::IntArrayRef input_size, const at::Tensor& grad_output) {
+  return new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
+}
+
 // max_unpool2d in pooling terms: the unpooled tensor is the (H, W) side the indices point into,
 // the pooled tensor the (P, Q) side (see pool_kernel.h).
 Pool2dParams unpool_params(int64_t batch, int64_t channels, int64_t unpooled_h, int64_t unpooled_w,
@@ -69,11 +96,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
   if (out.numel() == 0) return {out, indices};
-  Pool2dTensors t;
-  t.input = reads(input);
-  t.output = writes(out);
-  t.indices = writes(indices);
-  t.channels_last = is_channels_last(out);
+  const Pool2dTensors t = pooling_operands(input, out, &indices);
   check_launch(op, launch_max_pool2d(dtype, p, t, current_stream()));
   return {out, indices};
 }
@@ -87,13 +110,9 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
       make_pool2d_backward_params(op, grad_output, input_size, kernel_size, stride, padding, dilation);
   check_pool_indices(op, indices, grad_output);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  at::Tensor grad_input = new_grad_input(input_size, grad_output);
   if (grad_input.numel() == 0) return grad_input;
-  Pool2dTensors t;
-  t.input = writes(grad_input);
-  t.output = reads(grad_output);
-  t.indices = reads(indices);
-  t.channels_last = is_channels_last(grad_input);
+  const Pool2dTensors t = gather_operands(grad_input, grad_output, &indices);
   check_launch(op, launch_max_pool2d_backward(dtype, p, t, current_stream()));
   return grad_input;
 }
@@ -111,10 +130,7 @@ at::Tensor avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
-  Pool2dTensors t;
-  t.input = reads(input);
-  t.output = writes(out);
-  t.channels_last = is_channels_last(out);
+  const Pool2dTensors t = pooling_operands(input, out);
   check_launch(op, launch_avg_pool2d(dtype, p, t, count_include_pad, divisor, current_stream()));
   return out;
 }
@@ -129,12 +145,9 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, at::IntArrayR
       make_pool2d_backward_params(op, grad_output, input_size, kernel_size, stride, padding, no_dilation);
   const int64_t divisor = check_divisor_override(op, divisor_override);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  at::Tensor grad_input = new_grad_input(input_size, grad_output);
   if (grad_input.numel() == 0) return grad_input;
-  Pool2dTensors t;
-  t.input = writes(grad_input);
-  t.output = reads(grad_output);
-  t.channels_last = is_channels_last(grad_input);
+  const Pool2dTensors t = gather_operands(grad_input, grad_output);
   check_launch(op, launch_avg_pool2d_backward(dtype, p, t, count_include_pad, divisor, current_stream()));
   return grad_input;
 }
@@ -148,10 +161,7 @@ at::Tensor adaptive_avg_pool2d_cuda(const at::Tensor& input, at::IntArrayRef out
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
-  Pool2dTensors t;
-  t.input = reads(input);
-  t.output = writes(out);
-  t.channels_last = is_channels_last(out);
+  const Pool2dTensors t = pooling_operands(input, out);
   check_launch(op, launch_adaptive_avg_pool2d(dtype, p, t, current_stream()));
   return out;
 }
@@ -162,14 +172,11 @@ at::Tensor adaptive_avg_pool2d_backward_cuda(const at::Tensor& grad_output, at::
   check_grad_output_planes(op, grad_output, input_size);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  at::Tensor grad_input = new_grad_input(input_size, grad_output);
   if (grad_input.numel() == 0) return grad_input;
   // An empty grad_output (output_size 0) needs no special case: no window covers anything,
   // and every element of grad_input is written 0.
-  Pool2dTensors t;
-  t.input = writes(grad_input);
-  t.output = reads(grad_output);
-  t.channels_last = is_channels_last(grad_input);
+  const Pool2dTensors t = gather_operands(grad_input, grad_output);
   check_launch(op, launch_adaptive_avg_pool2d_backward(dtype, p, t, current_stream()));
   return grad_input;
 }
@@ -182,11 +189,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cuda(const at::Tensor& in
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
   if (out.numel() == 0) return {out, indices};
-  Pool2dTensors t;
-  t.input = reads(input);
-  t.output = writes(out);
-  t.indices = writes(indices);
-  t.channels_last = is_channels_last(out);
+  const Pool2dTensors t = pooling_operands(input, out, &indices);
   check_launch(op, launch_adaptive_max_pool2d(dtype, p, t, current_stream()));
   return {out, indices};
 }
@@ -199,13 +202,9 @@ at::Tensor adaptive_max_pool2d_backward_cuda(const at::Tensor& grad_output, cons
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   check_pool_indices(op, indices, grad_output);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad_input = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
+  at::Tensor grad_input = new_grad_input(input_size, grad_output);
   if (grad_input.numel() == 0) return grad_input;
-  Pool2dTensors t;
-  t.input = writes(grad_input);
-  t.output = reads(grad_output);
-  t.indices = reads(indices);
-  t.channels_last = is_channels_last(grad_input);
+  const Pool2dTensors t = gather_operands(grad_input, grad_output, &indices);
   check_launch(op, launch_adaptive_max_pool2d_backward(dtype, p, t, current_stream()));
   return grad_input;
 }
