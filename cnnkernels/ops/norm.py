@@ -21,7 +21,7 @@ import torch
 
 from cnnkernels import _extension
 from cnnkernels._layout import memory_format_of
-from cnnkernels.backend import select as select_backend
+from cnnkernels.ops import _registry
 
 _extension.load()  # registers the C++ schemas and kernels
 
@@ -46,18 +46,7 @@ class NormOps(NamedTuple):
     local_response_norm_backward: object
 
 
-def _ops_in(namespace: str) -> NormOps:
-    ns = getattr(torch.ops, namespace)
-    return NormOps(*(getattr(ns, name).default for name in NormOps._fields))
-
-
-# As for the other families, the C++ operators serve the cpu and cuda backends.
-_CPP = _ops_in("cnnkernels")
-BACKEND_OPS: dict[str, NormOps] = {"cpu": _CPP}
-if _extension.has_cuda():
-    BACKEND_OPS["cuda"] = _CPP
-if _triton_norm is not None:
-    BACKEND_OPS["triton"] = _ops_in("cnnkernels_triton")
+BACKEND_OPS: dict[str, NormOps] = _registry.backend_ops(NormOps, _triton_norm is not None)
 IMPLEMENTED = tuple(BACKEND_OPS)
 
 
@@ -188,16 +177,9 @@ def _make_backwards(ops: NormOps):
     }
 
 
-for _ops in {id(o): o for o in BACKEND_OPS.values()}.values():
-    for _name, _fake in _FAKES.items():
-        torch.library.register_fake(getattr(_ops, _name), _fake)
-    for _name, (_backward, _setup) in _make_backwards(_ops).items():
-        torch.library.register_autograd(getattr(_ops, _name), _backward, setup_context=_setup)
-
-
-# ---- routing -------------------------------------------------------------------------------
+_registry.register(BACKEND_OPS, _FAKES, _make_backwards)
 
 
 def ops_for(op: str, input: torch.Tensor, backend: str | None) -> NormOps:
     """The operator set of the backend chosen for this call."""
-    return BACKEND_OPS[select_backend(op, input.device, IMPLEMENTED, backend)]
+    return _registry.ops_for(BACKEND_OPS, op, input, backend)

@@ -14,7 +14,7 @@ import torch
 from cnnkernels import _extension
 from cnnkernels._layout import memory_format_of
 from cnnkernels._pool_geometry import adaptive_output_shape, check_pool_input, pool2d_output_shape
-from cnnkernels.backend import select as select_backend
+from cnnkernels.ops import _registry
 
 _extension.load()  # registers the C++ schemas and kernels
 
@@ -39,18 +39,7 @@ class PoolOps(NamedTuple):
     max_unpool2d_backward: object
 
 
-def _ops_in(namespace: str) -> PoolOps:
-    ns = getattr(torch.ops, namespace)
-    return PoolOps(*(getattr(ns, name).default for name in PoolOps._fields))
-
-
-# As for conv2d, the C++ operators serve the cpu and cuda backends (a kernel per dispatch key).
-_CPP = _ops_in("cnnkernels")
-BACKEND_OPS: dict[str, PoolOps] = {"cpu": _CPP}
-if _extension.has_cuda():
-    BACKEND_OPS["cuda"] = _CPP
-if _triton_pool is not None:
-    BACKEND_OPS["triton"] = _ops_in("cnnkernels_triton")
+BACKEND_OPS: dict[str, PoolOps] = _registry.backend_ops(PoolOps, _triton_pool is not None)
 IMPLEMENTED = tuple(BACKEND_OPS)
 
 
@@ -137,8 +126,9 @@ def _make_backwards(ops: PoolOps):
         (indices,) = ctx.saved_tensors
         return ops.max_unpool2d_backward(grad, indices), None, None
 
-    return {"max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d, "adaptive_avg_pool2d": adaptive_avg_pool2d,
-            "adaptive_max_pool2d": adaptive_max_pool2d, "max_unpool2d": max_unpool2d}
+    return {"max_pool2d": (max_pool2d, _setup), "avg_pool2d": (avg_pool2d, _setup),
+            "adaptive_avg_pool2d": (adaptive_avg_pool2d, _setup), "adaptive_max_pool2d": (adaptive_max_pool2d, _setup),
+            "max_unpool2d": (max_unpool2d, _setup_unpool)}
 
 
 _FAKES = {
@@ -151,12 +141,7 @@ _FAKES = {
     "max_unpool2d_backward": _unpool_backward_fake,
 }
 
-for _ops in {id(o): o for o in BACKEND_OPS.values()}.values():
-    for _name, _fake in _FAKES.items():
-        torch.library.register_fake(getattr(_ops, _name), _fake)
-    for _name, _backward in _make_backwards(_ops).items():
-        setup = _setup_unpool if _name == "max_unpool2d" else _setup
-        torch.library.register_autograd(getattr(_ops, _name), _backward, setup_context=setup)
+_registry.register(BACKEND_OPS, _FAKES, _make_backwards)
 
 
 # ---- routing -------------------------------------------------------------------------------
@@ -164,4 +149,4 @@ for _ops in {id(o): o for o in BACKEND_OPS.values()}.values():
 
 def ops_for(op: str, input: torch.Tensor, backend: str | None) -> PoolOps:
     """The operator set of the backend chosen for this call."""
-    return BACKEND_OPS[select_backend(op, input.device, IMPLEMENTED, backend)]
+    return _registry.ops_for(BACKEND_OPS, op, input, backend)

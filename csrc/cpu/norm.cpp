@@ -783,11 +783,6 @@ void lrn_backward_kernel(const NclView& v, const scalar_t* dy, const scalar_t* x
 #define CNNK_DISPATCH_NORM(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-at::Tensor optional_operand(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                            const at::Tensor& input, const NormShape& shape) {
-  return t.has_value() && t->defined() ? norm_operand(op, name, *t, input, shape) : at::Tensor();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& running_mean,
@@ -798,7 +793,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   const Activation act = parse_activation(op, activation);
   const int64_t C = shape.channels;
   const at::Tensor x = norm_layout(input, shape);
-  const at::Tensor res = optional_operand(op, "residual", residual, input, shape);
+  const at::Tensor res = norm_optional_operand(op, "residual", residual, input, shape);
   const at::Tensor w = norm_param(op, "weight", weight, C, input);
   const at::Tensor b = norm_param(op, "bias", bias, C, input);
   const at::Tensor rm = norm_param(op, "running_mean", running_mean, C, input);
@@ -830,7 +825,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
   const int64_t C = shape.channels;
   const at::Tensor x = norm_layout(input, shape);
   const at::Tensor dy = norm_operand(op, "grad_output", grad_output, input, shape);
-  const at::Tensor res = optional_operand(op, "residual", residual, input, shape);
+  const at::Tensor res = norm_optional_operand(op, "residual", residual, input, shape);
   const at::Tensor w = norm_param(op, "weight", weight, C, input);
   const at::Tensor b = norm_param(op, "bias", bias, C, input);
   const at::Tensor mean = norm_param(op, "save_mean", save_mean, C, input);
@@ -848,20 +843,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
           grad_residual};
 }
 
-void check_groups(const char* op, const NormShape& shape, int64_t num_groups) {
-  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(shape.channels % num_groups == 0, op,
-              ": expected the number of channels to be divisible by num_groups, got ", shape.channels,
-              " channels and num_groups=", num_groups);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm(const at::Tensor& input,
                                                           const std::optional<at::Tensor>& weight,
                                                           const std::optional<at::Tensor>& bias, int64_t num_groups,
                                                           double eps, c10::string_view activation) {
   const char* op = "cnnkernels::group_norm";
   const NormShape shape = norm_shape(op, input);
-  check_groups(op, shape, num_groups);
+  check_norm_groups(op, shape, num_groups);
   const Activation act = parse_activation(op, activation);
   const at::Tensor x = norm_layout(input, shape);
   const at::Tensor w = norm_param(op, "weight", weight, shape.channels, input);
@@ -882,7 +870,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_backward(
     int64_t num_groups, c10::string_view activation) {
   const char* op = "cnnkernels::group_norm_backward";
   const NormShape shape = norm_shape(op, input);
-  check_groups(op, shape, num_groups);
+  check_norm_groups(op, shape, num_groups);
   const Activation act = parse_activation(op, activation);
   const int64_t C = shape.channels;
   const at::Tensor x = norm_layout(input, shape);

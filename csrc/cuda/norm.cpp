@@ -58,16 +58,10 @@ at::Tensor empty_acc(const at::Tensor& input) { return new_acc_buffer({0}, input
 
 // ---- batch norm and group norm: shared argument handling -------------------------------------
 
-void check_groups(const char* op, const NormShape& s, int64_t num_groups) {
-  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(s.channels % num_groups == 0, op, ": num_groups (", num_groups, ") must divide the number of channels (",
-              s.channels, ")");
-}
-
 // norm_shape, and check_groups for group norm (num_groups given).
 NormShape checked_norm_shape(const char* op, const at::Tensor& input, std::optional<int64_t> num_groups) {
   const NormShape s = norm_shape(op, input);
-  if (num_groups.has_value()) check_groups(op, s, *num_groups);
+  if (num_groups.has_value()) check_norm_groups(op, s, *num_groups);
   return s;
 }
 
@@ -168,8 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   const NormOperands in(op, input, nullptr, weight, bias, activation, std::nullopt);
   const NormShape& s = in.s;
   const int64_t C = s.channels;
-  const at::Tensor res =
-      residual.has_value() && residual->defined() ? norm_operand(op, "residual", *residual, input, s) : at::Tensor();
+  const at::Tensor res = norm_optional_operand(op, "residual", residual, input, s);
   const at::Tensor rm = norm_param(op, "running_mean", running_mean, C, input);
   const at::Tensor rv = norm_param(op, "running_var", running_var, C, input);
   TORCH_CHECK(rm.defined() == rv.defined(), op, ": running_mean and running_var must be given together");
@@ -221,8 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_c
   const NormOperands in(op, input, &grad_output, weight, bias, activation, std::nullopt);
   const NormShape& s = in.s;
   const int64_t C = s.channels;
-  const bool has_res = residual.has_value() && residual->defined();
-  const at::Tensor res = has_res ? norm_operand(op, "residual", *residual, input, s) : at::Tensor();
+  const at::Tensor res = norm_optional_operand(op, "residual", residual, input, s);
+  const bool has_res = res.defined();
   const at::Tensor mean = saved_stat(op, "save_mean", save_mean, C, input);
   const at::Tensor rstd = saved_stat(op, "save_rstd", save_rstd, C, input);
 

@@ -82,6 +82,21 @@ inline at::Tensor norm_operand(const char* op, const char* name, const at::Tenso
   return norm_layout(t, shape);
 }
 
+// An optional operand that must match the input (the residual): the input's layout, or an
+// undefined tensor when absent.
+inline at::Tensor norm_optional_operand(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                                        const at::Tensor& input, const NormShape& shape) {
+  return t.has_value() && t->defined() ? norm_operand(op, name, *t, input, shape) : at::Tensor();
+}
+
+// Group norm's num_groups: positive and dividing the channels.
+inline void check_norm_groups(const char* op, const NormShape& shape, int64_t num_groups) {
+  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, got ", num_groups);
+  TORCH_CHECK(shape.channels % num_groups == 0, op,
+              ": expected the number of channels to be divisible by num_groups, got ", shape.channels,
+              " channels and num_groups=", num_groups);
+}
+
 // A per-channel (or per-element, for rms norm) parameter as a contiguous acc_t vector of
 // `count` values; an undefined tensor when absent.
 inline at::Tensor norm_param(const char* op, const char* name, const std::optional<at::Tensor>& p,
