@@ -20,6 +20,7 @@
 #               STEPS="bench_conv" and STEPS="bench_pool bench_norm" in later calls, to fit a
 #               per-command time limit (the build stays in place between calls)
 #   PYTEST_ARGS extra pytest arguments (e.g. "-k norm" or "-m cuda")
+#   PYTEST_WORKERS  pytest-xdist processes when xdist is installed (default 8; 1 for none)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -78,10 +79,16 @@ build() {
 
 step environment "$OUT_DIR/$DEVICE-environment.log" environment
 step build "$OUT_DIR/$DEVICE-build.log" build
+# Most of a GPU test run is Triton compiling kernels, one process at a time: with pytest-xdist
+# (preinstalled on the lent machines) the suite runs in PYTEST_WORKERS processes sharing the GPU.
+workers=()
+if "$PYTHON" -c 'import xdist' 2>/dev/null && [[ ${PYTEST_WORKERS:-8} != 1 ]]; then
+    workers=(-n "${PYTEST_WORKERS:-8}")
+fi
 # PYTEST_ARGS is a list of arguments: split on purpose.
 # shellcheck disable=SC2086
 step pytest "$OUT_DIR/$DEVICE-pytest.log" \
-    "$PYTHON" -m pytest -q -rs --junitxml="$OUT_DIR/$DEVICE-pytest.xml" $PYTEST_ARGS
+    "$PYTHON" -m pytest -q -rs "${workers[@]}" --junitxml="$OUT_DIR/$DEVICE-pytest.xml" $PYTEST_ARGS
 shopt -s nullglob
 for bench in benchmarks/bench_*.py; do
     name=$(basename "$bench" .py)

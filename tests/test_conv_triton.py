@@ -20,54 +20,77 @@ DEVICE = "cpu" if triton_interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("the triton backend needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
-# A problem that exercises the edges of every tile: groups, stride, dilation, asymmetric
-# padding, channel counts that fill no tile evenly.
+# Problems that exercise the edges of every tile: groups, stride, dilation, asymmetric padding,
+# channel counts that fill no tile evenly. The first has 3 channels per group, which the
+# forward and backward-weight kernels reduce over taps and channels together (as for an RGB
+# stem); the second has enough channels for their tap-by-tap loop.
 X_SHAPE, W_SHAPE = (3, 6, 11, 13), (10, 3, 3, 2)
 CONV = ([2, 1], [1, 2, 0, 1], [1, 2], 2)
+PROBLEMS = {
+    "few_channels": (X_SHAPE, W_SHAPE, CONV),
+    "per_tap": ((2, 40, 9, 10), (12, 20, 3, 3), ([2, 1], [1, 2, 0, 1], [1, 2], 2)),
+}
 
 
-def _problem():
-    x = torch.randn(X_SHAPE, device=DEVICE)
-    w = torch.randn(W_SHAPE, device=DEVICE)
-    y_shape = torch.ops.cnnkernels.conv2d(x.cpu(), w.cpu(), None, *CONV).shape
-    return x, w, torch.randn(y_shape, device=DEVICE)
+def _problem(name="few_channels"):
+    x_shape, w_shape, conv = PROBLEMS[name]
+    x = torch.randn(x_shape, device=DEVICE)
+    w = torch.randn(w_shape, device=DEVICE)
+    y_shape = torch.ops.cnnkernels.conv2d(x.cpu(), w.cpu(), None, *conv).shape
+    return x, w, torch.randn(y_shape, device=DEVICE), conv
 
 
-def _reference(x, w, g):
+def _reference(x, w, g, conv):
     """Our float64 CPU operators, which test_conv.py checks against torch on every argument
     (torch itself has no asymmetric padding to compare with directly)."""
     ops = torch.ops.cnnkernels
     xd, wd, gd = (t.cpu().double() for t in (x, w, g))
-    return (ops.conv2d(xd, wd, None, *CONV), ops.conv2d_backward_input(gd, wd, list(x.shape), *CONV),
-            ops.conv2d_backward_weight(gd, xd, list(w.shape), *CONV))
+    return (ops.conv2d(xd, wd, None, *conv), ops.conv2d_backward_input(gd, wd, list(x.shape), *conv),
+            ops.conv2d_backward_weight(gd, xd, list(w.shape), *conv))
 
 
+@pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("index", range(len(T.FORWARD_CONFIGS)))
-def test_every_forward_config(index):
-    x, w, g = _problem()
-    ref = _reference(x, w, g)[0]
-    out = T.conv2d_forward(x, w, None, *CONV, config=T.FORWARD_CONFIGS[index])
+def test_every_forward_config(index, problem):
+    x, w, g, conv = _problem(problem)
+    ref = _reference(x, w, g, conv)[0]
+    out = T.conv2d_forward(x, w, None, *conv, config=T.FORWARD_CONFIGS[index])
     torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("index", range(len(T.BACKWARD_INPUT_CONFIGS)))
-def test_every_backward_input_config(index):
-    x, w, g = _problem()
-    ref = _reference(x, w, g)[1]
-    out = T.conv2d_backward_input(g, w, list(x.shape), *CONV, config=T.BACKWARD_INPUT_CONFIGS[index])
+def test_every_backward_input_config(index, problem):
+    x, w, g, conv = _problem(problem)
+    ref = _reference(x, w, g, conv)[1]
+    out = T.conv2d_backward_input(g, w, list(x.shape), *conv, config=T.BACKWARD_INPUT_CONFIGS[index])
     torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("index", range(len(T.BACKWARD_WEIGHT_CONFIGS)))
-def test_every_backward_weight_config(index):
-    x, w, g = _problem()
-    ref = _reference(x, w, g)[2]
-    out = T.conv2d_backward_weight(g, x, list(w.shape), *CONV, config=T.BACKWARD_WEIGHT_CONFIGS[index])
+def test_every_backward_weight_config(index, problem):
+    x, w, g, conv = _problem(problem)
+    ref = _reference(x, w, g, conv)[2]
+    out = T.conv2d_backward_weight(g, x, list(w.shape), *conv, config=T.BACKWARD_WEIGHT_CONFIGS[index])
     torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_64_bit_offsets(problem, monkeypatch):
+    """The int64 offset path, which real tensors take only past 2^31 elements (the GPU test
+    test_conv_cuda.py::test_more_than_2_pow_31_elements covers that size), forced on small ones."""
+    monkeypatch.setattr(T, "_offset_dtype", lambda *tensors: T.tl.int64)
+    x, w, g, conv = _problem(problem)
+    ref = _reference(x, w, g, conv)
+    out = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
+           T.conv2d_backward_weight(g, x, list(w.shape), *conv))
+    for got, want in zip(out, ref):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-3)
+
+
 def test_opcheck():
-    x, w, g = _problem()
+    x, w, g, _ = _problem()
     b = torch.randn(W_SHAPE[0], device=DEVICE)
     args = (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *CONV)
     torch.library.opcheck(T.conv2d, args)

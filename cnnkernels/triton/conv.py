@@ -21,8 +21,6 @@ kernels and autograd are registered in cnnkernels.ops.conv, next to the C++ oper
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -30,25 +28,25 @@ import triton.language as tl
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels.backend import triton_interpreted
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
 # entry (the largest tiles: the interpreter's cost is per program, not per element). Tests run
 # every entry (tests/test_conv_triton.py), so no untested config is ever picked.
-
-
-def _config(**meta):
-    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-    return triton.Config(meta, num_warps=warps, num_stages=stages)
-
-
+#
+# Tiles for Hopper-class GPUs: BLOCK_K 32-64 feeds 16-bit tensor-core MMAs in whole
+# instructions, and every entry fits its pipeline stages into 227 KB of shared memory even in
+# fp32, (BLOCK_M + BLOCK_N) * BLOCK_K * 4 bytes * num_stages <= 196 KB. The small ones are for
+# late layers (7x7 at batch 32 is 1,568 pixels: a 128-pixel tile would leave most SMs idle).
 FORWARD_CONFIGS = [
-    _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-    _config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
+    _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
+    _config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    _config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
+    _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    _config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
-    _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
-    _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 # Backward-input tiles: rows over one phase's input pixels, columns over input channels,
 # reduction over output channels.
@@ -58,9 +56,9 @@ BACKWARD_INPUT_CONFIGS = FORWARD_CONFIGS
 BACKWARD_WEIGHT_CONFIGS = [
     _config(BLOCK_K=128, BLOCK_N=128, num_warps=8, num_stages=3),
     _config(BLOCK_K=32, BLOCK_N=32, num_warps=4, num_stages=2),
-    _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=3),
-    _config(BLOCK_K=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    _config(BLOCK_K=64, BLOCK_N=128, num_warps=8, num_stages=3),
+    _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=4),
+    _config(BLOCK_K=128, BLOCK_N=64, num_warps=4, num_stages=4),
+    _config(BLOCK_K=64, BLOCK_N=128, num_warps=4, num_stages=4),
 ]
 # (Larger in the interpreter, whose cost is per loop iteration, not per element.)
 WEIGHT_REDUCTION_BLOCK = 256 if triton_interpreted() else 64
@@ -70,15 +68,19 @@ TARGET_PROGRAMS = 512
 MIN_PIXELS_PER_SPLIT = 512
 BIAS_BLOCK_K = 32
 BIAS_BLOCK_M = 64
+# Fewer input channels per group than this (an RGB stem's 3): forward and backward-weight tiles
+# run over taps and channels together instead of one tap at a time, whose channel blocks would
+# be mostly masked off.
+FEW_CHANNELS = 16
 
 
-def _index_dtype(*counts: int):
-    """Pixel indices in int32 unless a count of pixels (or elements) can pass 2^31."""
-    return tl.int64 if max(counts) >= 2**31 - 1 else tl.int32
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _offset_dtype(*tensors: torch.Tensor):
+    """Element offsets and pixel indices in int32 (cheaper address math), unless one of the
+    tensors holds, or reaches through its strides, nearly 2^31 elements; the margin covers the
+    masked-off lanes of the last tile, whose indices run up to a block past the end."""
+    reach = max(t.numel() + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+                for t in tensors)
+    return tl.int64 if reach >= 2**31 - 2**16 else tl.int32
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -119,7 +121,7 @@ def _conv2d_forward_kernel(
     N, H, W, P, Q, Cg, Kg,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sx_n, sx_c, sx_h, sx_w, sw_k, sw_c, sw_r, sw_s, sy_n, sy_k, sy_p, sy_q,
-    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, TAPS_IN_K: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -131,31 +133,53 @@ def _conv2d_forward_kernel(
     k_ok = k < Kg
     q = m % Q
     p = (m // Q) % P
-    n = (m // (Q * P)).to(tl.int64)
-    x_img = x + n * sx_n + (g * Cg).to(tl.int64) * sx_c
-    w_out = w + (g * Kg + k).to(tl.int64) * sw_k
+    n = m // (Q * P)
+    # The window's top-left input coordinate; tap (r, s) reads (ih0 + r*dil_h, iw0 + s*dil_w).
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
+    x_img = x + n * sx_n + tl.cast(g * Cg, INDEX) * sx_c
+    w_out = w + tl.cast(g * Kg + k, INDEX) * sw_k
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for r in tl.static_range(R):
-        ih = p * stride_h - pad_h + r * dil_h
-        row_ok = m_ok & (ih >= 0) & (ih < H)
-        for s in tl.static_range(S):
-            iw = q * stride_w - pad_w + s * dil_w
-            pix_ok = row_ok & (iw >= 0) & (iw < W)
-            x_pix = x_img + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
-            w_tap = w_out + r * sw_r + s * sw_s
-            for c0 in range(0, Cg, BLOCK_K):
-                c = c0 + tl.arange(0, BLOCK_K)
-                c_ok = c < Cg
-                a = tl.load(x_pix[:, None] + c[None, :].to(tl.int64) * sx_c,
-                            mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-                b = tl.load(w_tap[None, :] + c[:, None].to(tl.int64) * sw_c,
-                            mask=c_ok[:, None] & k_ok[None, :], other=0.0)
-                acc = _dot(a, b, acc, PRECISION, UPCAST)
+    if TAPS_IN_K:
+        # Few channels (an RGB stem): a reduction tile spans taps and channels together,
+        # j = (r*S + s)*Cg + c, so the tile is not mostly masked-off channels.
+        for j0 in range(0, R * S * Cg, BLOCK_K):
+            j = j0 + tl.arange(0, BLOCK_K)
+            c = j % Cg
+            s = (j // Cg) % S
+            r = j // (Cg * S)
+            ih = ih0[:, None] + (r * dil_h)[None, :]
+            iw = iw0[:, None] + (s * dil_w)[None, :]
+            a_ok = m_ok[:, None] & (j < R * S * Cg)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_img[:, None] + ih * sx_h + iw * sx_w + tl.cast(c, INDEX)[None, :] * sx_c,
+                        mask=a_ok, other=0.0)
+            w_off = tl.cast(c, INDEX) * sw_c + r * sw_r + s * sw_s
+            b = tl.load(w_out[None, :] + w_off[:, None],
+                        mask=(j < R * S * Cg)[:, None] & k_ok[None, :], other=0.0)
+            acc = _dot(a, b, acc, PRECISION, UPCAST)
+    else:
+        # One flat loop over (tap, channel block): a single long loop is what Triton software-
+        # pipelines (num_stages), also when a tap has only one or two channel blocks.
+        c_blocks = tl.cdiv(Cg, BLOCK_K)
+        for t in range(0, R * S * c_blocks):
+            rs = t // c_blocks
+            c = (t - rs * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            r = rs // S
+            s = rs - r * S
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            c_ok = c < Cg
+            a = tl.load((x_img + ih * sx_h + iw * sx_w)[:, None] + tl.cast(c, INDEX)[None, :] * sx_c,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load((w_out + r * sw_r + s * sw_s)[None, :] + tl.cast(c, INDEX)[:, None] * sw_c,
+                        mask=c_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = _dot(a, b, acc, PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias + g * Kg + k, mask=k_ok, other=0.0).to(ACC)[None, :]
-    y_pix = y + n * sy_n + p.to(tl.int64) * sy_p + q.to(tl.int64) * sy_q
-    out = y_pix[:, None] + (g * Kg + k)[None, :].to(tl.int64) * sy_k
+    y_pix = y + n * sy_n + p * sy_p + q * sy_q
+    out = y_pix[:, None] + tl.cast(g * Kg + k, INDEX)[None, :] * sy_k
     tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
 
@@ -176,8 +200,8 @@ def _conv2d_backward_input_kernel(
     N, H, W, P, Q, Cg, Kg,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
     sd_n, sd_k, sd_p, sd_q, sw_k, sw_c, sw_r, sw_s, sx_n, sx_c, sx_h, sx_w,
-    R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     z = tl.program_id(2)
     g = z // (stride_h * stride_w)
@@ -191,6 +215,11 @@ def _conv2d_backward_input_kernel(
     # A phase can be empty (H < stride): divide by at least 1, the mask keeps every lane off.
     Hd = tl.maximum(Hp, 1)
     Wd = tl.maximum(Wp, 1)
+    # The phase's useful taps: first_h, first_h + step_h, ... below R (none when first_h == R).
+    first_h = _first_tap(phase_h, stride_h, dil_h, step_h, R)
+    first_w = _first_tap(phase_w, stride_w, dil_w, step_w, S)
+    taps_h = tl.cdiv(R - first_h, step_h)
+    taps_w = tl.cdiv(S - first_w, step_w)
 
     m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
     c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
@@ -198,29 +227,30 @@ def _conv2d_backward_input_kernel(
     c_ok = c < Cg
     ih = ih0 + ((m // Wd) % Hd) * stride_h
     iw = iw0 + (m % Wd) * stride_w
-    n = (m // (Wd * Hd)).to(tl.int64)
-    dy_img = dy + n * sd_n + (g * Kg).to(tl.int64) * sd_k
-    w_in = w + (g * Kg).to(tl.int64) * sw_k + c.to(tl.int64) * sw_c
+    n = m // (Wd * Hd)
+    dy_img = dy + n * sd_n + tl.cast(g * Kg, INDEX) * sd_k
+    w_in = w + tl.cast(g * Kg, INDEX) * sw_k + tl.cast(c, INDEX) * sw_c
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for r in range(_first_tap(phase_h, stride_h, dil_h, step_h, R), R, step_h):
+    # One flat loop over (useful tap, output-channel block), pipelined like the forward's.
+    k_blocks = tl.cdiv(Kg, BLOCK_K)
+    for t in range(0, taps_h * taps_w * k_blocks):
+        tap = t // k_blocks
+        k = (t - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+        r = first_h + (tap // taps_w) * step_h
+        s = first_w + (tap % taps_w) * step_w
         oh = (ih + pad_h - r * dil_h) // stride_h  # exact: the phase makes it a multiple
-        row_ok = m_ok & (oh >= 0) & (oh < P)
-        for s in range(_first_tap(phase_w, stride_w, dil_w, step_w, S), S, step_w):
-            ow = (iw + pad_w - s * dil_w) // stride_w
-            pix_ok = row_ok & (ow >= 0) & (ow < Q)
-            dy_pix = dy_img + oh.to(tl.int64) * sd_p + ow.to(tl.int64) * sd_q
-            w_tap = w_in + r * sw_r + s * sw_s
-            for k0 in range(0, Kg, BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = k < Kg
-                a = tl.load(dy_pix[:, None] + k[None, :].to(tl.int64) * sd_k,
-                            mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(w_tap[None, :] + k[:, None].to(tl.int64) * sw_k,
-                            mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-                acc = _dot(a, b, acc, PRECISION, UPCAST)
-    x_pix = dx + n * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
-    out = x_pix[:, None] + (g * Cg + c)[None, :].to(tl.int64) * sx_c
+        ow = (iw + pad_w - s * dil_w) // stride_w
+        pix_ok = m_ok & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
+        k_ok = k < Kg
+        a = tl.load((dy_img + oh * sd_p + ow * sd_q)[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
+                    mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
+        w_tap = w_in + tl.cast(r, INDEX) * sw_r + tl.cast(s, INDEX) * sw_s
+        b = tl.load(w_tap[None, :] + tl.cast(k, INDEX)[:, None] * sw_k,
+                    mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = _dot(a, b, acc, PRECISION, UPCAST)
+    x_pix = dx + n * sx_n + ih * sx_h + iw * sx_w
+    out = x_pix[:, None] + tl.cast(g * Cg + c, INDEX)[None, :] * sx_c
     tl.store(out, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
@@ -230,21 +260,32 @@ def _conv2d_backward_weight_kernel(
     N, H, W, P, Q, Cg, Kg, K, chunk,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w,
-    R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, TAPS_IN_N: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    tiles_c = tl.cdiv(Cg, BLOCK_N)
-    k = (tl.program_id(0) // tiles_c) * BLOCK_K + tl.arange(0, BLOCK_K)  # output channels in group
-    c = (tl.program_id(0) % tiles_c) * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels in group
-    z = tl.program_id(1)
-    s = z % S
-    r = (z // S) % R
-    g = z // (S * R)
+    # Columns: the group's input channels of one tap (grid axis 1 = (group, r, s)), or with
+    # TAPS_IN_N (few channels: an RGB stem) all of the group's (r, s, c), c innermost.
+    columns = R * S * Cg if TAPS_IN_N else Cg
+    tiles_n = tl.cdiv(columns, BLOCK_N)
+    k = (tl.program_id(0) // tiles_n) * BLOCK_K + tl.arange(0, BLOCK_K)  # output channels in group
+    j = (tl.program_id(0) % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if TAPS_IN_N:
+        g = tl.program_id(1)
+        c = j % Cg
+        s = (j // Cg) % S
+        r = j // (Cg * S)
+    else:
+        z = tl.program_id(1)
+        g = z // (S * R)
+        c = j
+        s = z % S
+        r = (z // S) % R
     split = tl.program_id(2).to(INDEX)
     k_ok = k < Kg
-    c_ok = c < Cg
-    dy_k = dy + (g * Kg + k).to(tl.int64) * sd_k
-    x_c = x + (g * Cg + c).to(tl.int64) * sx_c
+    j_ok = j < columns
+    dy_k = dy + tl.cast(g * Kg + k, INDEX) * sd_k
+    x_c = x + tl.cast(g * Cg + c, INDEX) * sx_c
     M = tl.cast(N, INDEX) * P * Q
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
@@ -255,18 +296,19 @@ def _conv2d_backward_weight_kernel(
         m_ok = m < m_end
         q = m % Q
         p = (m // Q) % P
-        n = (m // (Q * P)).to(tl.int64)
-        ih = p * stride_h - pad_h + r * dil_h
-        iw = q * stride_w - pad_w + s * dil_w
-        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        d_off = n * sd_n + p.to(tl.int64) * sd_p + q.to(tl.int64) * sd_q
-        x_off = n * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w
-        a = tl.load(dy_k[:, None] + d_off[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-        b = tl.load(x_c[None, :] + x_off[:, None], mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        n = m // (Q * P)
+        # (ih, iw) is (BLOCK_M, 1) with one tap per program, (BLOCK_M, BLOCK_N) with TAPS_IN_N.
+        ih = (p * stride_h - pad_h)[:, None] + r * dil_h
+        iw = (q * stride_w - pad_w)[:, None] + s * dil_w
+        x_ok = m_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & j_ok[None, :]
+        a = tl.load(dy_k[:, None] + (n * sd_n + p * sd_p + q * sd_q)[None, :],
+                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        b = tl.load(x_c[None, :] + (n * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=x_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
     # partial[split] has the weight's contiguous (K, Cg, R, S) layout.
-    out = partial + split.to(tl.int64) * K * Cg * R * S + ((g * Kg + k)[:, None] * Cg + c[None, :]) * (R * S) + r * S + s
-    tl.store(out, acc, mask=k_ok[:, None] & c_ok[None, :])
+    out = (partial + split * K * Cg * R * S + tl.cast((g * Kg + k)[:, None] * Cg + c[None, :], INDEX) * (R * S)
+           + (r * S + s))
+    tl.store(out, acc, mask=k_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
@@ -285,10 +327,10 @@ def _bias_grad_kernel(
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
-        off = (m // (Q * P)).to(tl.int64) * sd_n + ((m // Q) % P).to(tl.int64) * sd_p + (m % Q).to(tl.int64) * sd_q
-        acc += tl.load(dy + off[:, None] + k[None, :].to(tl.int64) * sd_k,
+        off = (m // (Q * P)) * sd_n + ((m // Q) % P) * sd_p + (m % Q) * sd_q
+        acc += tl.load(dy + off[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                        mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
-    tl.store(partial + split.to(tl.int64) * K + k, tl.sum(acc, axis=0), mask=k_ok)
+    tl.store(partial + split * K + k, tl.sum(acc, axis=0), mask=k_ok)
 
 
 @triton.jit
@@ -329,12 +371,6 @@ _TUNED = {
 }
 
 
-def _autotune() -> bool:
-    """Autotuning runs on a GPU unless CNNKERNELS_TRITON_AUTOTUNE=0 (the test suite sets it: it
-    tests every config explicitly and would otherwise tune each of its hundreds of shapes)."""
-    return not triton_interpreted() and os.environ.get("CNNKERNELS_TRITON_AUTOTUNE", "1") != "0"
-
-
 def _launch(kernel, grid, args, config: triton.Config | None, default_configs, **constexprs):
     """Runs `kernel` with `config`, or autotuned on a GPU, or with the first config (in the
     interpreter, where timing means nothing, or with autotuning switched off)."""
@@ -344,14 +380,6 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, *
     config = config or default_configs[0]
     kernel[grid(config.kwargs)](*args, **constexprs, **config.kwargs,
                                 num_warps=config.num_warps, num_stages=config.num_stages)
-
-
-def _check_device(*tensors):
-    for t in tensors:
-        if t.device.type != "cuda" and not (t.device.type == "cpu" and triton_interpreted()):
-            raise RuntimeError(
-                f"cnnkernels_triton: tensors must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {t.device}"
-            )
 
 
 def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], strides: list[int]) -> None:
@@ -380,8 +408,8 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     args = (input, weight, bias if bias is not None else weight, y, N, H, W, P, Q, Cg, Kg,
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
             *input.stride(), *weight.stride(), *y.stride())
-    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, R=R, S=S, HAS_BIAS=bias is not None,
-            INDEX=_index_dtype(input.numel(), y.numel()),
+    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS,
+            HAS_BIAS=bias is not None, INDEX=_offset_dtype(input, weight, y),
             ACC=_acc_dtype(input.dtype), PRECISION=_precision(input.dtype), UPCAST=_upcast_dot(input.dtype))
     return y
 
@@ -408,7 +436,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
             dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
     _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, R=R, S=S,
-            INDEX=_index_dtype(dx.numel(), grad_output.numel()),
+            INDEX=_offset_dtype(dx, weight, grad_output),
             ACC=_acc_dtype(dx.dtype), PRECISION=_precision(dx.dtype), UPCAST=_upcast_dot(dx.dtype))
     return dx
 
@@ -424,19 +452,22 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
     if grad_output.numel() == 0:
         return dw.zero_()
     Kg = K // groups
+    taps_in_n = Cg < FEW_CHANNELS
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
-    tiles = triton.cdiv(Kg, 64) * triton.cdiv(Cg, 64) * groups * R * S
+    tiles = triton.cdiv(Kg, 64) * (triton.cdiv(R * S * Cg, 64) if taps_in_n else triton.cdiv(Cg, 64) * R * S) * groups
     splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
     acc_dtype = torch.float64 if dw.dtype == torch.float64 else torch.float32
     partial = new_buffer([splits, K, Cg, R, S], grad_output, dtype=acc_dtype)
 
     def grid(meta):
+        if taps_in_n:
+            return (triton.cdiv(Kg, meta["BLOCK_K"]) * triton.cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
         return (triton.cdiv(Kg, meta["BLOCK_K"]) * triton.cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
     args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
             padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
     _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS, R=R, S=S,
-            INDEX=_index_dtype(input.numel(), grad_output.numel()),
+            TAPS_IN_N=taps_in_n, INDEX=_offset_dtype(input, grad_output, partial),
             ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype), UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
     _sum_partials(partial, dw, [K, Cg, R, S], list(dw.stride()))
     return dw
@@ -455,7 +486,7 @@ def conv2d_backward_bias(grad_output):
     partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
     _bias_grad_kernel[(triton.cdiv(K, BIAS_BLOCK_K), splits)](
         grad_output, partial, N, K, P, Q, chunk, *grad_output.stride(),
-        INDEX=_index_dtype(grad_output.numel()), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
+        INDEX=_offset_dtype(grad_output), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
     _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])
     return db
 

@@ -59,7 +59,7 @@ import triton.language as tl
 
 from cnnkernels._layout import is_channels_last, new_buffer
 from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton.conv import _acc_dtype, _autotune, _check_device, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists (keyed by the problem's sizes and its channel

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels._pool_geometry import pool_out_size
-from cnnkernels.triton.conv import _acc_dtype, _autotune, _check_device, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers

@@ -1,0 +1,39 @@
+"""What the Triton operator families share: tuning configurations, accumulator and index
+dtypes, the autotuning switch and the device check."""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from cnnkernels.backend import triton_interpreted
+
+
+def _config(**meta):
+    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
+
+
+def _index_dtype(*counts: int):
+    """Indices in int32 unless a count of elements (or pixels) can pass 2^31."""
+    return tl.int64 if max(counts) >= 2**31 - 1 else tl.int32
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _autotune() -> bool:
+    """Autotuning runs on a GPU unless CNNKERNELS_TRITON_AUTOTUNE=0 (the test suite sets it: it
+    tests every config explicitly and would otherwise tune each of its hundreds of shapes)."""
+    return not triton_interpreted() and os.environ.get("CNNKERNELS_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _check_device(*tensors):
+    for t in tensors:
+        if t.device.type != "cuda" and not (t.device.type == "cpu" and triton_interpreted()):
+            raise RuntimeError(
+                f"cnnkernels_triton: tensors must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {t.device}"
+            )
