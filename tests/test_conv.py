@@ -219,6 +219,39 @@ def test_gradcheck(kwargs, target):
                                     fast_mode=fast)
 
 
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES[:2], ids=str)
+def test_gradgradcheck(kwargs, target):
+    """Second derivatives: the backward operators' own autograd formulas."""
+    groups = kwargs["groups"]
+    dev = target.device
+    x = torch.randn(1, 4, 6, 7, dtype=torch.float64, device=dev, requires_grad=True)
+    w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, device=dev, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=dev, requires_grad=True)
+    fast = target == ("triton", "cpu")
+    assert torch.autograd.gradgradcheck(lambda x, w, b: F.conv2d(x, w, b, backend=target.backend, **kwargs),
+                                        (x, w, b), fast_mode=fast)
+
+
+def test_gradient_penalty_matches_torch(target):
+    """A WGAN-GP style penalty, |d loss / d input|^2, differentiated again: every second-order
+    path (through backward-input, backward-weight and the bias gradient) against torch's."""
+    x = torch.randn(2, 4, 9, 9)
+    w = torch.randn(6, 2, 3, 3)
+    b = torch.randn(6)
+    kwargs = dict(stride=2, padding=1, groups=2)
+
+    def penalty_grads(conv, x, w, b):
+        x, w, b = (t.clone().requires_grad_() for t in (x, w, b))
+        out = conv(x, w, b, **kwargs)
+        (gx,) = torch.autograd.grad((out.square() * out.sum()).sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), (x, w, b))
+
+    ours = penalty_grads(functools.partial(F.conv2d, backend=target.backend), *(t.to(target.device) for t in (x, w, b)))
+    theirs = penalty_grads(TF.conv2d, x, w, b)
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
+
+
 def _opcheck_samples():
     x = torch.randn(2, 4, 9, 11)
     w = torch.randn(6, 2, 3, 4)
@@ -237,8 +270,10 @@ def test_opcheck(sample):
     args = [x.requires_grad_(), w.requires_grad_(), None if b is None else b.requires_grad_(), stride, padding, dilation, groups]
     torch.library.opcheck(torch.ops.cnnkernels.conv2d.default, tuple(args))
     conv = (stride, padding, dilation, groups)
-    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_input.default, (g, w.detach(), list(x.shape), *conv))
-    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_weight.default, (g, x.detach(), list(w.shape), *conv))
+    # Operands that require grad: opcheck also exercises the backward operators' own autograd.
+    g, w, x = (t.detach().requires_grad_() for t in (g, w, x))
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_input.default, (g, w, list(x.shape), *conv))
+    torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_weight.default, (g, x, list(w.shape), *conv))
     torch.library.opcheck(torch.ops.cnnkernels.conv2d_backward_bias.default, (g,))
 
 

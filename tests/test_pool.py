@@ -203,6 +203,27 @@ def test_gradcheck(fn, target):
     assert torch.autograd.gradcheck(f, (x,), fast_mode=target.backend == "triton")
 
 
+@pytest.mark.parametrize("fn", ["max", "avg", "avg_divisor", "adaptive_avg", "adaptive_max", "unpool"])
+def test_gradgradcheck(fn, target):
+    """Second derivatives: the backward operators' own autograd formulas."""
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, device=target.device, requires_grad=True)
+    b = target.backend
+
+    def unpool(x):
+        out, indices = F.max_pool2d(x.detach(), 2, return_indices=True, backend=b)
+        return F.max_unpool2d(out + x[..., :3, :3], indices, 2, output_size=(6, 7), backend=b)
+
+    f = {
+        "max": lambda x: F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), backend=b),
+        "avg": lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False, backend=b),
+        "avg_divisor": lambda x: F.avg_pool2d(x, 2, 1, divisor_override=3, backend=b),
+        "adaptive_avg": lambda x: F.adaptive_avg_pool2d(x, (4, 3), backend=b),
+        "adaptive_max": lambda x: F.adaptive_max_pool2d(x, (4, 3), backend=b),
+        "unpool": unpool,
+    }[fn]
+    assert torch.autograd.gradgradcheck(f, (x,), fast_mode=target.backend == "triton")
+
+
 def _opcheck_cases(ops):
     x = torch.randn(2, 3, 7, 9)
     xc = x.contiguous(memory_format=CL)

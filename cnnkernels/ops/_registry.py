@@ -7,7 +7,7 @@ same names and contracts.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 import torch
@@ -18,11 +18,12 @@ from cnnkernels.backend import select as select_backend
 OpSet = TypeVar("OpSet", bound=NamedTuple)
 
 
-def backend_ops(op_set: type[OpSet], has_triton: bool) -> dict[str, OpSet]:
-    """backend -> its operators of the family `op_set` (a NamedTuple whose fields are the names)."""
+def backend_ops(op_set: type[OpSet], has_triton: bool, names: Sequence[str] | None = None) -> dict[str, OpSet]:
+    """backend -> its operators of the family `op_set`, a NamedTuple whose fields hold the
+    operators named `names` (default: the fields' own names), in order."""
     def ops_in(namespace: str) -> OpSet:
         ns = getattr(torch.ops, namespace)
-        return op_set(*(getattr(ns, name).default for name in op_set._fields))
+        return op_set(*(getattr(ns, name).default for name in names or op_set._fields))
 
     cpp = ops_in("cnnkernels")
     ops = {"cpu": cpp}
@@ -35,7 +36,7 @@ def backend_ops(op_set: type[OpSet], has_triton: bool) -> dict[str, OpSet]:
 
 def register(ops: dict[str, OpSet], fakes: dict[str, Callable],
              autograd: Callable[[OpSet], dict[str, tuple[Callable, Callable]]]) -> None:
-    """Registers fakes[name] on operator `name` and autograd(op set)[name] = (backward,
+    """Registers fakes[field] on the operator in `field` and autograd(op set)[field] = (backward,
     setup_context) on each distinct operator set (cpu and cuda share one)."""
     for op_set in {id(o): o for o in ops.values()}.values():
         for name, fake in fakes.items():

@@ -11,6 +11,10 @@ Four operators (schemas in csrc/ops.cpp), all on 4-D (N, C, H, W) tensors, with 
 The bias gradient is its own operator rather than a second output of backward_weight: it is a
 different reduction (no input involved), autograd skips it when there is no bias, and the
 depthwise and linear families reuse it.
+
+The three backward operators are linear in each operand, and their own gradients are the
+family's operators again (see _make_autograd), so second derivatives work: a gradient penalty,
+or a Hessian-vector product through a network.
 """
 from __future__ import annotations
 
@@ -20,14 +24,14 @@ from typing import NamedTuple
 import torch
 
 from cnnkernels import _extension
-from cnnkernels.backend import select as select_backend
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of
+from cnnkernels.ops import _registry
 
 _extension.load()  # registers the C++ schemas and kernels
 
 try:  # the Triton operators exist where triton does (torch's CUDA builds ship it)
-    from cnnkernels.triton import conv as _triton_conv
+    from cnnkernels.triton import conv as _triton_conv  # noqa: F401  (registers cnnkernels_triton ops)
 except ImportError:
     _triton_conv = None
 
@@ -41,16 +45,8 @@ class Conv2dOps(NamedTuple):
     backward_bias: Callable
 
 
-# The C++ operators serve both the cpu and the cuda backend (one operator, a kernel per
-# dispatch key); the Triton operators are their own custom ops with the same contract.
-_CPP = Conv2dOps(torch.ops.cnnkernels.conv2d.default, torch.ops.cnnkernels.conv2d_backward_input.default,
-                 torch.ops.cnnkernels.conv2d_backward_weight.default, torch.ops.cnnkernels.conv2d_backward_bias.default)
-BACKEND_OPS: dict[str, Conv2dOps] = {"cpu": _CPP}
-if _extension.has_cuda():
-    BACKEND_OPS["cuda"] = _CPP
-if _triton_conv is not None:
-    BACKEND_OPS["triton"] = Conv2dOps(_triton_conv.conv2d, _triton_conv.conv2d_backward_input_op,
-                                      _triton_conv.conv2d_backward_weight_op, _triton_conv.conv2d_backward_bias_op)
+OP_NAMES = ("conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias")
+BACKEND_OPS: dict[str, Conv2dOps] = _registry.backend_ops(Conv2dOps, _triton_conv is not None, OP_NAMES)
 # Backends that implement the whole family (forward and every backward operator).
 IMPLEMENTED = tuple(BACKEND_OPS)
 
@@ -79,21 +75,38 @@ def _conv2d_backward_bias_fake(grad_output):
     return grad_output.new_empty(grad_output.shape[1])
 
 
+_FAKES = {"forward": _conv2d_fake, "backward_input": _conv2d_backward_input_fake,
+          "backward_weight": _conv2d_backward_weight_fake, "backward_bias": _conv2d_backward_bias_fake}
+
+
 # ---- autograd ------------------------------------------------------------------------------
+# With y = conv(x, w) + b and dy the gradient of y:
+#   forward          dx = backward_input(dy, w)    dw = backward_weight(dy, x)    db = backward_bias(dy)
+# and, since each of these is linear in each operand, with g the gradient of their result:
+#   backward_input   d(dy) = conv(g, w)            d(w) = backward_weight(dy, g)
+#   backward_weight  d(dy) = conv(x, g)            d(x) = backward_input(dy, g)
+#   backward_bias    d(dy) = g broadcast over (N, H, W)
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.conv_args = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-    ctx.memory_format = memory_format_of(input, weight)
+def _setup(ctx, inputs, output):
+    """Saves the two tensor operands and the geometry (stride, padding, dilation, groups)."""
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.conv_args = inputs[-4:]
+    ctx.memory_format = memory_format_of(inputs[0], inputs[1])
 
 
-def _make_backward(ops: Conv2dOps):
-    def backward(ctx, grad_output):
+def _setup_forward(ctx, inputs, output):
+    _setup(ctx, inputs, output)
+    ctx.has_bias = inputs[2] is not None
+
+
+def _setup_bias(ctx, inputs, output):
+    ctx.grad_shape = inputs[0].shape
+
+
+def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
+    def forward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv_args
         fmt = ctx.memory_format
         # Autograd may hand over an expanded or transposed gradient; give the kernels the layout
         # of the forward output (a no-op in the common case), and return each gradient in the
@@ -101,24 +114,43 @@ def _make_backward(ops: Conv2dOps):
         grad_output = grad_output.contiguous(memory_format=fmt)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = ops.backward_input(grad_output, weight, list(input.shape), stride, padding, dilation, groups)
+            grad_input = ops.backward_input(grad_output, weight, list(input.shape), *ctx.conv_args)
             grad_input = grad_input.contiguous(memory_format=fmt)
         if ctx.needs_input_grad[1]:
-            grad_weight = ops.backward_weight(grad_output, input, list(weight.shape), stride, padding, dilation, groups)
+            grad_weight = ops.backward_weight(grad_output, input, list(weight.shape), *ctx.conv_args)
             grad_weight = grad_weight.contiguous(memory_format=fmt)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = ops.backward_bias(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
-    return backward
+    def backward_input(ctx, grad):
+        grad_output, weight = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        d_grad_output = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = ops.forward(grad, weight, None, *ctx.conv_args)
+        if ctx.needs_input_grad[1]:
+            d_weight = ops.backward_weight(grad_output, grad, list(weight.shape), *ctx.conv_args)
+        return d_grad_output, d_weight, None, None, None, None, None
+
+    def backward_weight(ctx, grad):
+        grad_output, input = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        d_grad_output = d_input = None
+        if ctx.needs_input_grad[0]:
+            d_grad_output = ops.forward(input, grad, None, *ctx.conv_args)
+        if ctx.needs_input_grad[1]:
+            d_input = ops.backward_input(grad_output, grad, list(input.shape), *ctx.conv_args)
+        return d_grad_output, d_input, None, None, None, None, None
+
+    def backward_bias(ctx, grad):
+        return grad.view(1, -1, 1, 1).expand(ctx.grad_shape)
+
+    return {"forward": (forward, _setup_forward), "backward_input": (backward_input, _setup),
+            "backward_weight": (backward_weight, _setup), "backward_bias": (backward_bias, _setup_bias)}
 
 
-for _ops in {id(o): o for o in BACKEND_OPS.values()}.values():
-    torch.library.register_fake(_ops.forward, _conv2d_fake)
-    torch.library.register_fake(_ops.backward_input, _conv2d_backward_input_fake)
-    torch.library.register_fake(_ops.backward_weight, _conv2d_backward_weight_fake)
-    torch.library.register_fake(_ops.backward_bias, _conv2d_backward_bias_fake)
-    torch.library.register_autograd(_ops.forward, _make_backward(_ops), setup_context=_setup_context)
+_registry.register(BACKEND_OPS, _FAKES, _make_autograd)
 
 
 # ---- routing -------------------------------------------------------------------------------
@@ -135,5 +167,5 @@ def conv2d(
     backend: str | None = None,
 ) -> torch.Tensor:
     """conv2d on normalised arguments (4-D input, 4-entry padding) through the chosen backend."""
-    name = select_backend("conv2d", input.device, IMPLEMENTED, backend)
-    return BACKEND_OPS[name].forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+    ops = _registry.ops_for(BACKEND_OPS, "conv2d", input, backend)
+    return ops.forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)

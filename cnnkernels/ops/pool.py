@@ -100,6 +100,30 @@ def _setup_unpool(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
 
 
+def _setup_gather(ctx, inputs, output):
+    """max_pool2d_backward / adaptive_max_pool2d_backward (grad, indices, ...)."""
+    ctx.save_for_backward(inputs[1])
+    ctx.memory_format = memory_format_of(inputs[0])
+    ctx.operands = len(inputs)
+
+
+def _setup_grad_size(ctx, inputs, output):
+    ctx.grad_size = list(inputs[0].shape[-2:])
+
+
+def _setup_avg_backward(ctx, inputs, output):
+    grad, input_size, kernel_size, stride, padding = inputs[:5]
+    ctx.args = inputs[2:]
+    # The backward operator has no ceil_mode: it is whichever reproduces the gradient's size.
+    floor_shape = pool2d_output_shape("avg_pool2d", input_size, kernel_size, stride, padding, [1, 1], False)
+    ctx.ceil_mode = list(floor_shape) != list(grad.shape)
+
+
+def _setup_unpool_backward(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    _setup_grad_size(ctx, inputs, output)
+
+
 def _make_backwards(ops: PoolOps):
     def grad_in(ctx, grad):
         return grad.contiguous(memory_format=ctx.memory_format)
@@ -126,9 +150,36 @@ def _make_backwards(ops: PoolOps):
         (indices,) = ctx.saved_tensors
         return ops.max_unpool2d_backward(grad, indices), None, None
 
+    # Second derivatives. Each backward operator is linear in its gradient operand, and its own
+    # gradient is the forward operator it undoes, read the other way: the max-pooling
+    # backwards scatter to the chosen positions, so their adjoint gathers from them (what
+    # max_unpool2d_backward does); averaging's adjoint is averaging; unpooling's gather is
+    # undone by unpooling's scatter.
+    def gather_at_indices(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        d_grad = ops.max_unpool2d_backward(grad.contiguous(memory_format=ctx.memory_format), indices)
+        return (d_grad,) + (None,) * (ctx.operands - 1)
+
+    def avg_pool2d_backward(ctx, grad):
+        kernel_size, stride, padding, count_include_pad, divisor_override = ctx.args
+        return (ops.avg_pool2d(grad, kernel_size, stride, padding, ctx.ceil_mode, count_include_pad, divisor_override),
+                ) + (None,) * 6
+
+    def adaptive_avg_pool2d_backward(ctx, grad):
+        return ops.adaptive_avg_pool2d(grad, ctx.grad_size), None
+
+    def max_unpool2d_backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return ops.max_unpool2d(grad, indices, ctx.grad_size), None
+
     return {"max_pool2d": (max_pool2d, _setup), "avg_pool2d": (avg_pool2d, _setup),
             "adaptive_avg_pool2d": (adaptive_avg_pool2d, _setup), "adaptive_max_pool2d": (adaptive_max_pool2d, _setup),
-            "max_unpool2d": (max_unpool2d, _setup_unpool)}
+            "max_unpool2d": (max_unpool2d, _setup_unpool),
+            "max_pool2d_backward": (gather_at_indices, _setup_gather),
+            "adaptive_max_pool2d_backward": (gather_at_indices, _setup_gather),
+            "avg_pool2d_backward": (avg_pool2d_backward, _setup_avg_backward),
+            "adaptive_avg_pool2d_backward": (adaptive_avg_pool2d_backward, _setup_grad_size),
+            "max_unpool2d_backward": (max_unpool2d_backward, _setup_unpool_backward)}
 
 
 _FAKES = {

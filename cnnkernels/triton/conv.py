@@ -111,7 +111,8 @@ def _upcast_dot(dtype: torch.dtype) -> bool:
 def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    # out_dtype named: Triton 3.6 takes fp32 as the result type even with an fp64 accumulator.
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
 
