@@ -205,31 +205,28 @@ GRADCHECK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
-def test_gradcheck(kwargs, target):
-    groups = kwargs["groups"]
-    dev = target.device
-    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, device=dev, requires_grad=True)
+def _gradcheck_problem(kwargs, target, batch):
+    """conv2d as a function of (x, w, b) in float64, its inputs, and whether to use gradcheck's
+    fast mode: in Triton's interpreter every call costs a fraction of a second, so there the
+    Jacobian is checked through random projections instead of column by column."""
+    dev, groups = target.device, kwargs["groups"]
+    x = torch.randn(batch, 4, 7, 8, dtype=torch.float64, device=dev, requires_grad=True)
     w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, device=dev, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=dev, requires_grad=True)
-    # In Triton's interpreter every call costs a fraction of a second: there, gradcheck's fast
-    # mode (random projections of the Jacobian instead of every column).
-    fast = target == ("triton", "cpu")
-    assert torch.autograd.gradcheck(lambda x, w, b: F.conv2d(x, w, b, backend=target.backend, **kwargs), (x, w, b),
-                                    fast_mode=fast)
+    return (lambda x, w, b: F.conv2d(x, w, b, backend=target.backend, **kwargs)), (x, w, b), target == ("triton", "cpu")
+
+
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
+def test_gradcheck(kwargs, target):
+    f, inputs, fast = _gradcheck_problem(kwargs, target, batch=2)
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=fast)
 
 
 @pytest.mark.parametrize("kwargs", GRADCHECK_CASES[:2], ids=str)
 def test_gradgradcheck(kwargs, target):
     """Second derivatives: the backward operators' own autograd formulas."""
-    groups = kwargs["groups"]
-    dev = target.device
-    x = torch.randn(1, 4, 6, 7, dtype=torch.float64, device=dev, requires_grad=True)
-    w = torch.randn(4, 4 // groups, 2, 3, dtype=torch.float64, device=dev, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, device=dev, requires_grad=True)
-    fast = target == ("triton", "cpu")
-    assert torch.autograd.gradgradcheck(lambda x, w, b: F.conv2d(x, w, b, backend=target.backend, **kwargs),
-                                        (x, w, b), fast_mode=fast)
+    f, inputs, fast = _gradcheck_problem(kwargs, target, batch=1)
+    assert torch.autograd.gradgradcheck(f, inputs, fast_mode=fast)
 
 
 def test_gradient_penalty_matches_torch(target):
