@@ -414,7 +414,9 @@ struct WmmaEngine {
   static constexpr int kMinBlocks = 1;
   __host__ __device__ static constexpr bool k_major(Run run) { return run == Run::K; }
   __host__ __device__ static constexpr int ld(Run run, int rows) { return run == Run::K ? BK + kPad : rows + kPad; }
-  __host__ __device__ static constexpr int stage_elems(Run run, int rows) { return run == Run::K ? rows * (BK + kPad) : BK * (rows + kPad); }
+  __host__ __device__ static constexpr int stage_elems(Run run, int rows) {
+    return run == Run::K ? rows * (BK + kPad) : BK * (rows + kPad);
+  }
   static constexpr int kScratchLd = 16 + 4;  // epilogue: one 16x16 fp32 fragment per warp
   static constexpr int kEpilogueBytes = kThreads / 32 * 16 * kScratchLd * 4;
 
@@ -545,7 +547,9 @@ struct SimtEngine {
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         const Index m = m0 + row_of(i), n = n0 + col_of(j);
-        if (m < rows && n < cols) out[out_rows[row_of(i)] + n * col_stride] = to_out<typename P::Out>(prob.finish(n, acc[i][j]));
+        if (m < rows && n < cols) {
+          out[out_rows[row_of(i)] + n * col_stride] = to_out<typename P::Out>(prob.finish(n, acc[i][j]));
+        }
       }
   }
 };
@@ -555,7 +559,8 @@ struct SimtEngine {
 // launch_gemm), z = reduction split.
 
 template <class Engine, class Problem, bool kAVec, bool kBVec>
-__global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks) conv_gemm_kernel(Problem prob, int64_t first_instance) {
+__global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
+    conv_gemm_kernel(Problem prob, int64_t first_instance) {
   using T = typename Problem::Elem;
   using Index = typename Problem::Index;
   constexpr int BM = Engine::BM, BN = Engine::BN, BK = Engine::BK, kThreads = Engine::kThreads;
@@ -611,7 +616,7 @@ __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks) conv_gem
   const Operand<T, Index> a_op = prob.a(), b_op = prob.b();
   ALoader a_load;
   BLoader b_load;
-  // Start slice `slice` (its indices are in buffer buf) towards stage buf.
+  // Start moving the slice whose indices are in buffer `buf` towards stage `buf`.
   auto fetch = [&](int buf) {
     if constexpr (kAAsync) {
       ALoader::copy_async(a_op, a_rows, a_ks[buf], a_stage + buf * kAStage);
@@ -773,7 +778,10 @@ cudaError_t launch_vectorised(const P& prob, const GemmPlan& plan, const GemmSha
 template <typename T, class Make>
 cudaError_t run_gemm(Make make, GemmPlan plan, const GemmShape& s, cudaStream_t stream) {
   if (s.max_rows == 0 || s.cols == 0 || s.instances == 0 || s.splits == 0) return cudaSuccess;
-  if (plan.index64) return launch_gemm<typename Engines<T>::Small, decltype(make(int64_t{})), false, false>(make(int64_t{}), s, stream);
+  if (plan.index64) {
+    return launch_gemm<typename Engines<T>::Small, decltype(make(int64_t{})), false, false>(make(int64_t{}), s,
+                                                                                           stream);
+  }
   const auto prob = make(int32_t{});
   if (use_large_tile(s)) return launch_vectorised<typename Engines<T>::Large>(prob, plan, s, stream);
   return launch_vectorised<typename Engines<T>::Small>(prob, plan, s, stream);
