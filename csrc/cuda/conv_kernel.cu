@@ -1,354 +1,830 @@
 // conv2d CUDA kernels. Includes no torch header (see conv_kernel.h).
 //
 // The three convolutions are implicit GEMMs: a tile kernel multiplies a rows x depth operand A
-// by a depth x cols operand B, and a "problem" object says what A[m][k], B[k][n] and C[m][n]
-// are in terms of the tensors, so that nothing is ever materialised (no im2col, no zero-
-// inserted gradient):
+// by a depth x cols operand B, and a "problem" object says what A, B and C are in terms of the
+// tensors, so that nothing is ever materialised (no im2col, no zero-inserted gradient):
 //   forward          A = input patches (pixels x (r, s, c)), B = weight, C = output
 //   backward-input   per stride phase: A = grad_output at the phase's useful taps
 //                    (pixels x (tap, k)), B = weight (channels swapped), C = grad_input
 //   backward-weight  per tap and reduction chunk: A = grad_output^T (k x pixels),
 //                    B = input at the tap (pixels x c), C = a partial weight gradient
-// Two tile kernels: SIMT in the accumulator type for fp32/fp64, and tensor cores (WMMA,
-// fp32 accumulate) for fp16/bf16.
+//
+// Index math is hoisted out of the element loads. Every operand element is
+//     ptr[row.off + k.off], read when 0 <= row.h + k.h < h_ext and 0 <= row.w + k.w < w_ext
+// (zero otherwise), where `row` describes a tile row (B is handled as its transpose, cols x
+// depth, so its "rows" are the GEMM columns) and `k` a reduction index. A block decomposes its
+// tile's rows once (image, window origin, phase pixel...) and each depth slice's reduction
+// indices once (tap, channel...), into shared memory; the loads are then an add and two
+// unsigned compares. Offsets are 32-bit when the host proves every offset and coordinate fits
+// (IndexBounds below) and 64-bit otherwise.
+//
+// Loads run in one of two directions: along k (consecutive threads take consecutive reduction
+// indices) or along the rows. Each operand has a vector mode, 16 bytes per load, for the
+// direction that is unit-stride in channels_last (host-checked: unit stride, extent and every
+// other stride a multiple of the vector, 16-byte aligned base), and a scalar mode in the
+// direction that coalesces for NCHW. The depth loop is double-buffered: the next slice is in
+// flight (cp.async for vector loads on tensor cores, registers otherwise) while the current
+// one is multiplied.
+//
+// Two tile engines: SIMT in the accumulator type for fp32/fp64, and tensor cores (WMMA, fp32
+// accumulate) for fp16/bf16; each has a large tile and a small one the host picks for
+// problems too small to fill the GPU with large tiles.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "cnnkernels/common.h"
 #include "cnnkernels/conv.h"
 #include "cnnkernels/cuda_types.cuh"
 #include "conv_kernel.h"
 
+// Test hooks: the host-emulator builds lower the 32-bit limit and pin the tile size to reach
+// every path on small problems. The defaults are what ships.
+#ifndef CNNK_CONV_INDEX32_LIMIT
+#define CNNK_CONV_INDEX32_LIMIT (int64_t{1} << 31)
+#endif
+#ifndef CNNK_CONV_FORCE_TILE  // 0: by problem size, 1: large, 2: small
+#define CNNK_CONV_FORCE_TILE 0
+#endif
+
 namespace cnnkernels {
 namespace {
 
-__device__ __forceinline__ int64_t offset4(const int64_t stride[4], int64_t i0, int64_t i1, int64_t i2,
-                                           int64_t i3) {
-  return i0 * stride[0] + i1 * stride[1] + i2 * stride[2] + i3 * stride[3];
+// ---- descriptors ---------------------------------------------------------------------------
+
+template <typename Index>
+struct Desc {
+  Index off, h, w;
+};
+
+// Rows past the end of the tile's operand and reduction indices past the depth carry an h that
+// no valid partner can bring into [0, h_ext): the host keeps real coordinates below 2^28 in
+// magnitude (2^60 for 64-bit), so row sentinel + real, real + depth sentinel and the sum of
+// both all land at or above 2^29 when read as unsigned.
+template <typename Index>
+struct Sentinel {
+  using U = std::make_unsigned_t<Index>;
+  static constexpr Index kRow = static_cast<Index>(U{1} << (8 * sizeof(Index) - 1));
+  static constexpr Index kDepth = static_cast<Index>(U{1} << (8 * sizeof(Index) - 2));
+};
+
+template <typename Index>
+__device__ __forceinline__ bool in_bounds(const Desc<Index>& row, const Desc<Index>& k, Index h_ext, Index w_ext) {
+  using U = std::make_unsigned_t<Index>;
+  return U(row.h) + U(k.h) < U(h_ext) && U(row.w) + U(k.w) < U(w_ext);
 }
 
-// ---- the three problems --------------------------------------------------------------------
-// Each provides rows(), cols(), depth() for the instance chosen by select(), a(m, k) and
-// b(k, n) (callers guarantee m < rows, n < cols, k < depth) and store(m, n, value).
+template <typename T, typename Index>
+struct Operand {
+  const T* ptr;
+  Index h_ext, w_ext;  // 1, 1 for operands without spatial bounds (weight, grad_output rows)
+};
 
-template <typename T>
+// The direction in which one thread's vector and consecutive threads run.
+enum class Run { K, Rows };
+
+// ---- the three problems --------------------------------------------------------------------
+// Each provides rows(), cols(), depth() for the instance chosen by select(); for A and B the
+// operand (pointer, bounds) and the row and reduction descriptors; for C the offset of a row's
+// column 0, the column stride and finish() (bias). Run directions: vector mode / scalar mode.
+
+template <typename T, typename IndexT>
 struct ForwardProblem {
+  using Elem = T;
+  using Index = IndexT;
+  using Out = T;
+  static constexpr Run kAVecRun = Run::K, kAScalarRun = Run::Rows;  // channels_last / NCHW pixels
+  static constexpr Run kBVecRun = Run::K, kBScalarRun = Run::K;     // weight (k, r, s, c) / (r, s) innermost
   Conv2dParams p;
   Conv2dTensors t;
-  int64_t g = 0;
+  Index g = 0;
 
-  __device__ void select(int64_t instance, int64_t) { g = instance; }
-  __device__ int64_t rows() const { return p.batch * p.out_h * p.out_w; }
-  __device__ int64_t cols() const { return p.out_per_group(); }
-  __device__ int64_t depth() const { return p.kernel_h * p.kernel_w * p.in_per_group(); }
+  template <typename X>
+  __device__ static Index I(X v) {
+    return static_cast<Index>(v);
+  }
+  __device__ void select(int64_t instance, int64_t) { g = I(instance); }
+  __device__ Index rows() const { return I(p.batch) * I(p.out_h) * I(p.out_w); }
+  __device__ Index cols() const { return I(p.out_per_group()); }
+  __device__ Index depth() const { return I(p.kernel_h) * I(p.kernel_w) * I(p.in_per_group()); }
 
+  __device__ Operand<T, Index> a() const { return {static_cast<const T*>(t.input), I(p.in_h), I(p.in_w)}; }
+  // Row m = (n, oh, ow): the window's top-left input coordinate.
+  __device__ Desc<Index> a_row(Index m) const {
+    const int64_t* st = t.input_stride;
+    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
+    const Index h = oh * I(p.stride_h) - I(p.pad_top), w = ow * I(p.stride_w) - I(p.pad_left);
+    return {n * I(st[0]) + g * I(p.in_per_group()) * I(st[1]) + h * I(st[2]) + w * I(st[3]), h, w};
+  }
   // Reduction index k = (r*S + s)*Cg + c: channels innermost, so channels_last loads coalesce.
-  __device__ T a(int64_t m, int64_t k) const {
-    const int64_t Cg = p.in_per_group();
-    const int64_t c = k % Cg, s = (k / Cg) % p.kernel_w, r = k / (Cg * p.kernel_w);
-    const int64_t q = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
-    const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
-    const int64_t iw = conv_in_coord(q, s, p.stride_w, p.pad_left, p.dilation_w);
-    if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) return zero<T>();
-    return static_cast<const T*>(t.input)[offset4(t.input_stride, n, g * Cg + c, ih, iw)];
+  __device__ Desc<Index> a_k(Index k) const {
+    const int64_t* st = t.input_stride;
+    const Index c = k % I(p.in_per_group()), rs = k / I(p.in_per_group());
+    const Index dh = (rs / I(p.kernel_w)) * I(p.dilation_h), dw = (rs % I(p.kernel_w)) * I(p.dilation_w);
+    return {c * I(st[1]) + dh * I(st[2]) + dw * I(st[3]), dh, dw};
   }
-  __device__ T b(int64_t k, int64_t n) const {
-    const int64_t Cg = p.in_per_group();
-    const int64_t c = k % Cg, s = (k / Cg) % p.kernel_w, r = k / (Cg * p.kernel_w);
-    return static_cast<const T*>(t.weight)[offset4(t.weight_stride, g * p.out_per_group() + n, c, r, s)];
+  __device__ Operand<T, Index> b() const { return {static_cast<const T*>(t.weight), 1, 1}; }
+  __device__ Desc<Index> b_row(Index n) const {
+    return {(g * I(p.out_per_group()) + n) * I(t.weight_stride[0]), 0, 0};
   }
-  __device__ void store(int64_t m, int64_t n, acc_t<T> v) const {
-    const int64_t k = g * p.out_per_group() + n;
-    if (t.bias != nullptr) v += to_acc(static_cast<const T*>(t.bias)[k]);
-    const int64_t q = m % p.out_w, oh = (m / p.out_w) % p.out_h, img = m / (p.out_w * p.out_h);
-    static_cast<T*>(t.output)[offset4(t.output_stride, img, k, oh, q)] = from_acc<T>(v);
+  __device__ Desc<Index> b_k(Index k) const {
+    const int64_t* st = t.weight_stride;
+    const Index c = k % I(p.in_per_group()), rs = k / I(p.in_per_group());
+    return {c * I(st[1]) + (rs / I(p.kernel_w)) * I(st[2]) + (rs % I(p.kernel_w)) * I(st[3]), 0, 0};
+  }
+  __device__ Out* out() const { return static_cast<T*>(t.output); }
+  __device__ Index out_row(Index m) const {
+    const int64_t* st = t.output_stride;
+    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
+    return n * I(st[0]) + g * I(p.out_per_group()) * I(st[1]) + oh * I(st[2]) + ow * I(st[3]);
+  }
+  __device__ Index out_col_stride() const { return I(t.output_stride[1]); }
+  __device__ acc_t<T> finish(Index n, acc_t<T> v) const {
+    if (t.bias != nullptr) v += to_acc(static_cast<const T*>(t.bias)[g * I(p.out_per_group()) + n]);
+    return v;
   }
 };
 
-template <typename T>
+template <typename T, typename IndexT>
 struct BackwardInputProblem {
+  using Elem = T;
+  using Index = IndexT;
+  using Out = T;
+  static constexpr Run kAVecRun = Run::K, kAScalarRun = Run::Rows;        // grad_output k / pixels
+  static constexpr Run kBVecRun = Run::Rows, kBScalarRun = Run::Rows;     // weight c innermost / c stride R*S
   Conv2dParams p;
   Conv2dTensors t;
-  int64_t g = 0;
-  int64_t ih0 = 0, iw0 = 0, hp = 0, wp = 0;  // the phase's first input row/column and extent
+  Index g = 0;
+  Index ih0 = 0, iw0 = 0, hp = 0, wp = 0;  // the phase's first input row/column and extent
   TapProgression taps_h{}, taps_w{};
-  int64_t ntaps_h = 0, ntaps_w = 0;
+  Index ntaps_h = 0, ntaps_w = 0;
 
+  template <typename X>
+  __device__ static Index I(X v) {
+    return static_cast<Index>(v);
+  }
   // Instance = (group, phase_h, phase_w), phase = (i + pad) mod stride.
   __device__ void select(int64_t instance, int64_t) {
     const int64_t phases = p.stride_h * p.stride_w;
-    g = instance / phases;
+    g = I(instance / phases);
     const int64_t phase_h = (instance % phases) / p.stride_w, phase_w = instance % p.stride_w;
-    ih0 = (phase_h - p.pad_top % p.stride_h + p.stride_h) % p.stride_h;
-    iw0 = (phase_w - p.pad_left % p.stride_w + p.stride_w) % p.stride_w;
-    hp = ih0 < p.in_h ? ceil_div(p.in_h - ih0, p.stride_h) : 0;
-    wp = iw0 < p.in_w ? ceil_div(p.in_w - iw0, p.stride_w) : 0;
+    const int64_t h0 = (phase_h - p.pad_top % p.stride_h + p.stride_h) % p.stride_h;
+    const int64_t w0 = (phase_w - p.pad_left % p.stride_w + p.stride_w) % p.stride_w;
+    ih0 = I(h0);
+    iw0 = I(w0);
+    hp = I(h0 < p.in_h ? ceil_div(p.in_h - h0, p.stride_h) : 0);
+    wp = I(w0 < p.in_w ? ceil_div(p.in_w - w0, p.stride_w) : 0);
     taps_h = backward_input_taps(phase_h, p.kernel_h, p.stride_h, p.dilation_h);
     taps_w = backward_input_taps(phase_w, p.kernel_w, p.stride_w, p.dilation_w);
-    ntaps_h = taps_h.first < p.kernel_h ? ceil_div(p.kernel_h - taps_h.first, taps_h.step) : 0;
-    ntaps_w = taps_w.first < p.kernel_w ? ceil_div(p.kernel_w - taps_w.first, taps_w.step) : 0;
+    ntaps_h = I(taps_h.first < p.kernel_h ? ceil_div(p.kernel_h - taps_h.first, taps_h.step) : 0);
+    ntaps_w = I(taps_w.first < p.kernel_w ? ceil_div(p.kernel_w - taps_w.first, taps_w.step) : 0);
   }
-  __device__ int64_t rows() const { return p.batch * hp * wp; }
-  __device__ int64_t cols() const { return p.in_per_group(); }
+  __device__ Index rows() const { return I(p.batch) * hp * wp; }
+  __device__ Index cols() const { return I(p.in_per_group()); }
   // Only the useful taps: a phase whose taps all miss has depth 0 and stores zeros.
-  __device__ int64_t depth() const { return ntaps_h * ntaps_w * p.out_per_group(); }
+  __device__ Index depth() const { return ntaps_h * ntaps_w * I(p.out_per_group()); }
 
-  __device__ T a(int64_t m, int64_t k) const {
-    const int64_t Kg = p.out_per_group();
-    const int64_t kk = k % Kg, tw = (k / Kg) % ntaps_w, th = k / (Kg * ntaps_w);
-    const int64_t r = taps_h.first + th * taps_h.step, s = taps_w.first + tw * taps_w.step;
-    const int64_t ih = ih0 + ((m / wp) % hp) * p.stride_h, iw = iw0 + (m % wp) * p.stride_w;
-    const int64_t n = m / (wp * hp);
-    const int64_t oh = backward_input_out_coord(ih + p.pad_top, r, p.stride_h, p.dilation_h);
-    const int64_t ow = backward_input_out_coord(iw + p.pad_left, s, p.stride_w, p.dilation_w);
-    if (oh < 0 || oh >= p.out_h || ow < 0 || ow >= p.out_w) return zero<T>();
-    return static_cast<const T*>(t.output)[offset4(t.output_stride, n, g * Kg + kk, oh, ow)];
+  __device__ Operand<T, Index> a() const { return {static_cast<const T*>(t.output), I(p.out_h), I(p.out_w)}; }
+  // Row m = (n, i, j): input pixel (ih0 + i*stride_h, iw0 + j*stride_w) of the phase. Through a
+  // useful tap it reads output row i + (ih0 + pad_top - r*dilation_h) / stride_h, an exact
+  // division (the phase is chosen so): the row part is (i, j), the tap part the quotients.
+  __device__ Desc<Index> a_row(Index m) const {
+    const int64_t* st = t.output_stride;
+    const Index j = m % wp, i = (m / wp) % hp, n = m / (wp * hp);
+    return {n * I(st[0]) + g * I(p.out_per_group()) * I(st[1]) + i * I(st[2]) + j * I(st[3]), i, j};
   }
-  __device__ T b(int64_t k, int64_t c) const {
-    const int64_t Kg = p.out_per_group();
-    const int64_t kk = k % Kg, tw = (k / Kg) % ntaps_w, th = k / (Kg * ntaps_w);
-    const int64_t r = taps_h.first + th * taps_h.step, s = taps_w.first + tw * taps_w.step;
-    return static_cast<const T*>(t.weight)[offset4(t.weight_stride, g * Kg + kk, c, r, s)];
+  // Reduction index k = (th*ntaps_w + tw)*Kg + kk.
+  __device__ Desc<Index> a_k(Index k) const {
+    const int64_t* st = t.output_stride;
+    const Index Kg = I(p.out_per_group()), kk = k % Kg, tw = (k / Kg) % ntaps_w, th = k / (Kg * ntaps_w);
+    const Index r = I(taps_h.first) + th * I(taps_h.step), s = I(taps_w.first) + tw * I(taps_w.step);
+    const Index dh = (ih0 + I(p.pad_top) - r * I(p.dilation_h)) / I(p.stride_h);
+    const Index dw = (iw0 + I(p.pad_left) - s * I(p.dilation_w)) / I(p.stride_w);
+    return {kk * I(st[1]) + dh * I(st[2]) + dw * I(st[3]), dh, dw};
   }
-  __device__ void store(int64_t m, int64_t c, acc_t<T> v) const {
-    const int64_t ih = ih0 + ((m / wp) % hp) * p.stride_h, iw = iw0 + (m % wp) * p.stride_w;
-    const int64_t n = m / (wp * hp);
-    static_cast<T*>(t.input)[offset4(t.input_stride, n, g * p.in_per_group() + c, ih, iw)] = from_acc<T>(v);
+  __device__ Operand<T, Index> b() const { return {static_cast<const T*>(t.weight), 1, 1}; }
+  __device__ Desc<Index> b_row(Index c) const {
+    return {g * I(p.out_per_group()) * I(t.weight_stride[0]) + c * I(t.weight_stride[1]), 0, 0};
   }
+  __device__ Desc<Index> b_k(Index k) const {
+    const int64_t* st = t.weight_stride;
+    const Index Kg = I(p.out_per_group()), kk = k % Kg, tw = (k / Kg) % ntaps_w, th = k / (Kg * ntaps_w);
+    const Index r = I(taps_h.first) + th * I(taps_h.step), s = I(taps_w.first) + tw * I(taps_w.step);
+    return {kk * I(st[0]) + r * I(st[2]) + s * I(st[3]), 0, 0};
+  }
+  __device__ Out* out() const { return static_cast<T*>(t.input); }
+  __device__ Index out_row(Index m) const {
+    const int64_t* st = t.input_stride;
+    const Index j = m % wp, i = (m / wp) % hp, n = m / (wp * hp);
+    return n * I(st[0]) + g * I(p.in_per_group()) * I(st[1]) + (ih0 + i * I(p.stride_h)) * I(st[2]) +
+           (iw0 + j * I(p.stride_w)) * I(st[3]);
+  }
+  __device__ Index out_col_stride() const { return I(t.input_stride[1]); }
+  __device__ acc_t<T> finish(Index, acc_t<T> v) const { return v; }
 };
 
-template <typename T>
+template <typename T, typename IndexT>
 struct BackwardWeightProblem {
+  using Elem = T;
+  using Index = IndexT;
+  using Out = acc_t<T>;
+  static constexpr Run kAVecRun = Run::Rows, kAScalarRun = Run::K;  // grad_output k innermost / pixels
+  static constexpr Run kBVecRun = Run::Rows, kBScalarRun = Run::K;  // input c innermost / pixels
   Conv2dParams p;
   Conv2dTensors t;
   int64_t chunk = 0;
-  int64_t g = 0, r = 0, s = 0, split = 0, m_begin = 0, m_count = 0;
+  Index g = 0, r = 0, s = 0, split = 0, m_begin = 0, m_count = 0;
 
+  template <typename X>
+  __device__ static Index I(X v) {
+    return static_cast<Index>(v);
+  }
   // Instance = (group, r, s); the third grid dimension picks the chunk of pixels.
   __device__ void select(int64_t instance, int64_t split_index) {
-    s = instance % p.kernel_w;
-    r = (instance / p.kernel_w) % p.kernel_h;
-    g = instance / (p.kernel_w * p.kernel_h);
-    split = split_index;
-    const int64_t pixels = p.batch * p.out_h * p.out_w;
-    m_begin = split * chunk;
-    m_count = m_begin < pixels ? (pixels - m_begin < chunk ? pixels - m_begin : chunk) : 0;
+    s = I(instance % p.kernel_w);
+    r = I((instance / p.kernel_w) % p.kernel_h);
+    g = I(instance / (p.kernel_w * p.kernel_h));
+    split = I(split_index);
+    const int64_t pixels = p.batch * p.out_h * p.out_w, begin = split_index * chunk;
+    m_begin = I(begin);
+    m_count = I(begin < pixels ? (pixels - begin < chunk ? pixels - begin : chunk) : 0);
   }
-  __device__ int64_t rows() const { return p.out_per_group(); }
-  __device__ int64_t cols() const { return p.in_per_group(); }
-  __device__ int64_t depth() const { return m_count; }
+  __device__ Index rows() const { return I(p.out_per_group()); }
+  __device__ Index cols() const { return I(p.in_per_group()); }
+  __device__ Index depth() const { return m_count; }
 
-  __device__ T a(int64_t k, int64_t j) const {
-    const int64_t m = m_begin + j;
-    const int64_t q = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
-    return static_cast<const T*>(t.output)[offset4(t.output_stride, n, g * p.out_per_group() + k, oh, q)];
+  __device__ Operand<T, Index> a() const { return {static_cast<const T*>(t.output), 1, 1}; }
+  __device__ Desc<Index> a_row(Index k) const {
+    return {(g * I(p.out_per_group()) + k) * I(t.output_stride[1]), 0, 0};
   }
-  __device__ T b(int64_t j, int64_t c) const {
-    const int64_t m = m_begin + j;
-    const int64_t q = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
-    const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
-    const int64_t iw = conv_in_coord(q, s, p.stride_w, p.pad_left, p.dilation_w);
-    if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) return zero<T>();
-    return static_cast<const T*>(t.input)[offset4(t.input_stride, n, g * p.in_per_group() + c, ih, iw)];
+  // Reduction index j = the pixel m_begin + j = (n, oh, ow).
+  __device__ Desc<Index> a_k(Index j) const {
+    const int64_t* st = t.output_stride;
+    const Index m = m_begin + j;
+    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
+    return {n * I(st[0]) + oh * I(st[2]) + ow * I(st[3]), 0, 0};
   }
-  __device__ void store(int64_t k, int64_t c, acc_t<T> v) const {
-    const int64_t Cg = p.in_per_group(), R = p.kernel_h, S = p.kernel_w;
-    const int64_t weight_numel = p.out_channels * Cg * R * S;
-    const int64_t kk = g * p.out_per_group() + k;
-    static_cast<acc_t<T>*>(t.partials)[split * weight_numel + ((kk * Cg + c) * R + r) * S + s] = v;
+  __device__ Operand<T, Index> b() const { return {static_cast<const T*>(t.input), I(p.in_h), I(p.in_w)}; }
+  __device__ Desc<Index> b_row(Index c) const {
+    return {(g * I(p.in_per_group()) + c) * I(t.input_stride[1]), 0, 0};
+  }
+  // The pixel's input coordinate through the tap (r, s): bounds depend on the pixel only.
+  __device__ Desc<Index> b_k(Index j) const {
+    const int64_t* st = t.input_stride;
+    const Index m = m_begin + j;
+    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
+    const Index ih = oh * I(p.stride_h) - I(p.pad_top) + r * I(p.dilation_h);
+    const Index iw = ow * I(p.stride_w) - I(p.pad_left) + s * I(p.dilation_w);
+    return {n * I(st[0]) + ih * I(st[2]) + iw * I(st[3]), ih, iw};
+  }
+  // partials[split][K][Cg][R][S]
+  __device__ Out* out() const { return static_cast<Out*>(t.partials); }
+  __device__ Index out_row(Index k) const {
+    const Index Cg = I(p.in_per_group()), R = I(p.kernel_h), S = I(p.kernel_w);
+    const Index weight_numel = I(p.out_channels) * Cg * R * S;
+    return split * weight_numel + (g * I(p.out_per_group()) + k) * Cg * R * S + r * S + s;
+  }
+  __device__ Index out_col_stride() const { return I(p.kernel_h) * I(p.kernel_w); }
+  __device__ acc_t<T> finish(Index, acc_t<T> v) const { return v; }
+};
+
+// ---- global -> shared ----------------------------------------------------------------------
+
+// 16-byte asynchronous copy (sm_80+), zero-filled when !valid (src is then not read); a plain
+// copy elsewhere.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+#else
+  *static_cast<uint4*>(dst) = valid ? *static_cast<const uint4*>(src) : uint4{0, 0, 0, 0};
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+// Moves one operand's slice, kRows x kDepth, into a shared stage laid out k-major
+// (stage[i*kLd + kk]) or rows-major (stage[kk*kLd + i]). Element e of the slice's runs of kV
+// goes to thread e % kThreads, and consecutive runs follow kRun, so consecutive threads touch
+// consecutive addresses in the direction that is contiguous in memory.
+template <typename T, typename Index, Run kRun, int kV, int kRows, int kDepth, int kThreads, bool kKMajor, int kLd>
+struct Loader {
+  static constexpr int kRunsPerLine = (kRun == Run::K ? kDepth : kRows) / kV;
+  static constexpr int kPerThread = kRows * kDepth / (kV * kThreads);
+  static_assert(kPerThread * kV * kThreads == kRows * kDepth, "the threads split the slice evenly");
+  using Vec = std::conditional_t<kV == 1, T, uint4>;
+  static_assert(kV == 1 || sizeof(T) * kV == sizeof(uint4), "vector runs are 16 bytes");
+  Vec regs[kPerThread];
+
+  __device__ static void coords(int j, int& i, int& kk) {
+    const int e = threadIdx.x + j * kThreads;
+    if (kRun == Run::K) {
+      i = e / kRunsPerLine;
+      kk = (e % kRunsPerLine) * kV;
+    } else {
+      kk = e / kRunsPerLine;
+      i = (e % kRunsPerLine) * kV;
+    }
+  }
+  __device__ static int at(int i, int kk) { return kKMajor ? i * kLd + kk : kk * kLd + i; }
+
+  // Register-staged: load now, store() after the current slice's math.
+  __device__ void load(const Operand<T, Index>& op, const Desc<Index>* rows, const Desc<Index>* ks) {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      int i, kk;
+      coords(j, i, kk);
+      const Desc<Index> row = rows[i], k = ks[kk];
+      if (in_bounds(row, k, op.h_ext, op.w_ext)) {
+        regs[j] = *reinterpret_cast<const Vec*>(op.ptr + (row.off + k.off));
+      } else if constexpr (kV == 1) {
+        regs[j] = zero<T>();
+      } else {
+        regs[j] = uint4{0, 0, 0, 0};
+      }
+    }
+  }
+  __device__ void store(T* stage) const {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      int i, kk;
+      coords(j, i, kk);
+      if constexpr (kV == 1) {
+        stage[at(i, kk)] = regs[j];
+      } else if constexpr ((kRun == Run::K) == kKMajor) {  // the run is contiguous in the stage
+        *reinterpret_cast<uint4*>(stage + at(i, kk)) = regs[j];
+      } else {  // transposed into the stage (the SIMT engine keeps every operand rows-major)
+        const T* e = reinterpret_cast<const T*>(&regs[j]);
+#pragma unroll
+        for (int v = 0; v < kV; ++v) stage[kRun == Run::K ? at(i, kk + v) : at(i + v, kk)] = e[v];
+      }
+    }
+  }
+  // Straight into the stage, without registers (vector runs contiguous in the stage only).
+  __device__ static void copy_async(const Operand<T, Index>& op, const Desc<Index>* rows, const Desc<Index>* ks,
+                                    T* stage) {
+    static_assert(kV > 1 && (kRun == Run::K) == kKMajor, "cp.async moves whole 16-byte runs, contiguous in the stage");
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      int i, kk;
+      coords(j, i, kk);
+      const Desc<Index> row = rows[i], k = ks[kk];
+      const bool valid = in_bounds(row, k, op.h_ext, op.w_ext);
+      cp_async16(stage + at(i, kk), valid ? op.ptr + (row.off + k.off) : op.ptr, valid);
+    }
   }
 };
 
-// ---- tile kernels --------------------------------------------------------------------------
+template <typename Out, typename Acc>
+__device__ __forceinline__ Out to_out(Acc v) {
+  if constexpr (std::is_same_v<Out, Acc>) {
+    return v;
+  } else {
+    return from_acc<Out>(v);
+  }
+}
+
+// ---- tile engines --------------------------------------------------------------------------
+// An engine fixes the tile (BM x BN, depth slice BK, threads), the shared layout of each
+// operand stage, the math on a stage and the epilogue.
+
+// Tensor cores: kWarpsM x kWarpsN warps, each computing a (BM/kWarpsM) x (BN/kWarpsN) block as
+// 16x16x16 WMMA fragments with fp32 accumulators. A stage is laid out along its operand's run
+// (so cp.async writes 16-byte runs straight in) and read with the matching fragment layout;
+// rows are padded by 8 elements (16 bytes: keeps fragment pointers 32-byte aligned and moves
+// consecutive rows to different banks).
+template <typename T, int kBM, int kBN, int kWarpsM, int kWarpsN>
+struct WmmaEngine {
+  static constexpr int BM = kBM, BN = kBN, BK = 32, kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kFragsM = BM / kWarpsM / 16, kFragsN = BN / kWarpsN / 16;
+  static constexpr int kPad = 8;
+  static constexpr bool kAsync = true;
+  static constexpr int kMinBlocks = 1;
+  __host__ __device__ static constexpr bool k_major(Run run) { return run == Run::K; }
+  __host__ __device__ static constexpr int ld(Run run, int rows) { return run == Run::K ? BK + kPad : rows + kPad; }
+  __host__ __device__ static constexpr int stage_elems(Run run, int rows) {
+    return run == Run::K ? rows * (BK + kPad) : BK * (rows + kPad);
+  }
+  static constexpr int kScratchLd = 16 + 4;  // epilogue: one 16x16 fp32 fragment per warp
+  static constexpr int kEpilogueBytes = kThreads / 32 * 16 * kScratchLd * 4;
+
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[kFragsM][kFragsN];
+
+  __device__ void init() {
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+
+  template <Run kARun, Run kBRun>
+  __device__ void compute(const T* As, const T* Bs) {
+    namespace wmma = nvcuda::wmma;
+    // A k-major is row_major (m, k) at [m*ld + k]; B k-major is its transpose stored (n, k),
+    // i.e. col_major (k, n) at [n*ld + k]; the rows-major stages are the other way round.
+    using ALayout = std::conditional_t<kARun == Run::K, wmma::row_major, wmma::col_major>;
+    using BLayout = std::conditional_t<kBRun == Run::K, wmma::col_major, wmma::row_major>;
+    constexpr int lda = ld(kARun, BM), ldb = ld(kBRun, BN);
+    const int warp = threadIdx.x / 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += 16) {
+      // All of B's fragments, then A's one at a time: one A fragment live instead of kFragsM.
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb[kFragsN];
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j) {
+        const int n = (wn * kFragsN + j) * 16;
+        wmma::load_matrix_sync(fb[j], kBRun == Run::K ? Bs + n * ldb + ks : Bs + ks * ldb + n, ldb);
+      }
+#pragma unroll
+      for (int i = 0; i < kFragsM; ++i) {
+        const int m = (wm * kFragsM + i) * 16;
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa;
+        wmma::load_matrix_sync(fa, kARun == Run::K ? As + m * lda + ks : As + ks * lda + m, lda);
+#pragma unroll
+        for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], fa, fb[j], acc[i][j]);
+      }
+    }
+  }
+
+  // Each warp passes its fragments one at a time through a private 16x16 scratch; lanes then
+  // write along the output's contiguous direction (columns when the column stride is 1).
+  template <class P, typename Index>
+  __device__ void epilogue(const P& prob, void* smem, const Index* out_rows, Index m0, Index n0, Index rows,
+                           Index cols) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
+    float* scratch = static_cast<float*>(smem) + warp * 16 * kScratchLd;
+    const Index col_stride = prob.out_col_stride();
+    const bool along_cols = col_stride == 1;
+    auto* out = prob.out();
+#pragma unroll
+    for (int i = 0; i < kFragsM; ++i)
+#pragma unroll
+      for (int j = 0; j < kFragsN; ++j) {
+        wmma::store_matrix_sync(scratch, acc[i][j], kScratchLd, wmma::mem_row_major);
+        __syncwarp();
+#pragma unroll 1  // unrolled, the stores' predicates and addresses crowd out the accumulators
+        for (int x = 0; x < 8; ++x) {
+          const int r = along_cols ? lane / 16 + 2 * x : lane % 16, c = along_cols ? lane % 16 : lane / 16 + 2 * x;
+          const int tm = (wm * kFragsM + i) * 16 + r, tn = (wn * kFragsN + j) * 16 + c;
+          const Index m = m0 + tm, n = n0 + tn;
+          if (m < rows && n < cols) {
+            out[out_rows[tm] + n * col_stride] =
+                to_out<typename P::Out>(prob.finish(n, scratch[r * kScratchLd + c]));
+          }
+        }
+        __syncwarp();
+      }
+  }
+};
+
+// SIMT: 256 threads as 16 x 16, each accumulating a (BM/16) x (BN/16) block in the accumulator
+// type, made of 4 x 4 pieces spread BM/2 (BN/2) apart when there are two, so a warp's shared
+// reads are 16-byte vectors over consecutive addresses. Both stages are rows-major
+// ([k][row], padded by 4: 16-byte aligned rows, k-runs transposed in with at most 2-way bank
+// conflicts) and filled from registers.
+template <typename T, int kBM, int kBN, int kBK>
+struct SimtEngine {
+  static constexpr int BM = kBM, BN = kBN, BK = kBK, kThreads = 256;
+  static constexpr int TM = BM / 16, TN = BN / 16;
+  static_assert(TM % 4 == 0 && TN % 4 == 0, "4 x 4 pieces");
+  static constexpr int kPad = 4;
+  static constexpr bool kAsync = false;
+  // fp32: two blocks per SM (<= 128 registers, what the 8 x 8 accumulators fit in); fp64: one,
+  // or ptxas squeezes its 4 x 4 doubles into 128 registers and spills.
+  static constexpr int kMinBlocks = sizeof(T) == 8 ? 1 : 2;
+  __host__ __device__ static constexpr bool k_major(Run) { return false; }
+  __host__ __device__ static constexpr int ld(Run, int rows) { return rows + kPad; }
+  __host__ __device__ static constexpr int stage_elems(Run, int rows) { return BK * (rows + kPad); }
+  static constexpr int kEpilogueBytes = 0;
+
+  T acc[TM][TN];
+
+  __device__ static int row_of(int i) { return (i / 4) * (BM / (TM / 4)) + (threadIdx.x / 16) * 4 + i % 4; }
+  __device__ static int col_of(int j) { return (j / 4) * (BN / (TN / 4)) + (threadIdx.x % 16) * 4 + j % 4; }
+
+  __device__ void init() {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+  }
+
+  template <Run, Run>
+  __device__ void compute(const T* As, const T* Bs) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      T a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[kk * (BM + kPad) + row_of(i)];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = Bs[kk * (BN + kPad) + col_of(j)];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+    }
+  }
+
+  template <class P, typename Index>
+  __device__ void epilogue(const P& prob, void*, const Index* out_rows, Index m0, Index n0, Index rows, Index cols) {
+    const Index col_stride = prob.out_col_stride();
+    auto* out = prob.out();
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        const Index m = m0 + row_of(i), n = n0 + col_of(j);
+        if (m < rows && n < cols) {
+          out[out_rows[row_of(i)] + n * col_stride] = to_out<typename P::Out>(prob.finish(n, acc[i][j]));
+        }
+      }
+  }
+};
+
+// ---- the tile kernel -----------------------------------------------------------------------
 // Grid: x = (row tile, column tile), y = problem instance (counted from first_instance: see
-// run_gemm), z = reduction split.
+// launch_gemm), z = reduction split.
 
-constexpr int kTileM = static_cast<int>(kGemmTileRows);
-constexpr int kTileN = static_cast<int>(kGemmTileCols);
+template <class Engine, class Problem, bool kAVec, bool kBVec>
+__global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
+    conv_gemm_kernel(Problem prob, int64_t first_instance) {
+  using T = typename Problem::Elem;
+  using Index = typename Problem::Index;
+  constexpr int BM = Engine::BM, BN = Engine::BN, BK = Engine::BK, kThreads = Engine::kThreads;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr Run kARun = kAVec ? Problem::kAVecRun : Problem::kAScalarRun;
+  constexpr Run kBRun = kBVec ? Problem::kBVecRun : Problem::kBScalarRun;
+  using ALoader = Loader<T, Index, kARun, kAVec ? kVec : 1, BM, BK, kThreads, Engine::k_major(kARun),
+                         Engine::ld(kARun, BM)>;
+  using BLoader = Loader<T, Index, kBRun, kBVec ? kVec : 1, BN, BK, kThreads, Engine::k_major(kBRun),
+                         Engine::ld(kBRun, BN)>;
+  constexpr bool kAAsync = kAVec && Engine::kAsync, kBAsync = kBVec && Engine::kAsync;
+  constexpr int kAStage = Engine::stage_elems(kARun, BM), kBStage = Engine::stage_elems(kBRun, BN);
+  constexpr int kPipeBytes = 2 * (kAStage + kBStage) * static_cast<int>(sizeof(T));
+  constexpr int kSmemBytes = kPipeBytes > Engine::kEpilogueBytes ? kPipeBytes : Engine::kEpilogueBytes;
+  static_assert(BK <= kThreads / 2, "two thread groups decompose the reduction indices");
 
-template <class Problem>
-__device__ __forceinline__ bool tile_origin(Problem& prob, int64_t first_instance, int64_t& m0, int64_t& n0) {
   prob.select(first_instance + blockIdx.y, blockIdx.z);
-  const int64_t tiles_n = ceil_div<int64_t>(prob.cols(), kTileN);
-  m0 = (int64_t{blockIdx.x} / tiles_n) * kTileM;
-  n0 = (int64_t{blockIdx.x} % tiles_n) * kTileN;
-  return m0 < prob.rows();  // instances differ in rows (stride phases); the grid fits the largest
-}
+  const Index rows = prob.rows(), cols = prob.cols(), depth = prob.depth();
+  const Index tiles_n = ceil_div<Index>(cols, BN);
+  const Index m0 = static_cast<Index>(blockIdx.x) / tiles_n * BM, n0 = static_cast<Index>(blockIdx.x) % tiles_n * BN;
+  if (m0 >= rows) return;  // instances differ in rows (stride phases); the grid fits the largest
 
-// SIMT: 256 threads, each accumulating a 4x4 block of the 64x64 tile in the accumulator type.
-constexpr int kSimtThreads = 256;
-constexpr int kSimtDepth = 16;
+  // Stages for A and B, two each, reused by the epilogue.
+  __shared__ __align__(128) unsigned char smem[kSmemBytes];
+  T* const a_stage = reinterpret_cast<T*>(smem);
+  T* const b_stage = a_stage + 2 * kAStage;
+  __shared__ Desc<Index> a_rows[BM], b_rows[BN], a_ks[2][BK], b_ks[2][BK];
+  __shared__ Index out_rows[BM];
 
-template <typename T, class Problem>
-__global__ void __launch_bounds__(kSimtThreads) gemm_simt_kernel(Problem prob, int64_t first_instance) {
-  using acc = acc_t<T>;
-  int64_t m0, n0;
-  if (!tile_origin(prob, first_instance, m0, n0)) return;
-  const int64_t rows = prob.rows(), cols = prob.cols(), depth = prob.depth();
-  __shared__ acc As[kSimtDepth][kTileM];
-  __shared__ acc Bs[kSimtDepth][kTileN];
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  acc sum[4][4] = {};
-
-  for (int64_t k0 = 0; k0 < depth; k0 += kSimtDepth) {
-    // Consecutive threads take consecutive reduction indices (channels, for the convolutions
-    // with channels innermost) of one row.
-    for (int e = threadIdx.x; e < kTileM * kSimtDepth; e += kSimtThreads) {
-      const int i = e / kSimtDepth, kk = e % kSimtDepth;
-      const int64_t m = m0 + i, k = k0 + kk;
-      As[kk][i] = (m < rows && k < depth) ? to_acc(prob.a(m, k)) : acc(0);
-    }
-    for (int e = threadIdx.x; e < kSimtDepth * kTileN; e += kSimtThreads) {
-      const int kk = e / kTileN, j = e % kTileN;
-      const int64_t n = n0 + j, k = k0 + kk;
-      Bs[kk][j] = (n < cols && k < depth) ? to_acc(prob.b(k, n)) : acc(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kSimtDepth; ++kk) {
-      acc av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) sum[i][j] += av[i] * bv[j];
-    }
-    __syncthreads();
+  for (int i = threadIdx.x; i < BM; i += kThreads) {
+    const Index m = m0 + i;
+    a_rows[i] = m < rows ? prob.a_row(m) : Desc<Index>{0, Sentinel<Index>::kRow, 0};
+    out_rows[i] = m < rows ? prob.out_row(m) : 0;
   }
-  for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < 4; ++j) {
-      const int64_t m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-      if (m < rows && n < cols) prob.store(m, n, sum[i][j]);
-    }
-}
-
-// Tensor cores: 4 warps in a 2x2 arrangement, each computing 32x32 of the 64x64 tile as 2x2
-// WMMA 16x16x16 fragments with fp32 accumulators. Rows of the shared tiles are padded by 8
-// elements (keeps fragment pointers 32-byte aligned and spreads banks).
-constexpr int kWmmaThreads = 128;
-constexpr int kWmmaDepth = 32;
-constexpr int kPad = 8;
-
-template <typename T, class Problem>
-__global__ void __launch_bounds__(kWmmaThreads) gemm_wmma_kernel(Problem prob, int64_t first_instance) {
-  namespace wmma = nvcuda::wmma;
-  int64_t m0, n0;
-  if (!tile_origin(prob, first_instance, m0, n0)) return;
-  const int64_t rows = prob.rows(), cols = prob.cols(), depth = prob.depth();
-  __shared__ __align__(32) T As[kTileM][kWmmaDepth + kPad];
-  __shared__ __align__(32) T Bs[kWmmaDepth][kTileN + kPad];
-  __shared__ __align__(32) float Cs[kTileM][kTileN + kPad];
-  const int warp = threadIdx.x / 32, warp_m = warp / 2, warp_n = warp % 2;
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_c[2][2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(frag_c[i][j], 0.0f);
-
-  for (int64_t k0 = 0; k0 < depth; k0 += kWmmaDepth) {
-    for (int e = threadIdx.x; e < kTileM * kWmmaDepth; e += kWmmaThreads) {
-      const int i = e / kWmmaDepth, kk = e % kWmmaDepth;
-      const int64_t m = m0 + i, k = k0 + kk;
-      As[i][kk] = (m < rows && k < depth) ? prob.a(m, k) : zero<T>();
-    }
-    for (int e = threadIdx.x; e < kWmmaDepth * kTileN; e += kWmmaThreads) {
-      const int kk = e / kTileN, j = e % kTileN;
-      const int64_t n = n0 + j, k = k0 + kk;
-      Bs[kk][j] = (n < cols && k < depth) ? prob.b(k, n) : zero<T>();
-    }
-    __syncthreads();
-#pragma unroll
-    for (int ks = 0; ks < kWmmaDepth; ks += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> frag_a[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> frag_b[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-        wmma::load_matrix_sync(frag_a[i], &As[warp_m * 32 + i * 16][ks], kWmmaDepth + kPad);
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-        wmma::load_matrix_sync(frag_b[j], &Bs[ks][warp_n * 32 + j * 16], kTileN + kPad);
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(frag_c[i][j], frag_a[i], frag_b[j], frag_c[i][j]);
-    }
-    __syncthreads();
+  for (int i = threadIdx.x; i < BN; i += kThreads) {
+    const Index n = n0 + i;
+    b_rows[i] = n < cols ? prob.b_row(n) : Desc<Index>{0, Sentinel<Index>::kRow, 0};
   }
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(&Cs[warp_m * 32 + i * 16][warp_n * 32 + j * 16], frag_c[i][j], kTileN + kPad,
-                              wmma::mem_row_major);
+  // Reduction indices of slice `slice` into buffer `buf`: A's by threads [0, BK), B's by [BK, 2 BK).
+  auto decompose = [&](Index slice, int buf) {
+    const int tid = threadIdx.x;
+    if (tid < 2 * BK) {
+      const int kk = tid % BK;
+      const Index k = slice * BK + kk;
+      const Desc<Index> none{0, Sentinel<Index>::kDepth, 0};
+      if (tid < BK) {
+        a_ks[buf][kk] = k < depth ? prob.a_k(k) : none;
+      } else {
+        b_ks[buf][kk] = k < depth ? prob.b_k(k) : none;
+      }
+    }
+  };
+  const Operand<T, Index> a_op = prob.a(), b_op = prob.b();
+  ALoader a_load;
+  BLoader b_load;
+  // Start moving the slice whose indices are in buffer `buf` towards stage `buf`.
+  auto fetch = [&](int buf) {
+    if constexpr (kAAsync) {
+      ALoader::copy_async(a_op, a_rows, a_ks[buf], a_stage + buf * kAStage);
+    } else {
+      a_load.load(a_op, a_rows, a_ks[buf]);
+    }
+    if constexpr (kBAsync) {
+      BLoader::copy_async(b_op, b_rows, b_ks[buf], b_stage + buf * kBStage);
+    } else {
+      b_load.load(b_op, b_rows, b_ks[buf]);
+    }
+    cp_async_commit();
+  };
+  // Complete the register-staged part of a fetch.
+  auto park = [&](int buf) {
+    if constexpr (!kAAsync) a_load.store(a_stage + buf * kAStage);
+    if constexpr (!kBAsync) b_load.store(b_stage + buf * kBStage);
+  };
+
+  Engine engine;
+  engine.init();
+  const Index slices = ceil_div<Index>(depth, BK);
+  decompose(0, 0);
   __syncthreads();
-  for (int e = threadIdx.x; e < kTileM * kTileN; e += kWmmaThreads) {
-    const int i = e / kTileN, j = e % kTileN;
-    const int64_t m = m0 + i, n = n0 + j;
-    if (m < rows && n < cols) prob.store(m, n, Cs[i][j]);
+  if (slices > 0) {
+    fetch(0);
+    park(0);
+    if (slices > 1) decompose(1, 1);
   }
+  // Slice s lives in stage / index buffer s % 2. One barrier per slice: after it, stage s is
+  // complete, slice s+1's indices are visible, and every thread is done with slice s-1's
+  // stage and with slice s's indices (fetched last iteration), so both may be overwritten.
+  for (Index s = 0; s < slices; ++s) {
+    const int cur = static_cast<int>(s & 1), nxt = cur ^ 1;
+    cp_async_wait_all();
+    __syncthreads();
+    if (s + 1 < slices) fetch(nxt);
+    if (s + 2 < slices) decompose(s + 2, cur);
+    engine.template compute<kARun, kBRun>(a_stage + cur * kAStage, b_stage + cur * kBStage);
+    if (s + 1 < slices) park(nxt);
+  }
+  __syncthreads();  // the epilogue may reuse the stages
+  engine.epilogue(prob, smem, out_rows, m0, n0, rows, cols);
 }
+
+// ---- host side -----------------------------------------------------------------------------
 
 template <typename T>
-struct UsesTensorCores {
-  static constexpr bool value = false;
+struct Engines {  // fp16 / bf16
+  using Large = WmmaEngine<T, 128, 128, 2, 4>;
+  using Small = WmmaEngine<T, 64, 64, 2, 2>;
 };
 template <>
-struct UsesTensorCores<__half> {
-  static constexpr bool value = true;
+struct Engines<float> {
+  using Large = SimtEngine<float, 128, 128, 8>;
+  using Small = SimtEngine<float, 64, 64, 16>;
 };
 template <>
-struct UsesTensorCores<__nv_bfloat16> {
-  static constexpr bool value = true;
+struct Engines<double> {  // 8 x 8 doubles per thread would not leave registers to spare
+  using Large = SimtEngine<double, 64, 64, 16>;
+  using Small = SimtEngine<double, 64, 64, 16>;
 };
+static_assert(Engines<float>::Large::BM == kGemmTileRows && Engines<float>::Large::BN == kGemmTileCols &&
+                  Engines<__half>::Large::BM == kGemmTileRows && Engines<__half>::Large::BN == kGemmTileCols,
+              "the host sizes reduction splits by the large tile");
 
 constexpr int64_t kMaxGridY = 65535;  // the largest grid.y (and grid.z)
+// Large tiles move half the operand bytes per flop of small ones but come 4x fewer; below about
+// two blocks per SM (an H100 has 132) the small tile keeps the GPU busier.
+constexpr int64_t kLargeTileMinBlocks = 256;
 
-template <typename T, class Problem>
-cudaError_t run_gemm(const Problem& prob, int64_t max_rows, int64_t cols, int64_t instances, int64_t splits,
-                     cudaStream_t stream) {
-  const int64_t tiles = ceil_div<int64_t>(max_rows, kTileM) * ceil_div<int64_t>(cols, kTileN);
-  if (tiles == 0 || instances == 0 || splits == 0) return cudaSuccess;
-  if (tiles > 0x7fffffff || splits > kMaxGridY) return cudaErrorInvalidConfiguration;
+struct GemmPlan {
+  bool index64;       // some offset or coordinate may not fit the 32-bit path
+  bool a_vec, b_vec;  // 16-byte loads for A / B
+};
+
+struct GemmShape {
+  int64_t max_rows, cols, instances, splits;
+};
+
+bool use_large_tile(const GemmShape& s) {
+  if (CNNK_CONV_FORCE_TILE != 0) return CNNK_CONV_FORCE_TILE == 1;
+  const int64_t blocks = ceil_div(s.max_rows, kGemmTileRows) * ceil_div(s.cols, kGemmTileCols) * s.instances * s.splits;
+  return s.max_rows > kGemmTileRows / 2 && s.cols > kGemmTileCols / 2 && blocks >= kLargeTileMinBlocks;
+}
+
+// Whether an operand takes 16-byte runs: the run's dimension is unit-stride, the channel extent
+// and every other stride are multiples of the vector (so runs never straddle a channel block or
+// start misaligned) and the base is 16-byte aligned. fp64 stays scalar (2-element vectors gain
+// little and would double its kernels).
+template <typename T>
+bool vectorisable(const void* base, int64_t unit_stride, std::initializer_list<int64_t> multiples) {
+  constexpr int64_t v = 16 / sizeof(T);
+  if constexpr (sizeof(T) == 8) return false;
+  if (unit_stride != 1 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  for (const int64_t m : multiples)
+    if (m % v != 0) return false;
+  return true;
+}
+
+// The 32-bit path holds when every offset the kernels form fits: per tensor, the sum over its
+// dimensions of |stride| times the largest coordinate reached (spatial ones with padding,
+// dilated taps and phase offsets included), the partials, the GEMM extents with a tile's
+// overhang; and spatial coordinates stay below 2^28 (see Sentinel).
+bool needs_index64(const Conv2dParams& p, const Conv2dTensors& t, int64_t splits, int64_t chunk) {
+  const int64_t limit = CNNK_CONV_INDEX32_LIMIT;
+  const int64_t span_h = p.in_h + p.out_h * p.stride_h + p.kernel_h * p.dilation_h + p.pad_top + p.stride_h;
+  const int64_t span_w = p.in_w + p.out_w * p.stride_w + p.kernel_w * p.dilation_w + p.pad_left + p.stride_w;
+  if (span_h >= (int64_t{1} << 28) || span_w >= (int64_t{1} << 28)) return true;
+  auto reach = [](const int64_t st[4], int64_t e0, int64_t e1, int64_t e2, int64_t e3) {
+    auto a = [](int64_t x) { return x < 0 ? -x : x; };
+    return e0 * a(st[0]) + e1 * a(st[1]) + e2 * a(st[2]) + e3 * a(st[3]);
+  };
+  const int64_t channels = p.in_channels > p.out_channels ? p.in_channels : p.out_channels;
+  const int64_t weight_numel = p.out_channels * p.in_per_group() * p.kernel_h * p.kernel_w;
+  const int64_t extents[] = {
+      reach(t.input_stride, p.batch, p.in_channels, span_h, span_w),
+      reach(t.output_stride, p.batch, p.out_channels, span_h, span_w),
+      reach(t.weight_stride, p.out_channels, p.in_per_group(), p.kernel_h, p.kernel_w),
+      splits * weight_numel,
+      splits * chunk,
+      p.batch * span_h * span_w + kGemmTileRows,
+      p.kernel_h * p.kernel_w * channels + kGemmTileRows,
+  };
+  for (const int64_t e : extents)
+    if (e >= limit) return true;
+  return false;
+}
+
+template <class Engine, class P, bool kAVec, bool kBVec>
+cudaError_t launch_gemm(const P& prob, const GemmShape& s, cudaStream_t stream) {
+  const int64_t tiles = ceil_div<int64_t>(s.max_rows, Engine::BM) * ceil_div<int64_t>(s.cols, Engine::BN);
+  if (tiles > 0x7fffffff || s.splits > kMaxGridY) return cudaErrorInvalidConfiguration;
   // grid.y holds at most 65535 instances; more (a depthwise backward-weight has groups*R*S, e.g.
   // 1536*7*7) take one launch per slice of instances.
-  for (int64_t first = 0; first < instances; first += kMaxGridY) {
-    const int64_t count = instances - first < kMaxGridY ? instances - first : kMaxGridY;
-    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(count), static_cast<unsigned>(splits));
-    if constexpr (UsesTensorCores<T>::value) {
-      gemm_wmma_kernel<T><<<grid, kWmmaThreads, 0, stream>>>(prob, first);
-    } else {
-      gemm_simt_kernel<T><<<grid, kSimtThreads, 0, stream>>>(prob, first);
-    }
+  for (int64_t first = 0; first < s.instances; first += kMaxGridY) {
+    const int64_t count = s.instances - first < kMaxGridY ? s.instances - first : kMaxGridY;
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(count), static_cast<unsigned>(s.splits));
+    conv_gemm_kernel<Engine, P, kAVec, kBVec><<<grid, Engine::kThreads, 0, stream>>>(prob, first);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
 
+template <class Engine, class P>
+cudaError_t launch_vectorised(const P& prob, const GemmPlan& plan, const GemmShape& s, cudaStream_t stream) {
+  if constexpr (sizeof(typename P::Elem) < 8) {  // see vectorisable()
+    if (plan.a_vec && plan.b_vec) return launch_gemm<Engine, P, true, true>(prob, s, stream);
+    if (plan.a_vec) return launch_gemm<Engine, P, true, false>(prob, s, stream);
+    if (plan.b_vec) return launch_gemm<Engine, P, false, true>(prob, s, stream);
+  }
+  return launch_gemm<Engine, P, false, false>(prob, s, stream);
+}
+
+// make(Index{}) builds the problem with that offset type. The 64-bit path (tensors beyond 2^31
+// elements) runs the small tile with scalar loads only: it keeps the kernel count down and
+// its descriptors in static shared memory.
+template <typename T, class Make>
+cudaError_t run_gemm(Make make, GemmPlan plan, const GemmShape& s, cudaStream_t stream) {
+  if (s.max_rows == 0 || s.cols == 0 || s.instances == 0 || s.splits == 0) return cudaSuccess;
+  if (plan.index64) {
+    return launch_gemm<typename Engines<T>::Small, decltype(make(int64_t{})), false, false>(make(int64_t{}), s,
+                                                                                           stream);
+  }
+  const auto prob = make(int32_t{});
+  if (use_large_tile(s)) return launch_vectorised<typename Engines<T>::Large>(prob, plan, s, stream);
+  return launch_vectorised<typename Engines<T>::Small>(prob, plan, s, stream);
+}
+
 template <typename T>
 cudaError_t forward(const Conv2dParams& p, const Conv2dTensors& t, cudaStream_t stream) {
-  ForwardProblem<T> prob{p, t};
-  return run_gemm<T>(prob, p.batch * p.out_h * p.out_w, p.out_per_group(), p.groups, 1, stream);
+  const int64_t* x = t.input_stride;
+  const int64_t* w = t.weight_stride;
+  GemmPlan plan;
+  plan.index64 = needs_index64(p, t, 1, 0);
+  plan.a_vec = vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
+  plan.b_vec = vectorisable<T>(t.weight, w[1], {p.in_per_group(), w[0], w[2], w[3]});
+  const GemmShape shape{p.batch * p.out_h * p.out_w, p.out_per_group(), p.groups, 1};
+  return run_gemm<T>([&](auto index) { return ForwardProblem<T, decltype(index)>{p, t}; }, plan, shape, stream);
 }
 
 template <typename T>
 cudaError_t backward_input(const Conv2dParams& p, const Conv2dTensors& t, cudaStream_t stream) {
-  BackwardInputProblem<T> prob{p, t};
+  const int64_t* go = t.output_stride;
+  const int64_t* w = t.weight_stride;
+  GemmPlan plan;
+  plan.index64 = needs_index64(p, t, 1, 0);
+  plan.a_vec = vectorisable<T>(t.output, go[1], {p.out_per_group(), go[0], go[2], go[3]});
+  plan.b_vec = vectorisable<T>(t.weight, w[1], {p.in_per_group(), w[0], w[2], w[3]});
   const int64_t largest_phase = p.batch * ceil_div(p.in_h, p.stride_h) * ceil_div(p.in_w, p.stride_w);
-  return run_gemm<T>(prob, largest_phase, p.in_per_group(), p.groups * p.stride_h * p.stride_w, 1, stream);
+  const GemmShape shape{largest_phase, p.in_per_group(), p.groups * p.stride_h * p.stride_w, 1};
+  return run_gemm<T>([&](auto index) { return BackwardInputProblem<T, decltype(index)>{p, t}; }, plan, shape,
+                     stream);
 }
 
 template <typename T>
 cudaError_t backward_weight(const Conv2dParams& p, const Conv2dTensors& t, int64_t splits, int64_t chunk,
                             cudaStream_t stream) {
-  BackwardWeightProblem<T> prob{p, t, chunk};
-  return run_gemm<T>(prob, p.out_per_group(), p.in_per_group(), p.groups * p.kernel_h * p.kernel_w, splits,
-                     stream);
+  const int64_t* go = t.output_stride;
+  const int64_t* x = t.input_stride;
+  GemmPlan plan;
+  plan.index64 = needs_index64(p, t, splits, chunk);
+  plan.a_vec = vectorisable<T>(t.output, go[1], {p.out_per_group(), go[0], go[2], go[3]});
+  plan.b_vec = vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
+  const GemmShape shape{p.out_per_group(), p.in_per_group(), p.groups * p.kernel_h * p.kernel_w, splits};
+  return run_gemm<T>([&](auto index) { return BackwardWeightProblem<T, decltype(index)>{p, t, chunk}; }, plan,
+                     shape, stream);
 }
 
 // ---- bias gradient -------------------------------------------------------------------------

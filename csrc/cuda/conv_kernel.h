@@ -41,9 +41,10 @@ inline int64_t reduction_splits(int64_t pixels, int64_t blocks_per_split) {
   return splits < 1 ? 1 : splits;
 }
 
-// Output tiles of the implicit-GEMM kernels (rows x columns); the host sizes grids with them.
-constexpr int64_t kGemmTileRows = 64;
-constexpr int64_t kGemmTileCols = 64;
+// The large output tile of the implicit-GEMM kernels (rows x columns); the backward-weight split
+// count is sized with it (the kernels may pick a smaller tile for small problems).
+constexpr int64_t kGemmTileRows = 128;
+constexpr int64_t kGemmTileCols = 128;
 
 cudaError_t launch_conv2d_forward(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
                                   cudaStream_t stream);
