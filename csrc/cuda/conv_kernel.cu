@@ -261,12 +261,18 @@ struct BackwardWeightProblem {
   __device__ Desc<Index> a_row(Index k) const {
     return {(g * I(p.out_per_group()) + k) * I(t.output_stride[1]), 0, 0};
   }
-  // Reduction index j = the pixel m_begin + j = (n, oh, ow).
+  // Reduction index j = the output pixel m_begin + j = (n, oh, ow).
+  struct Pixel {
+    Index n, oh, ow;
+  };
+  __device__ Pixel pixel(Index j) const {
+    const Index m = m_begin + j;
+    return {m / (I(p.out_w) * I(p.out_h)), (m / I(p.out_w)) % I(p.out_h), m % I(p.out_w)};
+  }
   __device__ Desc<Index> a_k(Index j) const {
     const int64_t* st = t.output_stride;
-    const Index m = m_begin + j;
-    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
-    return {n * I(st[0]) + oh * I(st[2]) + ow * I(st[3]), 0, 0};
+    const Pixel px = pixel(j);
+    return {px.n * I(st[0]) + px.oh * I(st[2]) + px.ow * I(st[3]), 0, 0};
   }
   __device__ Operand<T, Index> b() const { return {static_cast<const T*>(t.input), I(p.in_h), I(p.in_w)}; }
   __device__ Desc<Index> b_row(Index c) const {
@@ -275,11 +281,10 @@ struct BackwardWeightProblem {
   // The pixel's input coordinate through the tap (r, s): bounds depend on the pixel only.
   __device__ Desc<Index> b_k(Index j) const {
     const int64_t* st = t.input_stride;
-    const Index m = m_begin + j;
-    const Index ow = m % I(p.out_w), oh = (m / I(p.out_w)) % I(p.out_h), n = m / (I(p.out_w) * I(p.out_h));
-    const Index ih = oh * I(p.stride_h) - I(p.pad_top) + r * I(p.dilation_h);
-    const Index iw = ow * I(p.stride_w) - I(p.pad_left) + s * I(p.dilation_w);
-    return {n * I(st[0]) + ih * I(st[2]) + iw * I(st[3]), ih, iw};
+    const Pixel px = pixel(j);
+    const Index ih = px.oh * I(p.stride_h) - I(p.pad_top) + r * I(p.dilation_h);
+    const Index iw = px.ow * I(p.stride_w) - I(p.pad_left) + s * I(p.dilation_w);
+    return {px.n * I(st[0]) + ih * I(st[2]) + iw * I(st[3]), ih, iw};
   }
   // partials[split][K][Cg][R][S]
   __device__ Out* out() const { return static_cast<Out*>(t.partials); }
