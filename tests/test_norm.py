@@ -328,18 +328,102 @@ def test_opcheck(case, target):
 
 
 def test_opcheck_backward_operators(target):
-    """The backward operators on their own (autograd calls them with saved statistics)."""
+    """The backward operators on their own (autograd calls them with saved statistics); their
+    operands require grad, so opcheck also exercises the backward operators' own autograd."""
     ops = norm_ops.BACKEND_OPS[target.backend]
     dev = target.device
     x = shifted((2, 4, 3, 3), shift=5.0, channels_last=True).to(dev)
     w, b, r, g = param(4, grad=False).to(dev), param(4, grad=False).to(dev), torch.randn_like(x), torch.randn_like(x)
     _, mean, rstd, _, _ = ops.batch_norm(x, w, b, r, None, None, True, 0.1, 1e-5, "relu")
+    x, w, b, r, g = (t.requires_grad_() for t in (x, w, b, r, g))
     torch.library.opcheck(ops.batch_norm_backward, (g, x, w, b, r, mean, rstd, True, "relu"))
     _, mean, rstd = ops.group_norm(x, w, None, 2, 1e-5, "gelu")
     torch.library.opcheck(ops.group_norm_backward, (g, x, w, None, mean, rstd, 2, "gelu"))
     _, rstd = ops.rms_norm(x, None, 2, 1e-5)
     torch.library.opcheck(ops.rms_norm_backward, (g, x, None, rstd, 2))
     torch.library.opcheck(ops.local_response_norm_backward, (g, x, 3, 0.1, 0.75, 1.0))
+
+
+# ---- second derivatives: the backward operators' own autograd ------------------------------
+
+
+def _normalise(x, dims, mean=None, var=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) over `dims`, written in torch's elementary operators: the twin
+    for third derivatives, which torch's fused batch norm refuses and its layer norm gets wrong
+    (its double backward treats the saved statistics as constants: pytorch/pytorch#175754)."""
+    if mean is None:
+        mean = x.mean(dims, keepdim=True)
+        var = (x - mean).square().mean(dims, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def _batch_norm_formula(x, weight=None, bias=None, running_mean=None, running_var=None):
+    view = (1, -1, *(1,) * (x.dim() - 2))
+    stats = [None if t is None else t.view(view) for t in (running_mean, running_var)]
+    out = _normalise(x, [d for d in range(x.dim()) if d != 1], *stats)
+    return out * (1 if weight is None else weight.view(view)) + (0 if bias is None else bias.view(view))
+
+
+def _second_order_cases(target):
+    """name -> (function of float64 tensors through cnnkernels.functional, torch's twin, inputs)."""
+    dev, b = target.device, target.backend
+    x = shifted((2, 4, 3, 3), shift=3.0).to(dev).requires_grad_()
+    xc = shifted((2, 4, 3, 3), shift=3.0, channels_last=True).to(dev).requires_grad_()
+    w, bias = param(4).to(dev).detach().requires_grad_(), param(4).to(dev).detach().requires_grad_()
+    r = torch.randn(2, 4, 3, 3, dtype=torch.float64, device=dev).requires_grad_()
+    rm, rv = torch.randn(4, dtype=torch.float64, device=dev), torch.rand(4, dtype=torch.float64, device=dev) + 0.5
+    g = param(9).to(dev).detach().requires_grad_()
+    return {
+        "batch_norm": (lambda x, w, bias: F.batch_norm(x, None, None, w, bias, True, backend=b),
+                       _batch_norm_formula, (x, w, bias)),
+        "batch_norm_eval_relu": (lambda x, w: F.batch_norm_relu(x, rm, rv, w, None, False, backend=b),
+                                 lambda x, w: torch.relu(_batch_norm_formula(x, w, None, rm, rv)), (x, w)),
+        "batch_norm_add_relu": (lambda x, r, w: F.batch_norm_add_relu(x, r, None, None, w, None, True, backend=b),
+                                lambda x, r, w: torch.relu(_batch_norm_formula(x, w) + r),
+                                (xc, r, w)),
+        "residual_is_input": (lambda x: F.batch_norm_add_relu(x, x, None, None, None, None, True, backend=b),
+                              lambda x: torch.relu(_batch_norm_formula(x) + x), (x,)),
+        "instance_norm": (lambda x: F.instance_norm(x, backend=b), lambda x: _normalise(x, [2, 3]), (x,)),
+        "group_norm_silu": (lambda x, w, bias: F.group_norm(x, 2, w, bias, activation="silu", backend=b),
+                            lambda x, w, bias: TF.silu(TF.group_norm(x, 2, w, bias)), (xc, w, bias)),
+        "group_norm_gelu": (lambda x, bias: F.group_norm(x, 4, None, bias, activation="gelu", backend=b),
+                            lambda x, bias: TF.gelu(TF.group_norm(x, 4, None, bias)), (x, bias)),
+        "layer_norm": (lambda x: F.layer_norm(x, (3, 3), backend=b), lambda x: _normalise(x, [2, 3]), (x,)),
+        "rms_norm": (lambda x, g: F.rms_norm(x, (3, 3), g.view(3, 3), 1e-3, backend=b),
+                     lambda x, g: TF.rms_norm(x, (3, 3), g.view(3, 3), 1e-3), (x, g)),
+        "local_response_norm": (lambda x: F.local_response_norm(x, 3, 0.1, 0.75, 1.0, backend=b),
+                                lambda x: TF.local_response_norm(x, 3, 0.1, 0.75, 1.0), (xc,)),
+    }
+
+
+SECOND_ORDER = ("batch_norm", "batch_norm_eval_relu", "batch_norm_add_relu", "residual_is_input", "instance_norm",
+                "group_norm_silu", "group_norm_gelu", "layer_norm", "rms_norm", "local_response_norm")
+
+
+@pytest.mark.parametrize("case", SECOND_ORDER)
+def test_gradgradcheck(case, target):
+    """Second derivatives, numerically: the backward operators' autograd formulas."""
+    ours, _, inputs = _second_order_cases(target)[case]
+    # Under Triton's interpreter every call costs a fraction of a second: one random projection.
+    assert torch.autograd.gradgradcheck(ours, inputs, fast_mode=target.backend == "triton")
+
+
+@pytest.mark.parametrize("case", SECOND_ORDER)
+def test_gradient_penalty_matches_torch(case, target):
+    """A gradient penalty's gradients, and one order up the third derivatives, against torch's
+    autograd of the same function."""
+    ours, reference, inputs = _second_order_cases(target)[case]
+
+    def derivatives(fn):
+        out = fn(*inputs).sin().sum()
+        grads = torch.autograd.grad(out, inputs, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        second = torch.autograd.grad(penalty, inputs, create_graph=True)
+        third = torch.autograd.grad(sum(s.cos().sum() for s in second), inputs[0])
+        return [*grads, *second, *third]
+
+    for got, want in zip(derivatives(ours), derivatives(reference), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
 
 
 EMPTY_CALLS = {

@@ -148,6 +148,120 @@ def _setup_lrn(ctx, inputs, output):
     ctx.args = inputs[1:]
 
 
+# ---- second derivatives --------------------------------------------------------------------
+# A backward operator computes the vector-Jacobian product  g = (df/dp)^T dy  of its forward f
+# at the differentiable operands p = (input, weight, bias, residual). Unlike conv's and
+# pooling's backward operators it is not linear in the input, so its own derivative (what double
+# backward needs: gradient penalties, MAML through batch norm) is taken by torch's autograd
+# through a composite reference of f, as torch builds its own norm double backward from
+# composite ATen ops: rebuild g with create_graph, then differentiate it with respect to dy and
+# p. Training statistics are functions of the input there (torch's fused double backward
+# treats them as constants when differentiated once more: its third derivatives are wrong or
+# refused), so third and higher derivatives come out right too.
+
+
+def _torch_activation(activation: str):
+    return {"none": lambda z: z, "relu": torch.relu, "silu": torch.nn.functional.silu,
+            "gelu": torch.nn.functional.gelu}[activation]
+
+
+def _rstd(mean_square, save_rstd):
+    """1 / sqrt(mean_square + eps) as a function of mean_square (a variance, or RMS norm's mean of
+    squares). The backward operators do not take eps: it is the saved rstd's (rstd^-2 -
+    mean_square), which also keeps the value the saved one."""
+    eps = (save_rstd.reshape(mean_square.shape).pow(-2) - mean_square).detach()
+    return torch.rsqrt(mean_square + eps)
+
+
+def _normalise(x, dims, save_mean, save_rstd, recompute: bool):
+    """(x - mean) * rstd with statistics over `dims`: the saved values as constants, or, when
+    `recompute`, the statistics of x itself."""
+    shape = [1 if d in dims else n for d, n in enumerate(x.shape)]
+    if not recompute:
+        return (x - save_mean.reshape(shape)) * save_rstd.reshape(shape)
+    centred = x - x.mean(dims, keepdim=True)
+    return centred * _rstd(centred.square().mean(dims, keepdim=True), save_rstd)
+
+
+def _per_channel(t, x):
+    """A per-channel parameter shaped to broadcast over x (N, C, *)."""
+    return t.reshape(1, -1, *(1,) * (x.dim() - 2))
+
+
+def _affine_activation(xhat, weight, bias, residual, activation: str):
+    z = xhat
+    if weight is not None:
+        z = z * _per_channel(weight, xhat)
+    if bias is not None:
+        z = z + _per_channel(bias, xhat)
+    if residual is not None:
+        z = z + residual
+    return _torch_activation(activation)(z)
+
+
+def _batch_norm_reference(args, x, weight, bias, residual):
+    save_mean, save_rstd, training, activation = args
+    dims = [d for d in range(x.dim()) if d != 1]
+    return _affine_activation(_normalise(x, dims, save_mean, save_rstd, training), weight, bias, residual, activation)
+
+
+def _group_norm_reference(args, x, weight, bias):
+    save_mean, save_rstd, num_groups, activation = args
+    groups = x.reshape(x.shape[0], num_groups, -1)
+    xhat = _normalise(groups, [2], save_mean, save_rstd, True).reshape(x.shape)
+    return _affine_activation(xhat, weight, bias, None, activation)
+
+
+def _rms_norm_reference(args, x, weight):
+    save_rstd, normalized_ndim = args
+    dims = list(range(x.dim() - normalized_ndim, x.dim()))
+    out = x * _rstd(x.square().mean(dims, keepdim=True), save_rstd)
+    return out if weight is None else out * weight.reshape(x.shape[x.dim() - normalized_ndim:])
+
+
+def _lrn_reference(args, x):
+    return torch.nn.functional.local_response_norm(x, *args)
+
+
+def _setup_second_order(ctx, inputs, output):
+    """Saves a backward operator's tensor operands; the rest (statistics, flags) ride along as
+    constants of the reference."""
+    ctx.tensors = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) or a is None]
+    ctx.save_for_backward(*(inputs[i] for i in ctx.tensors))
+    ctx.others = {i: a for i, a in enumerate(inputs) if i not in ctx.tensors}
+    ctx.num_inputs = len(inputs)
+
+
+def _second_order(reference, arity: int):
+    """The autograd formula of a backward operator whose forward is reference(constants, *p) with
+    `arity` operands p: the operator's arguments are (grad_output, *p, *constants) and its
+    results the gradients of p (an empty tensor for an absent operand)."""
+
+    def backward(ctx, *grads):
+        args = {**dict(zip(ctx.tensors, ctx.saved_tensors)), **ctx.others}
+        grad_output = args[0]
+        primals = [args[i] for i in range(1, 1 + arity)]
+        constants = [args[i] for i in range(1 + arity, ctx.num_inputs)]
+        acc = acc_dtype(primals[0])
+        create_graph = torch.is_grad_enabled()  # autograd runs a backward in grad mode iff create_graph
+        with torch.enable_grad():
+            # Separate handles (a view when the tensor is part of a graph, a fresh leaf when not):
+            # the same tensor may come in twice (residual = input) and each slot gets its own gradient.
+            handles = [None if t is None else t.view_as(t) if t.requires_grad else t.detach().requires_grad_()
+                       for t in (grad_output, *primals)]
+            dy, p = handles[0], [h for h in handles[1:] if h is not None]
+            out = reference(constants, *(None if h is None else h.to(acc) for h in handles[1:]))
+            first = torch.autograd.grad(out, p, dy.to(acc), create_graph=True)
+            cotangents = [g for g, h in zip(grads, handles[1:]) if h is not None]
+            second = torch.autograd.grad(first, [dy, *p], cotangents, allow_unused=True,
+                                         create_graph=create_graph)
+        it = iter(second)
+        results = tuple(None if h is None else next(it) for h in handles)
+        return results + (None,) * (ctx.num_inputs - len(results))
+
+    return backward
+
+
 def _make_backwards(ops: NormOps):
     def batch_norm(ctx, grad, *_):
         input, weight, bias, residual, mean, rstd = ctx.saved_tensors
@@ -174,6 +288,10 @@ def _make_backwards(ops: NormOps):
         "group_norm": (group_norm, _setup_group_norm),
         "rms_norm": (rms_norm, _setup_rms_norm),
         "local_response_norm": (local_response_norm, _setup_lrn),
+        "batch_norm_backward": (_second_order(_batch_norm_reference, 4), _setup_second_order),
+        "group_norm_backward": (_second_order(_group_norm_reference, 3), _setup_second_order),
+        "rms_norm_backward": (_second_order(_rms_norm_reference, 2), _setup_second_order),
+        "local_response_norm_backward": (_second_order(_lrn_reference, 1), _setup_second_order),
     }
 
 
