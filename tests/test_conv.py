@@ -129,6 +129,23 @@ def test_odd_shapes(shape, bias, target):
     check_against_torch(x, wt, b, torch.float64, target=target, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
+# More groups than channels per group: depthwise, depthwise with a channel multiplier, ResNeXt-
+# like groups. The CPU kernels vectorise across the groups there (csrc/cpu/conv.cpp).
+SMALL_GROUPS = [(8, 8, 8), (8, 16, 8), (16, 16, 8), (16, 8, 8), (12, 12, 4)]  # (C, K, groups)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("geometry", [((3, 3), 1, 1, 1), ((2, 4), (2, 3), (1, 2), (2, 1))], ids=["3x3", "odd"])
+@pytest.mark.parametrize("channels", SMALL_GROUPS, ids=lambda c: f"C{c[0]}-K{c[1]}-g{c[2]}")
+def test_small_groups(channels, geometry, channels_last, target):
+    (c, k, groups), (kernel, stride, padding, dilation) = channels, geometry
+    x, w, b = _inputs(kernel, groups, True, torch.float32, in_ch=c, out_ch=k)
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    check_against_torch(x, w, b, torch.float32, target=target, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_half_precision(dtype, channels_last, target):
