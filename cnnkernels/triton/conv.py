@@ -60,6 +60,12 @@ BACKWARD_WEIGHT_CONFIGS = [
     _config(BLOCK_K=128, BLOCK_N=64, num_warps=4, num_stages=4),
     _config(BLOCK_K=64, BLOCK_N=128, num_warps=4, num_stages=4),
 ]
+# float64 (gradcheck's dtype; no tensor cores) runs one small tile, not autotuned. Triton keeps
+# num_stages - 1 tiles of both operands in shared memory; at 8 bytes an element that is 256-288 KB
+# for every larger entry above, past the 227 KB a block may have on an H100 (measured with
+# scripts/triton_aot_check.py). These need 32 and 64 KB.
+FLOAT64_TILE_CONFIG = _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
+FLOAT64_BACKWARD_WEIGHT_CONFIG = _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=2)
 # (Larger in the interpreter, whose cost is per loop iteration, not per element.)
 WEIGHT_REDUCTION_BLOCK = 256 if triton_interpreted() else 64
 # Split of the N*P*Q reduction: aim for this many programs, and give each at least
@@ -372,9 +378,12 @@ _TUNED = {
 }
 
 
-def _launch(kernel, grid, args, config: triton.Config | None, default_configs, **constexprs):
-    """Runs `kernel` with `config`, or autotuned on a GPU, or with the first config (in the
-    interpreter, where timing means nothing, or with autotuning switched off)."""
+def _launch(kernel, grid, args, config: triton.Config | None, default_configs, float64_config, **constexprs):
+    """Runs `kernel` with `config`, or in float64 with `float64_config`, or autotuned on a GPU, or
+    with the first config (in the interpreter, where timing means nothing, or with autotuning
+    switched off)."""
+    if config is None and constexprs["ACC"] == tl.float64:
+        config = float64_config
     if config is None and _autotune():
         _TUNED[kernel][grid](*args, **constexprs)
         return
@@ -409,8 +418,8 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     args = (input, weight, bias if bias is not None else weight, y, N, H, W, P, Q, Cg, Kg,
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
             *input.stride(), *weight.stride(), *y.stride())
-    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS,
-            HAS_BIAS=bias is not None, INDEX=_offset_dtype(input, weight, y),
+    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, FLOAT64_TILE_CONFIG, R=R, S=S,
+            TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=bias is not None, INDEX=_offset_dtype(input, weight, y),
             ACC=_acc_dtype(input.dtype), PRECISION=_precision(input.dtype), UPCAST=_upcast_dot(input.dtype))
     return y
 
@@ -436,7 +445,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
 
     args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
             dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
-    _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, R=R, S=S,
+    _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, FLOAT64_TILE_CONFIG, R=R, S=S,
             INDEX=_offset_dtype(dx, weight, grad_output),
             ACC=_acc_dtype(dx.dtype), PRECISION=_precision(dx.dtype), UPCAST=_upcast_dot(dx.dtype))
     return dx
@@ -467,9 +476,10 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
 
     args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
             padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
-    _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS, R=R, S=S,
-            TAPS_IN_N=taps_in_n, INDEX=_offset_dtype(input, grad_output, partial),
-            ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype), UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
+    _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS,
+            FLOAT64_BACKWARD_WEIGHT_CONFIG, R=R, S=S, TAPS_IN_N=taps_in_n,
+            INDEX=_offset_dtype(input, grad_output, partial), ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype),
+            UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
     _sum_partials(partial, dw, [K, Cg, R, S], list(dw.stride()))
     return dw
 
