@@ -130,7 +130,7 @@ def test_odd_shapes(shape, bias, target):
 
 
 # More groups than channels per group: depthwise, depthwise with a channel multiplier, ResNeXt-
-# like groups. The CPU kernels vectorise across the groups there (csrc/cpu/conv.cpp).
+# like groups, where every tile of the GPU kernels holds one or a few channels of a group.
 SMALL_GROUPS = [(8, 8, 8), (8, 16, 8), (16, 16, 8), (16, 8, 8), (12, 12, 4)]  # (C, K, groups)
 
 

@@ -5,9 +5,6 @@
 // once, which costs one pass over the tensor against C*R*S passes of arithmetic) and the
 // weight is repacked so that the innermost loop of every kernel runs over a contiguous run
 // of output (or input) channels: an axpy the compiler vectorises without reassociating sums.
-// Grouped convolutions whose per-group runs are shorter than the number of groups (depthwise:
-// one channel per group; ResNeXt: four) run their innermost loop across the groups instead,
-// channel g*Cg + c for every g, with the weight packed groups-innermost (see across_groups).
 // Results are written through the output tensor's strides, so any memory format works.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -46,42 +43,26 @@ inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
   return std::min({by_work, by_memory, kMaxReductionChunks});
 }
 
-// Whether a kernel's innermost loop runs across the groups rather than along a run of `run`
-// channels of one group (Kg in the forward, Cg in the backward passes): when there are more
-// groups than that, the loop across them is the longer one, and it replaces G short calls.
-inline bool across_groups(int64_t groups, int64_t run) { return groups > run; }
-
-// Where accumulator slot of channel `ch` (of a layer with G groups of `per_group` channels)
-// lives: at ch itself, or across groups (channel g*per_group + j at j*G + g) so that one
-// channel position of every group forms a contiguous run.
-inline std::vector<int64_t> accumulator_slots(int64_t G, int64_t per_group, bool across) {
-  std::vector<int64_t> slot(static_cast<size_t>(G * per_group));
-  for (int64_t ch = 0; ch < G * per_group; ++ch) slot[ch] = across ? (ch % per_group) * G + ch / per_group : ch;
-  return slot;
-}
-
-// The weight (K, Cg, R, S) repacked per tap and converted to the accumulator type, as [Cg][Kg]
-// (input-major: the forward, where one input value meets a contiguous run of output channels)
-// or [Kg][Cg] (output-major: the backward-input's channel swap) matrices: per group,
-// packed[g][r][s][a][b], or with the groups innermost, packed[r][s][a][b][g].
+// The weight (K, Cg, R, S) repacked per group and tap as a [Cg][Kg] matrix (kInputMajor: the
+// forward, where one input value meets a contiguous run of output channels) or a [Kg][Cg]
+// matrix (kOutputMajor: the backward-input's channel swap), converted to the accumulator type:
+// packed[g][r][s][a][b].
 enum class WeightOrder { kInputMajor, kOutputMajor };
 
 template <typename scalar_t>
-std::vector<acc_t<scalar_t>> pack_weight(const at::Tensor& weight, const Conv2dParams& p, WeightOrder order,
-                                         bool groups_innermost) {
+std::vector<acc_t<scalar_t>> pack_weight(const at::Tensor& weight, const Conv2dParams& p, WeightOrder order) {
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), R = p.kernel_h, S = p.kernel_w;
   std::vector<acc_t<scalar_t>> packed(static_cast<size_t>(G * R * S * Cg * Kg));
   const auto w = weight.accessor<scalar_t, 4>();
   for (int64_t g = 0; g < G; ++g)
     for (int64_t r = 0; r < R; ++r)
-      for (int64_t s = 0; s < S; ++s)
+      for (int64_t s = 0; s < S; ++s) {
+        acc_t<scalar_t>* tap = packed.data() + ((g * R + r) * S + s) * Cg * Kg;
         for (int64_t k = 0; k < Kg; ++k)
-          for (int64_t c = 0; c < Cg; ++c) {
-            const int64_t in_tap = order == WeightOrder::kInputMajor ? c * Kg + k : k * Cg + c;
-            const int64_t at = groups_innermost ? ((r * S + s) * Cg * Kg + in_tap) * G + g
-                                                : ((g * R + r) * S + s) * Cg * Kg + in_tap;
-            packed[at] = static_cast<acc_t<scalar_t>>(w[g * Kg + k][c][r][s]);
-          }
+          for (int64_t c = 0; c < Cg; ++c)
+            tap[order == WeightOrder::kInputMajor ? c * Kg + k : k * Cg + c] =
+                static_cast<acc_t<scalar_t>>(w[g * Kg + k][c][r][s]);
+      }
   return packed;
 }
 
@@ -95,16 +76,13 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // For one input value, the Kg weights it meets are contiguous (or, across groups, the G
-  // weights of one (c, k) position of every group).
-  const bool across = across_groups(G, Kg);
-  const std::vector<acc> wp = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor, across);
-  const std::vector<int64_t> slot = accumulator_slots(G, Kg, across);
+  // For one input value, the Kg weights it meets are contiguous.
+  const std::vector<acc> wp = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor);
 
   std::vector<acc> bias_acc(static_cast<size_t>(K), acc(0));
   if (bias.has_value()) {
     const auto b = bias->accessor<scalar_t, 1>();
-    for (int64_t k = 0; k < K; ++k) bias_acc[slot[k]] = static_cast<acc>(b[k]);
+    for (int64_t k = 0; k < K; ++k) bias_acc[k] = static_cast<acc>(b[k]);
   }
 
   const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
@@ -136,21 +114,6 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
               any = any || inside;
             }
             if (!any) continue;
-            if (across) {
-              const acc* wtap = wp.data() + (r * S + s) * Cg * Kg * G;
-              for (int64_t c = 0; c < Cg; ++c)
-                for (int64_t k = 0; k < Kg; ++k) {
-                  const acc* wrow = wtap + (c * Kg + k) * G;
-                  for (int64_t b = 0; b < B; ++b) {
-                    if (xin[b] == nullptr) continue;
-                    acc* a = accum.data() + b * K + k * G;
-                    const scalar_t* xc = xin[b] + c;  // channel g*Cg + c at xc[g*Cg]
-#pragma omp simd
-                    for (int64_t g = 0; g < G; ++g) a[g] += static_cast<acc>(xc[g * Cg]) * wrow[g];
-                  }
-                }
-              continue;
-            }
             for (int64_t g = 0; g < G; ++g) {
               const acc* wtap = wp.data() + ((g * R + r) * S + s) * Cg * Kg;
               for (int64_t c = 0; c < Cg; ++c) {
@@ -165,7 +128,7 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
         }
         for (int64_t b = 0; b < nb; ++b) {
           scalar_t* yp = y + n * ys_n + oh * ys_p + (ow0 + b) * ys_q;
-          for (int64_t k = 0; k < K; ++k) yp[k * ys_k] = static_cast<scalar_t>(accum[b * K + slot[k]]);
+          for (int64_t k = 0; k < K; ++k) yp[k * ys_k] = static_cast<scalar_t>(accum[b * K + k]);
         }
       }
     }
@@ -185,11 +148,8 @@ void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weig
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // Channel-swapped: for one output-gradient value, the Cg weights it meets are contiguous (or,
-  // across groups, the G weights of one (k, c) position of every group).
-  const bool across = across_groups(G, Cg);
-  const std::vector<acc> wt = pack_weight<scalar_t>(weight, p, WeightOrder::kOutputMajor, across);
-  const std::vector<int64_t> slot = accumulator_slots(G, Cg, across);
+  // Channel-swapped: for one output-gradient value, the Cg weights it meets are contiguous.
+  const std::vector<acc> wt = pack_weight<scalar_t>(weight, p, WeightOrder::kOutputMajor);
 
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
   scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
@@ -212,18 +172,6 @@ void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weig
             const int64_t ow = backward_input_out_coord(iw + p.pad_left, s, p.stride_w, p.dilation_w);
             if (ow < 0 || ow >= p.out_w) continue;
             const scalar_t* dyrow = dy + ((n * p.out_h + oh) * p.out_w + ow) * K;
-            if (across) {
-              const acc* wtap = wt.data() + (r * S + s) * Kg * Cg * G;
-              for (int64_t k = 0; k < Kg; ++k)
-                for (int64_t c = 0; c < Cg; ++c) {
-                  const acc* wrow = wtap + (k * Cg + c) * G;
-                  acc* a = accum.data() + c * G;
-                  const scalar_t* dk = dyrow + k;  // channel g*Kg + k at dk[g*Kg]
-#pragma omp simd
-                  for (int64_t g = 0; g < G; ++g) a[g] += static_cast<acc>(dk[g * Kg]) * wrow[g];
-                }
-              continue;
-            }
             for (int64_t g = 0; g < G; ++g) {
               const acc* wtap = wt.data() + ((g * R + r) * S + s) * Kg * Cg;
               for (int64_t k = 0; k < Kg; ++k)
@@ -232,7 +180,7 @@ void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weig
           }
         }
         scalar_t* xp = dxp + n * xs_n + ih * xs_h + iw * xs_w;
-        for (int64_t c = 0; c < C; ++c) xp[c * xs_c] = static_cast<scalar_t>(accum[slot[c]]);
+        for (int64_t c = 0; c < C; ++c) xp[c * xs_c] = static_cast<scalar_t>(accum[c]);
       }
     }
   });
@@ -241,8 +189,7 @@ void conv2d_backward_input_cpu(const at::Tensor& dy_nhwc, const at::Tensor& weig
 // ---- backward-weight -----------------------------------------------------------------------
 // dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
 // The N*P*Q reduction is split into fixed chunks; each (chunk, group, tap) task accumulates a
-// [Kg][Cg] partial (across groups: each (chunk, tap) task a [Kg][Cg][G] one), and the partials
-// are summed in chunk order. Either way every weight element sums its pixels in order.
+// [Kg][Cg] partial, and the partials are summed in chunk order.
 template <typename scalar_t>
 void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_nhwc, at::Tensor& dw,
                                 const Conv2dParams& p) {
@@ -254,22 +201,19 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
   const int64_t weight_size = G * R * S * tile;
   const int64_t chunks = reduction_chunks(pixels, weight_size);
   const int64_t chunk_len = ceil_div(pixels, chunks);
-  const bool across = across_groups(G, Cg);
-  const int64_t task_groups = across ? 1 : G;  // groups handled by separate tasks
 
-  // partial[chunk][g][r][s][k][c], or across groups partial[chunk][r][s][k][c][g]
+  // partial[chunk][g][r][s][k][c]
   const at::Tensor partial = new_buffer({chunks * weight_size},
                                         x_nhwc.options().dtype(c10::CppTypeToScalarType<acc>::value));
   acc* part = partial.mutable_data_ptr<acc>();
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
   const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
 
-  at::parallel_for(0, chunks * task_groups * R * S, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunks * G * R * S, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % S, r = (task / S) % R, g = (task / (S * R)) % task_groups;
-      const int64_t chunk = task / (S * R * task_groups);
-      acc* t = part + chunk * weight_size + ((g * R + r) * S + s) * tile * (G / task_groups);
-      std::fill(t, t + tile * (G / task_groups), acc(0));
+      const int64_t s = task % S, r = (task / S) % R, g = (task / (S * R)) % G, chunk = task / (S * R * G);
+      acc* t = part + chunk * weight_size + ((g * R + r) * S + s) * tile;
+      std::fill(t, t + tile, acc(0));
       const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
       for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
         const int64_t ow = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
@@ -278,18 +222,6 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
         if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
         const scalar_t* dyrow = dy + m * K + g * Kg;
         const scalar_t* xrow = x + ((n * p.in_h + ih) * p.in_w + iw) * C + g * Cg;
-        if (across) {
-          for (int64_t k = 0; k < Kg; ++k)
-            for (int64_t c = 0; c < Cg; ++c) {
-              acc* tg = t + (k * Cg + c) * G;
-              const scalar_t* dk = dyrow + k;  // channel g*Kg + k at dk[g*Kg]
-              const scalar_t* xc = xrow + c;   // channel g*Cg + c at xc[g*Cg]
-#pragma omp simd
-              for (int64_t gi = 0; gi < G; ++gi)
-                tg[gi] += static_cast<acc>(dk[gi * Kg]) * static_cast<acc>(xc[gi * Cg]);
-            }
-          continue;
-        }
         for (int64_t k = 0; k < Kg; ++k) {
           const acc d = static_cast<acc>(dyrow[k]);
           acc* trow = t + k * Cg;
@@ -307,9 +239,8 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
     for (int64_t i = begin; i < end; ++i) {
       acc sum = 0;
       for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += part[chunk * weight_size + i];
-      const int64_t g = across ? i % G : i / (tile * S * R);  // undo the partial's layout
-      const int64_t j = across ? i / G : i % (tile * S * R);     // ((r*S + s)*Kg + k)*Cg + c
-      const int64_t c = j % Cg, k = (j / Cg) % Kg, s = (j / tile) % S, r = j / (tile * S);
+      const int64_t c = i % Cg, k = (i / Cg) % Kg, s = (i / tile) % S, r = (i / (tile * S)) % R,
+                    g = i / (tile * S * R);
       dwp[(g * Kg + k) * ws_k + c * ws_c + r * ws_r + s * ws_s] = static_cast<scalar_t>(sum);
     }
   });
