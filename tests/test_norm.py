@@ -401,11 +401,14 @@ def _second_order_cases(target):
                      lambda x, g: TF.rms_norm(x, (3, 3), g.view(3, 3), 1e-3), (x, g)),
         "local_response_norm": (lambda x: F.local_response_norm(x, 3, 0.1, 0.75, 1.0, backend=b),
                                 lambda x: TF.local_response_norm(x, 3, 0.1, 0.75, 1.0), (xc,)),
+        "local_response_norm_wide": (lambda x: F.local_response_norm(x, 9, 0.3, 0.75, 2.0, backend=b),
+                                     lambda x: TF.local_response_norm(x, 9, 0.3, 0.75, 2.0), (x,)),
     }
 
 
 SECOND_ORDER = ("batch_norm", "batch_norm_eval_relu", "batch_norm_add_relu", "residual_is_input", "instance_norm",
-                "group_norm_silu", "group_norm_gelu", "layer_norm", "rms_norm", "local_response_norm")
+                "group_norm_silu", "group_norm_gelu", "layer_norm", "rms_norm", "local_response_norm",
+                "local_response_norm_wide")
 
 
 @pytest.mark.parametrize("case", SECOND_ORDER)

@@ -220,7 +220,14 @@ def _rms_norm_reference(args, x, weight):
 
 
 def _lrn_reference(args, x):
-    return torch.nn.functional.local_response_norm(x, *args)
+    size, alpha, beta, k = args
+    squares, window = x.square(), torch.zeros_like(x)
+    channels = x.shape[1]
+    for d in range(-(size // 2), (size - 1) // 2 + 1):  # channel c sums the squares of c + d
+        lo, hi = max(0, -d), min(channels, channels - d)
+        if lo < hi:
+            window[:, lo:hi] += squares[:, lo + d:hi + d]
+    return x / (k + alpha / size * window).pow(beta)
 
 
 def _setup_second_order(ctx, inputs, output):
