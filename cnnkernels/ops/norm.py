@@ -30,7 +30,10 @@ try:  # the Triton operators exist where triton does
 except ImportError:
     _triton_norm = None
 
-ACTIVATIONS = ("none", "relu", "silu", "gelu")
+# The activations a norm can fuse, by the name the schemas take, with torch's function of each
+# (the reference the second derivatives are taken through).
+ACTIVATIONS = {"none": lambda z: z, "relu": torch.relu, "silu": torch.nn.functional.silu,
+               "gelu": torch.nn.functional.gelu}
 
 
 class NormOps(NamedTuple):
@@ -160,11 +163,6 @@ def _setup_lrn(ctx, inputs, output):
 # refused), so third and higher derivatives come out right too.
 
 
-def _torch_activation(activation: str):
-    return {"none": lambda z: z, "relu": torch.relu, "silu": torch.nn.functional.silu,
-            "gelu": torch.nn.functional.gelu}[activation]
-
-
 def _rstd(mean_square, save_rstd):
     """1 / sqrt(mean_square + eps) as a function of mean_square (a variance, or RMS norm's mean of
     squares). The backward operators do not take eps: it is the saved rstd's (rstd^-2 -
@@ -196,7 +194,7 @@ def _affine_activation(xhat, weight, bias, residual, activation: str):
         z = z + _per_channel(bias, xhat)
     if residual is not None:
         z = z + residual
-    return _torch_activation(activation)(z)
+    return ACTIVATIONS[activation](z)
 
 
 def _batch_norm_reference(args, x, weight, bias, residual):
@@ -231,12 +229,11 @@ def _lrn_reference(args, x):
 
 
 def _setup_second_order(ctx, inputs, output):
-    """Saves a backward operator's tensor operands; the rest (statistics, flags) ride along as
-    constants of the reference."""
-    ctx.tensors = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) or a is None]
-    ctx.save_for_backward(*(inputs[i] for i in ctx.tensors))
-    ctx.others = {i: a for i, a in enumerate(inputs) if i not in ctx.tensors}
-    ctx.num_inputs = len(inputs)
+    """Saves a backward operator's arguments: the tensors (absent optional ones included) through
+    save_for_backward, the rest (flags, sizes) as they are."""
+    ctx.is_tensor = [isinstance(a, torch.Tensor) or a is None for a in inputs]
+    ctx.save_for_backward(*(a for a, t in zip(inputs, ctx.is_tensor) if t))
+    ctx.others = [None if t else a for a, t in zip(inputs, ctx.is_tensor)]
 
 
 def _second_order(reference, arity: int):
@@ -245,10 +242,9 @@ def _second_order(reference, arity: int):
     results the gradients of p (an empty tensor for an absent operand)."""
 
     def backward(ctx, *grads):
-        args = {**dict(zip(ctx.tensors, ctx.saved_tensors)), **ctx.others}
-        grad_output = args[0]
-        primals = [args[i] for i in range(1, 1 + arity)]
-        constants = [args[i] for i in range(1 + arity, ctx.num_inputs)]
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if t else a for a, t in zip(ctx.others, ctx.is_tensor)]
+        grad_output, primals, constants = args[0], args[1:1 + arity], args[1 + arity:]
         acc = acc_dtype(primals[0])
         create_graph = torch.is_grad_enabled()  # autograd runs a backward in grad mode iff create_graph
         with torch.enable_grad():
@@ -264,7 +260,7 @@ def _second_order(reference, arity: int):
                                          create_graph=create_graph)
         it = iter(second)
         results = tuple(None if h is None else next(it) for h in handles)
-        return results + (None,) * (ctx.num_inputs - len(results))
+        return results + (None,) * (len(args) - len(results))
 
     return backward
 
