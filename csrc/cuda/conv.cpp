@@ -134,7 +134,7 @@ at::Tensor conv2d_backward_bias_cuda(const at::Tensor& grad_output) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(cnnkernels, CNNK_CUDA_DISPATCH_KEY, m) {
   m.impl("conv2d", &conv2d_cuda);
   m.impl("conv2d_backward_input", &conv2d_backward_input_cuda);
   m.impl("conv2d_backward_weight", &conv2d_backward_weight_cuda);

@@ -424,7 +424,7 @@ at::Tensor local_response_norm_backward_cuda(const at::Tensor& grad_output, cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(cnnkernels, CNNK_CUDA_DISPATCH_KEY, m) {
   m.impl("batch_norm", &batch_norm_cuda);
   m.impl("batch_norm_backward", &batch_norm_backward_cuda);
   m.impl("group_norm", &group_norm_cuda);

@@ -252,7 +252,7 @@ at::Tensor max_unpool2d_backward_cuda(const at::Tensor& grad_output, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(cnnkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(cnnkernels, CNNK_CUDA_DISPATCH_KEY, m) {
   m.impl("max_pool2d", &max_pool2d_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
   m.impl("avg_pool2d", &avg_pool2d_cuda);

@@ -7,6 +7,12 @@
 
 #include "cnnkernels/common.h"
 
+// The dispatch key the CUDA host functions register under. The host-emulator build of the tests
+// (tests/cuda_emulator) compiles them with -DCNNK_CUDA_DISPATCH_KEY=CPU to run them on CPU tensors.
+#ifndef CNNK_CUDA_DISPATCH_KEY
+#define CNNK_CUDA_DISPATCH_KEY CUDA
+#endif
+
 namespace cnnkernels {
 
 inline DType kernel_dtype(const char* op, const at::Tensor& t) {
