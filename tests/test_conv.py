@@ -417,18 +417,60 @@ def test_integer_conv_matches_torch(dtype, x_shape, w_shape, kwargs):
     assert ours.stride() == ref.stride()
 
 
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
+@pytest.mark.parametrize("dtype", COMPLEX_DTYPES, ids=str)
+def test_complex_conv_matches_torch(dtype, kwargs, channels_last):
+    # torch's CPU convolution takes complex tensors (sum of w * x, nothing conjugated) and
+    # differentiates them by its convention for holomorphic functions (conjugated operands).
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 7, 8, dtype=dtype, generator=gen)
+    w = torch.randn(4, 4 // kwargs["groups"], 2, 3, dtype=dtype, generator=gen)
+    b = torch.randn(4, dtype=dtype, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    grad = torch.randn(TF.conv2d(x, w, b, **kwargs).shape, dtype=dtype, generator=gen)
+    out, grads = _run(functools.partial(F.conv2d, backend="cpu"), x, w, b, grad, **kwargs)
+    ref_out, ref_grads = _run(TF.conv2d, x, w, b, grad, **kwargs)
+    tol = 1e-4 if dtype == torch.complex64 else 1e-10
+    for ours, theirs in zip((out, *grads), (ref_out, *ref_grads)):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
+    # The layout rule of real tensors (torch's complex path, three real convolutions, returns NCHW).
+    assert out.is_contiguous(memory_format=CL if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES[:2], ids=str)
+def test_complex_gradcheck_and_gradgradcheck(kwargs):
+    """Complex gradcheck checks both Wirtinger derivatives; gradgradcheck the backward
+    operators' own (conjugated) formulas."""
+    x = torch.randn(1, 4, 6, 7, dtype=torch.complex128, requires_grad=True)
+    w = torch.randn(4, 4 // kwargs["groups"], 2, 3, dtype=torch.complex128, requires_grad=True)
+    b = torch.randn(4, dtype=torch.complex128, requires_grad=True)
+
+    def f(x, w, b):
+        return F.conv2d(x, w, b, backend="cpu", **kwargs)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64], ids=str)
 @pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0].backend != "cpu"])
-def test_integer_input_on_the_gpu_backends_is_rejected(target):
-    # Integer convolution is the cpu backend's (torch's CUDA convolution rejects it too).
+def test_integer_and_complex_inputs_on_the_gpu_backends_are_rejected(target, dtype):
+    # Integer and complex convolutions are the cpu backend's.
     with pytest.raises(RuntimeError, match="float32"):
-        F.conv2d(X.int().to(target.device), W.int().to(target.device), backend=target.backend)
+        F.conv2d(X.to(dtype).to(target.device), W.to(dtype).to(target.device), backend=target.backend)
 
 
 def test_unsupported_dtypes_are_rejected_with_the_supported_list():
-    with pytest.raises(RuntimeError, match="int64"):
+    with pytest.raises(NotImplementedError, match="int64"):
         F.conv2d(X.bool(), W.bool(), backend="cpu")
-    with pytest.raises(RuntimeError, match="float32"):
-        F.conv2d(X.to(torch.complex64), W.to(torch.complex64), backend="cpu")
+    with pytest.raises(NotImplementedError, match="complex128"):
+        F.conv2d(X.to(torch.complex32), W.to(torch.complex32), backend="cpu")
 
 
 INT_LIKE_ARGUMENTS = {

@@ -291,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cnnkernels::max_pool2d";
-  check_cpu_dtype(op, input, Integers::kAll);
+  check_cpu_dtype(op, input, kIntegerTypes);
   const Pool2dParams p = make_pool2d_params(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
@@ -319,7 +319,7 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       c10::optional<int64_t> divisor_override) {
   const char* op = "cnnkernels::avg_pool2d";
-  check_cpu_dtype(op, input, Integers::kInt64);  // its quotient then truncates, as torch's
+  check_cpu_dtype(op, input, kInt64Type);  // its quotient then truncates, as torch's
   const int64_t one[2] = {1, 1};
   const Pool2dParams p = make_pool2d_params(op, input, kernel_size, stride, padding, one, ceil_mode);
   const int64_t divisor = check_divisor_override(op, divisor_override);
