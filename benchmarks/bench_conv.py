@@ -3,16 +3,17 @@
     python -m benchmarks.bench_conv [--out DIR] [--quick] [--batch 32 128] [--dtypes bf16 fp16 fp32]
                                     [--max-minutes M]
 
-With a CUDA GPU: every distinct conv layer of ResNet-50 and VGG-16 (224x224 input) at batch 32
-and 128, in bf16 and fp16 channels_last and fp32 NCHW. torch means cuDNN: F.conv2d for the
+With a CUDA GPU: every distinct conv layer of ResNet-50, VGG-16 and MobileNet v1 (224x224 input;
+MobileNet's depthwise 3x3 layers have groups = channels) at batch 32 and 128, in bf16 and fp16
+channels_last and fp32 NCHW. torch means cuDNN: F.conv2d for the
 forward pass and aten.convolution_backward asked for one gradient only for each backward pass.
 It is compared with each of our GPU backends ("cuda", "triton") that exists and runs there.
 
-Without one: a few small LeNet-5 and ResNet-like layers at batch 2 and 8, fp32 NCHW; our "cpu"
+Without one: a few small LeNet-5, ResNet-like and depthwise layers at batch 2 and 8, fp32 NCHW; our "cpu"
 backend (and "triton" when TRITON_INTERPRET=1) against torch's CPU convolution.
 
-Per case: time (ms), TFLOP/s (2*N*K*P*Q*C*R*S flops for each of the three ops: they are the
-same GEMM volume), torch time / backend time, and the backend result's largest difference from
+Per case: time (ms), TFLOP/s (2*N*K*P*Q*(C/groups)*R*S flops for each of the three ops: they
+are the same GEMM volume), torch time / backend time, and the backend result's largest difference from
 torch's relative to torch's largest magnitude, so that a fast but wrong kernel shows. Summary:
 geometric means of torch/backend per (backend, op, dtype, batch), over all layers and per net.
 Results go to <out>/<device>-conv.json and .md, rewritten after every case. The exit status is 1
@@ -41,10 +42,11 @@ OPS = ("forward", "backward_input", "backward_weight")
 # ---- layer tables --------------------------------------------------------------------------
 # Each table lists a net's distinct conv geometries, written out by hand, with the layers (named
 # as in torchvision's state_dict) that have it; "layer2.1-3.conv2" is conv2 of blocks 1 to 3.
-# Every conv here is square, dilation 1, groups 1, and runs without bias: ResNet's convs have
-# none (BatchNorm follows), and VGG's bias add is not the work being compared.
+# Every conv here is square, dilation 1, and runs without bias: ResNet's and MobileNet's convs
+# have none (BatchNorm follows), and VGG's bias add is not the work being compared. A row may end
+# with its groups (default 1).
 #
-#   (layers,                                   C,    K,   H,   W, kernel, stride, padding)
+#   (layers,                                   C,    K,   H,   W, kernel, stride, padding[, groups])
 
 # torchvision's ResNet-50 (v1.5): a stage's stride sits on the 3x3 of its first block and on
 # that block's 1x1 downsample projection. layer1's downsample keeps the stride 1 of the stem's
@@ -88,6 +90,30 @@ VGG16 = (
     ("features.24 features.26 features.28",      512,  512,  14,  14, 3, 1, 1),
 )
 
+# MobileNet v1 (Howard et al. 2017, Table 1; torchvision has no v1, so layers are named as in the
+# paper's rows: conv_dw_i is the i-th depthwise 3x3, groups = C, and conv_pw_i the 1x1 after it).
+MOBILENET_V1 = (
+    ("conv1",                                      3,   32, 224, 224, 3, 2, 1),
+    ("conv_dw_1",                                 32,   32, 112, 112, 3, 1, 1,   32),
+    ("conv_pw_1",                                 32,   64, 112, 112, 1, 1, 0),
+    ("conv_dw_2",                                 64,   64, 112, 112, 3, 2, 1,   64),
+    ("conv_pw_2",                                 64,  128,  56,  56, 1, 1, 0),
+    ("conv_dw_3",                                128,  128,  56,  56, 3, 1, 1,  128),
+    ("conv_pw_3",                                128,  128,  56,  56, 1, 1, 0),
+    ("conv_dw_4",                                128,  128,  56,  56, 3, 2, 1,  128),
+    ("conv_pw_4",                                128,  256,  28,  28, 1, 1, 0),
+    ("conv_dw_5",                                256,  256,  28,  28, 3, 1, 1,  256),
+    ("conv_pw_5",                                256,  256,  28,  28, 1, 1, 0),
+    ("conv_dw_6",                                256,  256,  28,  28, 3, 2, 1,  256),
+    ("conv_pw_6",                                256,  512,  14,  14, 1, 1, 0),
+    ("conv_dw_7-11",                             512,  512,  14,  14, 3, 1, 1,  512),
+    ("conv_pw_7-11",                             512,  512,  14,  14, 1, 1, 0),
+    ("conv_dw_12",                               512,  512,  14,  14, 3, 2, 1,  512),
+    ("conv_pw_12",                               512, 1024,   7,   7, 1, 1, 0),
+    ("conv_dw_13",                              1024, 1024,   7,   7, 3, 1, 1, 1024),
+    ("conv_pw_13",                              1024, 1024,   7,   7, 1, 1, 0),
+)
+
 # CPU runs: small layers that the plain C++ loops finish quickly. LeNet-5's two convs, and one
 # ResNet-style layer of each kind (stem, 3x3, strided 3x3, 1x1 expansion, strided 1x1 projection)
 # at CIFAR-like sizes.
@@ -102,14 +128,18 @@ RESNET_LIKE = (
     ("1x1",                                       64,  256,  16,  16, 1, 1, 0),
     ("1x1/2",                                     64,  128,  16,  16, 1, 2, 0),
 )
+DEPTHWISE_LIKE = (
+    ("dw3x3",                                     64,   64,  16,  16, 3, 1, 1,   64),
+    ("dw3x3/2",                                   64,   64,  16,  16, 3, 2, 1,   64),
+)
 
 # net name -> (short prefix for layer ids, table)
-GPU_NETS = {"resnet50": ("r50", RESNET50), "vgg16": ("vgg16", VGG16)}
-CPU_NETS = {"lenet5": ("lenet5", LENET5), "resnet-like": ("rn", RESNET_LIKE)}
-# --quick: one layer of each kind (stem, 3x3, strided 3x3, 1x1, strided 1x1, VGG 3x3).
+GPU_NETS = {"resnet50": ("r50", RESNET50), "vgg16": ("vgg16", VGG16), "mobilenet_v1": ("mbv1", MOBILENET_V1)}
+CPU_NETS = {"lenet5": ("lenet5", LENET5), "resnet-like": ("rn", RESNET_LIKE), "depthwise-like": ("dw", DEPTHWISE_LIKE)}
+# --quick: one layer of each kind (stem, 3x3, strided 3x3, 1x1, strided 1x1, VGG 3x3, depthwise 3x3).
 GPU_QUICK = ("resnet50:conv1", "resnet50:layer1.0-2.conv2", "resnet50:layer3.0.conv2", "resnet50:layer3.0-5.conv3",
-             "resnet50:layer3.0.downsample.0", "vgg16:features.10")
-CPU_QUICK = ("lenet5:c3", "resnet-like:3x3/2")
+             "resnet50:layer3.0.downsample.0", "vgg16:features.10", "mobilenet_v1:conv_dw_5")
+CPU_QUICK = ("lenet5:c3", "resnet-like:3x3/2", "depthwise-like:dw3x3")
 
 GPU_DEFAULTS = {"batch": [32, 128], "quick_batch": [32], "dtypes": ["bf16", "fp16", "fp32"]}
 CPU_DEFAULTS = {"batch": [2, 8], "quick_batch": [2], "dtypes": ["fp32"]}
@@ -132,15 +162,16 @@ class Layer(harness.NetLayer):
     kernel: int
     stride: int
     padding: int
+    groups: int = 1
 
     @property
     def out_hw(self) -> tuple[int, int]:
         return tuple((n + 2 * self.padding - self.kernel) // self.stride + 1 for n in (self.H, self.W))
 
     def gflop(self, batch: int) -> float:
-        """2*N*K*P*Q*C*R*S / 1e9: the multiply-adds of any of the three ops (groups = 1)."""
+        """2*N*K*P*Q*(C/groups)*R*S / 1e9: the multiply-adds of any of the three ops."""
         p, q = self.out_hw
-        return 2 * batch * self.K * p * q * self.C * self.kernel * self.kernel / 1e9
+        return 2 * batch * self.K * p * q * (self.C // self.groups) * self.kernel * self.kernel / 1e9
 
 
 # ---- backends ------------------------------------------------------------------------------
@@ -164,7 +195,8 @@ def _inputs(layer: Layer, batch: int, dtype: torch.dtype, fmt_: torch.memory_for
         return (torch.randn(*shape, device=device, dtype=dtype) * scale).contiguous(memory_format=fmt_)
 
     x = randn(batch, layer.C, layer.H, layer.W)
-    w = randn(layer.K, layer.C, layer.kernel, layer.kernel, scale=1 / math.sqrt(layer.C * layer.kernel ** 2))
+    fan_in = layer.C // layer.groups * layer.kernel ** 2
+    w = randn(layer.K, layer.C // layer.groups, layer.kernel, layer.kernel, scale=1 / math.sqrt(fan_in))
     g = randn(batch, layer.K, p, q)
     return x, w, g
 
@@ -173,21 +205,22 @@ def _torch_fns(layer: Layer, x, w, g) -> dict[str, Callable]:
     stride, padding = [layer.stride] * 2, [layer.padding] * 2
 
     def backward(mask):
-        return torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, [1, 1], False, [0, 0], 1, mask)
+        return torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, [1, 1], False, [0, 0],
+                                                   layer.groups, mask)
 
     return {
-        "forward": lambda: F.conv2d(x, w, None, stride, padding),
+        "forward": lambda: F.conv2d(x, w, None, stride, padding, groups=layer.groups),
         "backward_input": lambda: backward([True, False, False])[0],
         "backward_weight": lambda: backward([False, True, False])[1],
     }
 
 
 def _backend_fns(ops: conv_ops.Conv2dOps, layer: Layer, x, w, g) -> dict[str, Callable]:
-    stride, padding, dilation = [layer.stride] * 2, [layer.padding] * 4, [1, 1]
+    stride, padding, dilation, groups = [layer.stride] * 2, [layer.padding] * 4, [1, 1], layer.groups
     return {
-        "forward": lambda: ops.forward(x, w, None, stride, padding, dilation, 1),
-        "backward_input": lambda: ops.backward_input(g, w, list(x.shape), stride, padding, dilation, 1),
-        "backward_weight": lambda: ops.backward_weight(g, x, list(w.shape), stride, padding, dilation, 1),
+        "forward": lambda: ops.forward(x, w, None, stride, padding, dilation, groups),
+        "backward_input": lambda: ops.backward_input(g, w, list(x.shape), stride, padding, dilation, groups),
+        "backward_weight": lambda: ops.backward_weight(g, x, list(w.shape), stride, padding, dilation, groups),
     }
 
 
@@ -262,10 +295,11 @@ def markdown(meta: dict, layers: list[Layer], results: list[dict], summary: list
     parts += harness.summary_section(summary, nets, ["max err"], lambda s: [fmt(s["max_rel_err"], ".1e")])
 
     rows = [[layer.id, " ".join(layer.layers), layer.C, layer.K, f"{layer.H}x{layer.W}",
-             f"{layer.kernel}x{layer.kernel}/{layer.stride} p{layer.padding}", "{}x{}".format(*layer.out_hw)]
+             f"{layer.kernel}x{layer.kernel}/{layer.stride} p{layer.padding}", layer.groups,
+             "{}x{}".format(*layer.out_hw)]
             for layer in layers]
-    parts += ["## Layers", harness.markdown_table(["id", "layers", "C", "K", "HxW", "kernel/stride pad", "PxQ"],
-                                                  rows, [False, False, True, True, True, False, True])]
+    parts += ["## Layers", harness.markdown_table(["id", "layers", "C", "K", "HxW", "kernel/stride pad", "groups", "PxQ"],
+                                                  rows, [False, False, True, True, True, False, True, True])]
 
     gflop = {layer.id: layer.gflop for layer in layers}
     parts += harness.results_sections(

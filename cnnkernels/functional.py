@@ -6,6 +6,7 @@ a keyword-only ``backend=`` ("cpu", "cuda", "triton" or "auto"; see cnnkernels.b
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -23,11 +24,25 @@ __all__ = [
 ]
 
 
+def _int_argument(value, name: str, fn: str, whole=None) -> int:
+    """One int of an int or int-list argument. Like torch, anything with __index__ counts (a
+    Python or NumPy integer, a 0-d integer tensor), bool and floats do not."""
+    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, torch.Tensor):
+        ok = value.dim() == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
+                                       or value.dtype == torch.bool)
+    else:
+        ok = not isinstance(value, bool) and hasattr(type(value), "__index__")
+    if not ok:
+        shown = type(value).__name__ if whole is None else repr(whole)
+        raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, not {shown}")
+    return operator.index(value)
+
+
 def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
     """An int or a sequence of one or two ints -> two ints, with torch's errors."""
-    if isinstance(value, bool) or not isinstance(value, (int, Sequence, torch.SymInt)):
-        raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, not {type(value).__name__}")
-    values = [value, value] if not isinstance(value, Sequence) else list(value)
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value, value]
     if len(values) == 1:
         values = values * 2
     if len(values) != 2:
@@ -35,10 +50,8 @@ def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
             f"expected {name} to be a single integer value or a list of 2 values to match the "
             f"convolution dimensions, but got {name}={list(value)}"
         )
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
-            raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, got {value!r}")
-    return values
+    whole = value if isinstance(value, Sequence) and not isinstance(value, str) else None
+    return [_int_argument(v, name, fn, whole) for v in values]
 
 
 def _conv2d_padding(padding, weight: torch.Tensor, stride: list[int], dilation: list[int]) -> list[int]:
@@ -97,8 +110,10 @@ def conv2d(
             f"conv2d: expected a 4-D (out_channels, in_channels/groups, kH, kW) weight, "
             f"but got weight of size: {list(weight.shape)}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, (int, torch.SymInt)):
-        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    try:
+        groups = _int_argument(groups, "groups", "conv2d")
+    except TypeError:
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}") from None
     stride = _pair(stride, "stride")
     dilation = _pair(dilation, "dilation")
     padding = _conv2d_padding(padding, weight, stride, dilation)
@@ -112,8 +127,6 @@ def conv2d(
                 f"Input and {name} should be on the same device, but got input on {input.device} "
                 f"and {name} on {other.device}"
             )
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"conv2d: expected a floating-point input, but got {input.dtype}")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
         raise RuntimeError(
             f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
@@ -135,8 +148,6 @@ def _pool_input(input, fn: str) -> tuple[torch.Tensor, bool]:
     _check_tensor(input, "input", fn)
     if input.dim() not in (3, 4):
         raise RuntimeError(f"{fn}: Expected 3D or 4D (batch mode) tensor for input, but got: {list(input.shape)}")
-    if not input.dtype.is_floating_point:
-        raise RuntimeError(f"{fn}: expected a floating-point input, but got {input.dtype}")
     return (input.unsqueeze(0), True) if input.dim() == 3 else (input, False)
 
 
@@ -177,8 +188,10 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = _pool_stride(stride, kernel, "avg_pool2d")
     padding = _pair(padding, "padding", "avg_pool2d")
-    if divisor_override is not None and divisor_override == 0:
-        raise RuntimeError("avg_pool2d: divisor must be not zero")
+    if divisor_override is not None:
+        divisor_override = _int_argument(divisor_override, "divisor_override", "avg_pool2d")
+        if divisor_override == 0:
+            raise RuntimeError("avg_pool2d: divisor must be not zero")
     pool2d_output_shape("avg_pool2d", x.shape, kernel, stride, padding, [1, 1], bool(ceil_mode))
     ops = _pool.ops_for("avg_pool2d", x, backend)
     out = ops.avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override)

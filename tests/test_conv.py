@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -375,9 +376,124 @@ def test_device_mismatch_is_rejected():
         F.conv2d(X, W.to("meta"))
 
 
-def test_integer_input_is_rejected():
-    with pytest.raises(RuntimeError, match="floating-point"):
-        F.conv2d(X.int(), W.int())
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _integers(shape, dtype, generator):
+    """Values over the dtype's whole range (int64: up to 2^40), so sums and products overflow."""
+    info = torch.iinfo(dtype)
+    low, high = max(info.min, -(2**40)), min(info.max, 2**40)
+    return torch.randint(low, high, shape, dtype=torch.int64, generator=generator).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 3, 7, 6), (4, 3, 3, 3), dict(bias=True)),
+        ((2, 4, 9, 8), (6, 2, 3, 2), dict(stride=2, padding=(1, 2), dilation=(2, 1), groups=2, bias=True)),
+        ((1, 4, 6, 6), (4, 1, 3, 3), dict(padding="same", groups=4)),
+        ((5, 4, 6), (2, 5, 1, 1), dict(bias=True)),  # unbatched
+        ((2, 8, 5, 7), (4, 8, 2, 3), dict(stride=(1, 2), channels_last=True)),
+    ],
+    ids=["bias", "strided-dilated-groups", "depthwise-same", "unbatched", "channels_last"],
+)
+def test_integer_conv_matches_torch(dtype, x_shape, w_shape, kwargs):
+    # torch's CPU convolution takes integer tensors, and its sums wrap modulo 2^bits: exact
+    # integers, so ours must equal them bit for bit.
+    kwargs = dict(kwargs)
+    gen = torch.Generator().manual_seed(len(x_shape) + w_shape[0])
+    x, w = _integers(x_shape, dtype, gen), _integers(w_shape, dtype, gen)
+    if kwargs.pop("channels_last", False):
+        x = x.contiguous(memory_format=CL)
+    bias = _integers((w_shape[0],), dtype, gen) if kwargs.pop("bias", False) else None
+    ours = F.conv2d(x, w, bias, backend="cpu", **kwargs)
+    try:
+        ref = TF.conv2d(x, w, bias, **kwargs)
+    except NotImplementedError:  # torch's dilated kernel lacks uint8: its int64 result, wrapped
+        ref = TF.conv2d(x.long(), w.long(), None if bias is None else bias.long(), **kwargs).to(dtype)
+    assert ours.dtype == dtype
+    assert torch.equal(ours, ref)
+    assert ours.stride() == ref.stride()
+
+
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES, ids=str)
+@pytest.mark.parametrize("dtype", COMPLEX_DTYPES, ids=str)
+def test_complex_conv_matches_torch(dtype, kwargs, channels_last):
+    # torch's CPU convolution takes complex tensors (sum of w * x, nothing conjugated) and
+    # differentiates them by its convention for holomorphic functions (conjugated operands).
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 7, 8, dtype=dtype, generator=gen)
+    w = torch.randn(4, 4 // kwargs["groups"], 2, 3, dtype=dtype, generator=gen)
+    b = torch.randn(4, dtype=dtype, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+    grad = torch.randn(TF.conv2d(x, w, b, **kwargs).shape, dtype=dtype, generator=gen)
+    out, grads = _run(functools.partial(F.conv2d, backend="cpu"), x, w, b, grad, **kwargs)
+    ref_out, ref_grads = _run(TF.conv2d, x, w, b, grad, **kwargs)
+    tol = 1e-4 if dtype == torch.complex64 else 1e-10
+    for ours, theirs in zip((out, *grads), (ref_out, *ref_grads)):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
+    # The layout rule of real tensors (torch's complex path, three real convolutions, returns NCHW).
+    assert out.is_contiguous(memory_format=CL if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("kwargs", GRADCHECK_CASES[:2], ids=str)
+def test_complex_gradcheck_and_gradgradcheck(kwargs):
+    """Complex gradcheck checks both Wirtinger derivatives; gradgradcheck the backward
+    operators' own (conjugated) formulas."""
+    x = torch.randn(1, 4, 6, 7, dtype=torch.complex128, requires_grad=True)
+    w = torch.randn(4, 4 // kwargs["groups"], 2, 3, dtype=torch.complex128, requires_grad=True)
+    b = torch.randn(4, dtype=torch.complex128, requires_grad=True)
+
+    def f(x, w, b):
+        return F.conv2d(x, w, b, backend="cpu", **kwargs)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64], ids=str)
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0].backend != "cpu"])
+def test_integer_and_complex_inputs_on_the_gpu_backends_are_rejected(target, dtype):
+    # Integer and complex convolutions are the cpu backend's.
+    with pytest.raises(RuntimeError, match="float32"):
+        F.conv2d(X.to(dtype).to(target.device), W.to(dtype).to(target.device), backend=target.backend)
+
+
+def test_unsupported_dtypes_are_rejected_with_the_supported_list():
+    with pytest.raises(NotImplementedError, match="int64"):
+        F.conv2d(X.bool(), W.bool(), backend="cpu")
+    with pytest.raises(NotImplementedError, match="complex128"):
+        F.conv2d(X.to(torch.complex32), W.to(torch.complex32), backend="cpu")
+
+
+INT_LIKE_ARGUMENTS = {
+    "tensor_stride": dict(stride=torch.tensor(2)),
+    "numpy_padding": dict(padding=np.int64(1)),
+    "mixed_tuple": dict(stride=(torch.tensor(1), np.int32(2)), dilation=(2, torch.tensor(1))),
+    "tensor_groups": dict(groups=torch.tensor(2)),
+}
+
+
+@pytest.mark.parametrize("name", list(INT_LIKE_ARGUMENTS))
+def test_integer_like_arguments_are_taken_like_torch(name):
+    # torch takes anything with __index__ (0-d integer tensors, NumPy integers) as an int.
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 2, 3, 3)
+    kwargs = INT_LIKE_ARGUMENTS[name]
+    if "groups" not in kwargs:
+        w = torch.randn(6, 4, 3, 3)
+    torch.testing.assert_close(F.conv2d(x, w, backend="cpu", **kwargs), TF.conv2d(x, w, **kwargs))
+
+
+@pytest.mark.parametrize("value", [torch.tensor([1, 1]), torch.tensor(1.0), 1.0, True], ids=repr)
+def test_non_integer_arguments_raise_like_torch(value):
+    raises_like_torch(lambda: F.conv2d(X, W, stride=value), lambda: TF.conv2d(X, W, stride=value), "stride")
 
 
 @pytest.mark.parametrize(
@@ -387,7 +503,8 @@ def test_integer_input_is_rejected():
         (lambda: torch.ops.cnnkernels.conv2d(X, W, None, [1, 1], [0, 0, -1, 0], [1, 1], 1), "negative padding"),
         (lambda: torch.ops.cnnkernels.conv2d(X[0], W, None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "4-D"),
         (lambda: torch.ops.cnnkernels.conv2d(X, W[:, :2], None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "channels"),
-        (lambda: torch.ops.cnnkernels.conv2d(X.int(), W.int(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),
+        (lambda: torch.ops.cnnkernels.conv2d(X.bool(), W.bool(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),
+        (lambda: torch.ops.cnnkernels.conv2d_backward_input(torch.ones(2, 6, 7, 7, dtype=torch.int32), W.int(), [2, 4, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),
         (lambda: torch.ops.cnnkernels.conv2d_backward_input(torch.randn(2, 6, 5, 5), W, [2, 4, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1), "grad_output"),
         (lambda: torch.ops.cnnkernels.conv2d_backward_weight(torch.randn(2, 6, 7, 7), X, [6, 4, 3, 3], [2, 2], [0, 0, 0, 0], [1, 1], 1), "grad_output"),
         (lambda: torch.ops.cnnkernels.conv2d_backward_bias(torch.randn(6, 7)), "4-D"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -294,6 +295,101 @@ BAD_CALLS = {
 def test_bad_arguments_raise_like_torch(name):
     fn, args, kwargs, match = BAD_CALLS[name]
     raises_like_torch(lambda: getattr(F, fn)(*args, **kwargs), lambda: getattr(TF, fn)(*args, **kwargs), match)
+
+
+# ---- integer inputs and integer-like arguments -------------------------------------------
+# torch's CPU max pooling takes every integer type and its average pooling int64 (the quotient
+# truncated toward zero); the cpu backend takes the same, and exact integers must match exactly.
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+INTEGER_WINDOWS = {
+    "2x2": dict(kernel_size=2),
+    "3x3s2p1-ceil": dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    "2x3-dilated": dict(kernel_size=(2, 3), stride=1, padding=(1, 1), dilation=2),
+}
+
+
+def _integer_input(dtype, values: str, channels_last: bool, seed: int) -> torch.Tensor:
+    info = torch.iinfo(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 7, 8)
+    if values == "full-range":
+        x = torch.randint(max(info.min, -(2**40)), min(info.max, 2**40), shape, generator=gen)
+    elif values == "ties":
+        x = torch.randint(0, 3, shape, generator=gen)
+    else:  # "minimum": most windows hold only the type's lowest value; their index is the first tap
+        x = torch.full(shape, info.min).masked_fill(torch.rand(shape, generator=gen) < 0.1, info.max)
+    x = x.to(dtype)
+    return x.contiguous(memory_format=CL) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("values", ["full-range", "ties", "minimum"])
+@pytest.mark.parametrize("window", list(INTEGER_WINDOWS))
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_integer_max_pool_matches_torch(dtype, window, values, channels_last):
+    x = _integer_input(dtype, values, channels_last, seed=len(window))
+    kwargs = INTEGER_WINDOWS[window]
+    out, idx = F.max_pool2d(x, return_indices=True, backend="cpu", **kwargs)
+    ref, ref_idx = TF.max_pool2d(x, return_indices=True, **kwargs)
+    assert out.dtype == dtype
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    assert out.stride() == ref.stride()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+     dict(kernel_size=3, padding=1, divisor_override=4), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0))],
+    ids=["2x2", "exclude-pad-ceil", "divisor-override", "asymmetric"],
+)
+@pytest.mark.parametrize("magnitude", [1000, 2**50])
+def test_int64_avg_pool_matches_torch(kwargs, magnitude):
+    # Negative sums check the truncation toward zero; 2^50 checks the sum stays in int64.
+    x = torch.randint(-magnitude, magnitude, (2, 3, 7, 6), generator=torch.Generator().manual_seed(magnitude % 97))
+    out = F.avg_pool2d(x, backend="cpu", **kwargs)
+    ref = TF.avg_pool2d(x, **kwargs)
+    assert out.dtype == torch.int64 and torch.equal(out, ref)
+
+
+INTEGER_REJECTED = {
+    "avg_pool_int32": ("avg_pool2d", (XP.int(), 2)),
+    "adaptive_avg_int64": ("adaptive_avg_pool2d", (XP.long(), 2)),
+    "adaptive_max_int64": ("adaptive_max_pool2d", (XP.long(), 2)),
+    "max_pool_bool": ("max_pool2d", (XP > 0, 2)),
+    "unpool_int64": ("max_unpool2d", (XP.long()[:, :, :2, :2], torch.zeros(2, 3, 2, 2, dtype=torch.long), 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(INTEGER_REJECTED))
+def test_integer_inputs_torch_rejects_are_rejected(name):
+    fn, args = INTEGER_REJECTED[name]
+    raises_like_torch(lambda: getattr(F, fn)(*args, backend="cpu"), lambda: getattr(TF, fn)(*args), "got")
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.values[0].backend != "cpu"])
+def test_integer_input_on_the_gpu_backends_is_rejected(target):
+    with pytest.raises(RuntimeError, match="float32"):
+        F.max_pool2d(XP.int().to(target.device), 2, backend=target.backend)
+
+
+INT_LIKE_POOL_CALLS = {
+    "tensor_kernel": ("max_pool2d", (torch.tensor(3),), dict(stride=(np.int64(2), torch.tensor(1)))),
+    "numpy_padding": ("max_pool2d", (3,), dict(padding=np.int32(1), dilation=torch.tensor(1))),
+    "avg_tensor_divisor": ("avg_pool2d", ((torch.tensor(2), 3),), dict(divisor_override=torch.tensor(5))),
+}
+
+
+@pytest.mark.parametrize("name", list(INT_LIKE_POOL_CALLS))
+def test_integer_like_arguments_are_taken_like_torch(name):
+    fn, args, kwargs = INT_LIKE_POOL_CALLS[name]
+    x = torch.randn(2, 3, 9, 8)
+    torch.testing.assert_close(getattr(F, fn)(x, *args, backend="cpu", **kwargs), getattr(TF, fn)(x, *args, **kwargs))
+
+
+@pytest.mark.parametrize("value", [torch.tensor([2, 2]), torch.tensor(2.0), 2.5], ids=repr)
+def test_non_integer_kernel_sizes_raise_like_torch(value):
+    raises_like_torch(lambda: F.max_pool2d(XP, value), lambda: TF.max_pool2d(XP, value), "kernel_size")
 
 
 def test_empty_batch(target):

@@ -86,6 +86,15 @@ _FAKES = {"forward": _conv2d_fake, "backward_input": _conv2d_backward_input_fake
 #   backward_input   d(dy) = conv(g, w)            d(w) = backward_weight(dy, g)
 #   backward_weight  d(dy) = conv(x, g)            d(x) = backward_input(dy, g)
 #   backward_bias    d(dy) = g broadcast over (N, H, W)
+# For complex tensors (cpu backend) every formula is the same with the saved operand conjugated:
+# for a holomorphic bilinear map, torch's gradient convention gives d(a) = the real formula's
+# adjoint applied to g and conj(b). The kernels never conjugate.
+
+
+def _saved_conjugated(ctx) -> tuple[torch.Tensor, ...]:
+    """The saved operands, conjugated (for real tensors, the tensors themselves) and resolved:
+    the kernels read memory and would ignore a lazy conjugation."""
+    return tuple(t.conj().resolve_conj() for t in ctx.saved_tensors)
 
 
 def _setup(ctx, inputs, output):
@@ -106,7 +115,7 @@ def _setup_bias(ctx, inputs, output):
 
 def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
     def forward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
+        input, weight = _saved_conjugated(ctx)
         fmt = ctx.memory_format
         # Autograd may hand over an expanded or transposed gradient; give the kernels the layout
         # of the forward output (a no-op in the common case), and return each gradient in the
@@ -124,7 +133,7 @@ def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
     def backward_input(ctx, grad):
-        grad_output, weight = ctx.saved_tensors
+        grad_output, weight = _saved_conjugated(ctx)
         grad = grad.contiguous(memory_format=ctx.memory_format)
         d_grad_output = d_weight = None
         if ctx.needs_input_grad[0]:
@@ -134,7 +143,7 @@ def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
         return d_grad_output, d_weight, None, None, None, None, None
 
     def backward_weight(ctx, grad):
-        grad_output, input = ctx.saved_tensors
+        grad_output, input = _saved_conjugated(ctx)
         grad = grad.contiguous(memory_format=ctx.memory_format)
         d_grad_output = d_input = None
         if ctx.needs_input_grad[0]:

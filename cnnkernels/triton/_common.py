@@ -1,5 +1,5 @@
 """What the Triton operator families share: tuning configurations, accumulator and index
-dtypes, the autotuning switch and the device check."""
+dtypes, the autotuning switch and the device and dtype checks."""
 from __future__ import annotations
 
 import os
@@ -37,3 +37,10 @@ def _check_device(*tensors):
             raise RuntimeError(
                 f"cnnkernels_triton: tensors must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {t.device}"
             )
+
+
+def _check_dtype(op: str, t: torch.Tensor) -> None:
+    """The Triton kernels take the four floating types (integer tensors, which torch's CPU
+    convolution and pooling take, are the cpu backend's)."""
+    if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise NotImplementedError(f"{op}: expected a float32, float64, float16 or bfloat16 input, got {t.dtype}")

@@ -28,7 +28,7 @@ import triton.language as tl
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
@@ -404,6 +404,7 @@ def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], str
 
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
     _check_device(input, weight)
+    _check_dtype("cnnkernels_triton::conv2d", input)
     N, C, H, W = input.shape
     K, Cg, R, S = weight.shape
     _, _, P, Q = shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
@@ -426,6 +427,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
 
 def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
     _check_device(grad_output, weight)
+    _check_dtype("cnnkernels_triton::conv2d_backward_input", grad_output)
     N, C, H, W = input_size
     K, Cg, R, S = weight.shape
     _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
@@ -453,6 +455,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
 
 def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
     _check_device(grad_output, input)
+    _check_dtype("cnnkernels_triton::conv2d_backward_weight", grad_output)
     N, C, H, W = input.shape
     K, Cg, R, S = weight_size
     _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
@@ -486,6 +489,7 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
 
 def conv2d_backward_bias(grad_output):
     _check_device(grad_output)
+    _check_dtype("cnnkernels_triton::conv2d_backward_bias", grad_output)
     N, K, P, Q = grad_output.shape
     db = new_buffer([K], grad_output)
     if db.numel() == 0:

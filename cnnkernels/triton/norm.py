@@ -59,7 +59,7 @@ import triton.language as tl
 
 from cnnkernels._layout import is_channels_last, new_buffer
 from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists (keyed by the problem's sizes and its channel
@@ -836,11 +836,6 @@ class _View:
 
     def acc_buffer(self, shape) -> torch.Tensor:
         return new_buffer(shape, self.input, dtype=self.acc)
-
-
-def _check_dtype(op: str, t: torch.Tensor) -> None:
-    if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise RuntimeError(f"{op}: expected a float32, float64, float16 or bfloat16 input, got {t.dtype}")
 
 
 def _activation_code(op: str, name: str) -> int:

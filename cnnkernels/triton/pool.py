@@ -49,7 +49,7 @@ import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels._pool_geometry import pool_out_size
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
@@ -458,6 +458,7 @@ def _adaptive_extent(size: int, out: int) -> int:
 
 def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode, config=None):
     _check_device(input)
+    _check_dtype("cnnkernels_triton::max_pool2d", input)
     N, C, H, W = input.shape
     KH, KW = kernel_size
     P = pool_out_size(H, KH, padding[0], stride[0], dilation[0], ceil_mode)
@@ -476,6 +477,7 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode,
 
 def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation, config=None):
     _check_device(grad_output, indices)
+    _check_dtype("cnnkernels_triton::max_pool2d_backward", grad_output)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     KH, KW = kernel_size
@@ -498,6 +500,7 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
 def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                        config=None):
     _check_device(input)
+    _check_dtype("cnnkernels_triton::avg_pool2d", input)
     N, C, H, W = input.shape
     KH, KW = kernel_size
     P = pool_out_size(H, KH, padding[0], stride[0], 1, ceil_mode)
@@ -515,6 +518,7 @@ def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_inc
 def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, count_include_pad,
                         divisor_override, config=None):
     _check_device(grad_output)
+    _check_dtype("cnnkernels_triton::avg_pool2d_backward", grad_output)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     KH, KW = kernel_size
@@ -534,6 +538,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
 
 def adaptive_avg_pool2d_forward(input, output_size, config=None):
     _check_device(input)
+    _check_dtype("cnnkernels_triton::adaptive_avg_pool2d", input)
     N, C, H, W = input.shape
     P, Q = output_size
     y = new_buffer([N, C, P, Q], input, memory_format=memory_format_of(input))
@@ -548,6 +553,7 @@ def adaptive_avg_pool2d_forward(input, output_size, config=None):
 
 def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
     _check_device(grad_output)
+    _check_dtype("cnnkernels_triton::adaptive_avg_pool2d_backward", grad_output)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
@@ -565,6 +571,7 @@ def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
 
 def adaptive_max_pool2d_forward(input, output_size, config=None):
     _check_device(input)
+    _check_dtype("cnnkernels_triton::adaptive_max_pool2d", input)
     N, C, H, W = input.shape
     P, Q = output_size
     fmt = memory_format_of(input)
@@ -581,6 +588,7 @@ def adaptive_max_pool2d_forward(input, output_size, config=None):
 
 def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
     _check_device(grad_output, indices)
+    _check_dtype("cnnkernels_triton::adaptive_max_pool2d_backward", grad_output)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
@@ -597,6 +605,7 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
 
 def max_unpool2d_forward(input, indices, output_size, config=None):
     _check_device(input, indices)
+    _check_dtype("cnnkernels_triton::max_unpool2d", input)
     N, C, H, W = input.shape
     OH, OW = output_size
     y = new_buffer([N, C, OH, OW], input, memory_format=memory_format_of(input))
@@ -612,6 +621,7 @@ def max_unpool2d_forward(input, indices, output_size, config=None):
 
 def max_unpool2d_backward(grad_output, indices, config=None):
     _check_device(grad_output, indices)
+    _check_dtype("cnnkernels_triton::max_unpool2d_backward", grad_output)
     N, C, H, W = indices.shape
     OH, OW = grad_output.shape[2:]
     dx = new_buffer([N, C, H, W], grad_output, memory_format=memory_format_of(indices))

@@ -12,6 +12,7 @@
 #include "cnnkernels/conv.h"
 #include "cnnkernels/pool.h"
 #include "host/alloc.h"
+#include "host/dtypes.h"
 #include "host/pool.h"
 
 namespace cnnkernels {
@@ -48,10 +49,12 @@ void for_each_plane(int64_t batch, int64_t channels, int64_t plane_cost, const F
   });
 }
 
-void check_floating(const char* op, const at::Tensor& t) {
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, op,
-              ": the cpu backend supports float32, float64, float16 and bfloat16, got ", st);
+// A window's starting maximum: -inf (torch's rule), or the lowest value of an integer type; a
+// window whose taps all equal it keeps its first tap.
+template <typename acc>
+constexpr acc max_pool_start() {
+  return std::numeric_limits<acc>::has_infinity ? -std::numeric_limits<acc>::infinity()
+                                                : std::numeric_limits<acc>::lowest();
 }
 
 // ---- max pooling ---------------------------------------------------------------------------
@@ -70,7 +73,7 @@ void max_pool2d_cpu(const at::Tensor& input, at::Tensor& out, at::Tensor& indice
         int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
         while (h0 < 0) h0 += p.dilation_h;
         while (w0 < 0) w0 += p.dilation_w;
-        acc best = -std::numeric_limits<acc>::infinity();
+        acc best = max_pool_start<acc>();
         int64_t best_index = h0 * p.in_w + w0;
         for (int64_t r = 0; r < p.kernel_h; ++r) {
           const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_h, p.dilation_h);
@@ -187,7 +190,7 @@ void adaptive_pool2d_cpu(const at::Tensor& input, at::Tensor& out, at::Tensor* i
       for (int64_t ow = 0; ow < p.out_w; ++ow) {
         const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
         if constexpr (kMax) {
-          acc best = -std::numeric_limits<acc>::infinity();
+          acc best = max_pool_start<acc>();
           int64_t best_index = h0 * p.in_w + w0;
           for (int64_t ih = h0; ih < h1; ++ih)
             for (int64_t iw = w0; iw < w1; ++iw) {
@@ -288,12 +291,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation, bool ceil_mode) {
   const char* op = "cnnkernels::max_pool2d";
-  check_floating(op, input);
+  check_cpu_dtype(op, input, kIntegerTypes);
   const Pool2dParams p = make_pool2d_params(op, input, kernel_size, stride, padding, dilation, ceil_mode);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
   if (out.numel() == 0) return {out, indices};
-  CNNK_DISPATCH_POOL(input.scalar_type(), "max_pool2d_cpu", [&] { max_pool2d_cpu<scalar_t>(input, out, indices, p); });
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_cpu",
+                             [&] { max_pool2d_cpu<scalar_t>(input, out, indices, p); });
   return {out, indices};
 }
 
@@ -301,7 +305,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation) {
   const char* op = "cnnkernels::max_pool2d_backward";
-  check_floating(op, grad_output);
+  check_cpu_dtype(op, grad_output);
   const Pool2dParams p = make_pool2d_backward_params(op, grad_output, input_size, kernel_size, stride, padding, dilation);
   check_pool_indices(op, indices, grad_output);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
@@ -315,14 +319,14 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       c10::optional<int64_t> divisor_override) {
   const char* op = "cnnkernels::avg_pool2d";
-  check_floating(op, input);
+  check_cpu_dtype(op, input, kInt64Type);  // its quotient then truncates, as torch's
   const int64_t one[2] = {1, 1};
   const Pool2dParams p = make_pool2d_params(op, input, kernel_size, stride, padding, one, ceil_mode);
   const int64_t divisor = check_divisor_override(op, divisor_override);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
-  CNNK_DISPATCH_POOL(input.scalar_type(), "avg_pool2d_cpu",
-                     [&] { avg_pool2d_cpu<scalar_t>(input, out, p, count_include_pad, divisor); });
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), "avg_pool2d_cpu",
+                                  [&] { avg_pool2d_cpu<scalar_t>(input, out, p, count_include_pad, divisor); });
   return out;
 }
 
@@ -330,7 +334,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef in
                                at::IntArrayRef stride, at::IntArrayRef padding, bool count_include_pad,
                                c10::optional<int64_t> divisor_override) {
   const char* op = "cnnkernels::avg_pool2d_backward";
-  check_floating(op, grad_output);
+  check_cpu_dtype(op, grad_output);
   const int64_t one[2] = {1, 1};
   const Pool2dParams p = make_pool2d_backward_params(op, grad_output, input_size, kernel_size, stride, padding, one);
   const int64_t divisor = check_divisor_override(op, divisor_override);
@@ -343,7 +347,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef in
 
 at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size) {
   const char* op = "cnnkernels::adaptive_avg_pool2d";
-  check_floating(op, input);
+  check_cpu_dtype(op, input);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input.sizes(), output_size);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
@@ -354,7 +358,7 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
 
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef input_size) {
   const char* op = "cnnkernels::adaptive_avg_pool2d_backward";
-  check_floating(op, grad_output);
+  check_cpu_dtype(op, grad_output);
   check_grad_output_planes(op, grad_output, input_size);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
@@ -366,7 +370,7 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntAr
 
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d(const at::Tensor& input, at::IntArrayRef output_size) {
   const char* op = "cnnkernels::adaptive_max_pool2d";
-  check_floating(op, input);
+  check_cpu_dtype(op, input);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input.sizes(), output_size);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
@@ -379,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d(const at::Tensor& input, 
 at::Tensor adaptive_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
                                         at::IntArrayRef input_size) {
   const char* op = "cnnkernels::adaptive_max_pool2d_backward";
-  check_floating(op, grad_output);
+  check_cpu_dtype(op, grad_output);
   check_grad_output_planes(op, grad_output, input_size);
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   check_pool_indices(op, indices, grad_output);
@@ -392,7 +396,7 @@ at::Tensor adaptive_max_pool2d_backward(const at::Tensor& grad_output, const at:
 
 at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices, at::IntArrayRef output_size) {
   const char* op = "cnnkernels::max_unpool2d";
-  check_floating(op, input);
+  check_cpu_dtype(op, input);
   check_unpool_args(op, input, indices, output_size);
   at::Tensor out = new_buffer({input.size(0), input.size(1), output_size[0], output_size[1]}, input.options(),
                               input.suggest_memory_format());
@@ -403,7 +407,7 @@ at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices, at::
 
 at::Tensor max_unpool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices) {
   const char* op = "cnnkernels::max_unpool2d_backward";
-  check_floating(op, grad_output);
+  check_cpu_dtype(op, grad_output);
   check_unpool_backward_args(op, grad_output, indices);
   at::Tensor dx = new_buffer(indices.sizes(), grad_output.options(), indices.suggest_memory_format());
   if (dx.numel() == 0) return dx;

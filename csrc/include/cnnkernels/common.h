@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define CNNK_HOST_DEVICE __host__ __device__ __forceinline__
@@ -14,10 +15,11 @@ namespace cnnkernels {
 // Element types the GPU kernels are instantiated for; host code maps at::ScalarType onto it.
 enum class DType { Float32, Float64, Float16, BFloat16 };
 
-// Accumulator type: fp32 for every floating type narrower than fp64, fp64 for fp64.
+// Accumulator type: fp32 for every floating type narrower than fp64, fp64 for fp64, int64 for
+// the integer types (which only the CPU backend takes, as torch's CPU operators do).
 template <typename scalar_t>
 struct AccType {
-  using type = float;
+  using type = std::conditional_t<std::is_integral_v<scalar_t>, int64_t, float>;
 };
 template <>
 struct AccType<double> {
