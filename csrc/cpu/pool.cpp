@@ -8,6 +8,8 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <vector>
 
 #include "cnnkernels/conv.h"
 #include "cnnkernels/pool.h"
@@ -55,6 +57,44 @@ template <typename acc>
 constexpr acc max_pool_start() {
   return std::numeric_limits<acc>::has_infinity ? -std::numeric_limits<acc>::infinity()
                                                 : std::numeric_limits<acc>::lowest();
+}
+
+// For every input coordinate along one axis, the output coordinates whose window reaches it
+// (input i: out[begin[i] .. begin[i+1])), listed once per call, so that the backward gathers do
+// no index arithmetic per element.
+struct Covers {
+  std::vector<int64_t> begin{0};
+  std::vector<int64_t> out;
+
+  void close_input() { begin.push_back(static_cast<int64_t>(out.size())); }
+  const int64_t* first(int64_t i) const { return out.data() + begin[i]; }
+  const int64_t* last(int64_t i) const { return out.data() + begin[i + 1]; }
+};
+
+// Pooling windows (kernel, stride, padding, dilation): the taps of input i's stride phase,
+// in tap order (the same arithmetic as the convolution's input gradient).
+Covers window_covers(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  Covers c;
+  for (int64_t i = 0; i < in; ++i) {
+    const TapProgression taps = backward_input_taps(i + pad, kernel, stride, dilation);
+    for (int64_t t = taps.first; t < kernel; t += taps.step) {
+      const int64_t o = backward_input_out_coord(i + pad, t, stride, dilation);
+      if (o >= 0 && o < out) c.out.push_back(o);
+    }
+    c.close_input();
+  }
+  return c;
+}
+
+// Adaptive windows: the outputs o whose [adaptive_start, adaptive_end) holds i, in order.
+Covers adaptive_covers(int64_t in, int64_t out) {
+  Covers c;
+  for (int64_t i = 0; i < in; ++i) {
+    for (int64_t o = adaptive_first_covering(i, out, in); o <= adaptive_last_covering(i, out, in); ++o)
+      if (adaptive_start(o, out, in) <= i && i < adaptive_end(o, out, in)) c.out.push_back(o);
+    c.close_input();
+  }
+  return c;
 }
 
 // ---- max pooling ---------------------------------------------------------------------------
@@ -105,22 +145,16 @@ void max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& in
   const auto dy = reader<scalar_t>(grad_output);
   const auto idx = reader<int64_t>(indices);
   const auto dx = writer<scalar_t>(grad_input);
+  const Covers rows = window_covers(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+  const Covers cols = window_covers(p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
   for_each_plane(p.batch, p.channels, p.in_h * p.in_w * p.kernel_h * p.kernel_w, [&](int64_t n, int64_t c) {
     for (int64_t ih = 0; ih < p.in_h; ++ih) {
-      const TapProgression rt = backward_input_taps(ih + p.pad_h, p.kernel_h, p.stride_h, p.dilation_h);
       for (int64_t iw = 0; iw < p.in_w; ++iw) {
-        const TapProgression st = backward_input_taps(iw + p.pad_w, p.kernel_w, p.stride_w, p.dilation_w);
         const int64_t self = ih * p.in_w + iw;
         acc sum = 0;
-        for (int64_t r = rt.first; r < p.kernel_h; r += rt.step) {
-          const int64_t oh = backward_input_out_coord(ih + p.pad_h, r, p.stride_h, p.dilation_h);
-          if (oh < 0 || oh >= p.out_h) continue;
-          for (int64_t s = st.first; s < p.kernel_w; s += st.step) {
-            const int64_t ow = backward_input_out_coord(iw + p.pad_w, s, p.stride_w, p.dilation_w);
-            if (ow < 0 || ow >= p.out_w) continue;
-            if (idx(n, c, oh, ow) == self) sum += static_cast<acc>(dy(n, c, oh, ow));
-          }
-        }
+        for (const int64_t* oh = rows.first(ih); oh != rows.last(ih); ++oh)
+          for (const int64_t* ow = cols.first(iw); ow != cols.last(iw); ++ow)
+            if (idx(n, c, *oh, *ow) == self) sum += static_cast<acc>(dy(n, c, *oh, *ow));
         dx(n, c, ih, iw) = static_cast<scalar_t>(sum);
       }
     }
@@ -220,26 +254,26 @@ void adaptive_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tenso
   using acc = acc_t<scalar_t>;
   const auto dy = reader<scalar_t>(grad_output);
   const auto dx = writer<scalar_t>(grad_input);
+  const Covers rows = adaptive_covers(p.in_h, p.out_h), cols = adaptive_covers(p.in_w, p.out_w);
+  std::optional<Strided4<const int64_t>> idx;  // max: where each window's maximum is
+  if constexpr (kMax) idx.emplace(reader<int64_t>(*indices));
+  // Window extents, for the average's divisor.
+  std::vector<int64_t> height(p.out_h), width(p.out_w);
+  for (int64_t o = 0; o < p.out_h; ++o) height[o] = adaptive_end(o, p.out_h, p.in_h) - adaptive_start(o, p.out_h, p.in_h);
+  for (int64_t o = 0; o < p.out_w; ++o) width[o] = adaptive_end(o, p.out_w, p.in_w) - adaptive_start(o, p.out_w, p.in_w);
   for_each_plane(p.batch, p.channels, p.in_h * p.in_w * 4, [&](int64_t n, int64_t c) {
     for (int64_t ih = 0; ih < p.in_h; ++ih) {
       for (int64_t iw = 0; iw < p.in_w; ++iw) {
         acc sum = 0;
-        for (int64_t oh = adaptive_first_covering(ih, p.out_h, p.in_h);
-             oh <= adaptive_last_covering(ih, p.out_h, p.in_h); ++oh) {
-          const int64_t h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
-          if (ih < h0 || ih >= h1) continue;
-          for (int64_t ow = adaptive_first_covering(iw, p.out_w, p.in_w);
-               ow <= adaptive_last_covering(iw, p.out_w, p.in_w); ++ow) {
-            const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
-            if (iw < w0 || iw >= w1) continue;
+        for (const int64_t* oh = rows.first(ih); oh != rows.last(ih); ++oh)
+          for (const int64_t* ow = cols.first(iw); ow != cols.last(iw); ++ow) {
             if constexpr (kMax) {
-              if (reader<int64_t>(*indices)(n, c, oh, ow) == ih * p.in_w + iw)
-                sum += static_cast<acc>(dy(n, c, oh, ow));
+              if ((*idx)(n, c, *oh, *ow) == ih * p.in_w + iw)
+                sum += static_cast<acc>(dy(n, c, *oh, *ow));
             } else {
-              sum += static_cast<acc>(dy(n, c, oh, ow)) / static_cast<acc>((h1 - h0) * (w1 - w0));
+              sum += static_cast<acc>(dy(n, c, *oh, *ow)) / static_cast<acc>(height[*oh] * width[*ow]);
             }
           }
-        }
         dx(n, c, ih, iw) = static_cast<scalar_t>(sum);
       }
     }
