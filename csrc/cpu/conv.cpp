@@ -69,6 +69,15 @@ template <typename acc_t>
   }
 }
 
+// Depthwise (one channel per group): y[g] += x[g] * w[g] over the channels of one pixel and tap,
+// the operands contiguous. Out of line, like axpy4.
+template <typename acc_t, typename scalar_t>
+[[gnu::noinline]] void depthwise_tap(acc_t* __restrict__ y, const scalar_t* __restrict__ x,
+                                     const acc_t* __restrict__ w, int64_t channels) {
+#pragma omp simd
+  for (int64_t g = 0; g < channels; ++g) y[g] += static_cast<acc_t>(x[g]) * w[g];
+}
+
 inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
   const int64_t by_work = std::max<int64_t>(1, ceil_div(pixels, kReductionChunk));
   const int64_t by_memory = std::max<int64_t>(1, kMaxPartialElements / std::max<int64_t>(1, partial_size));
@@ -108,8 +117,16 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // For one input value, the Kg weights it meets are contiguous.
+  // For one input value, the Kg weights it meets are contiguous. (Depthwise, Cg = Kg = 1, the
+  // groups then sit R*S apart; depthwise_tap reads them with the taps outermost instead.)
   const std::vector<acc> wp = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor);
+  const bool depthwise = Cg == 1 && Kg == 1;
+  std::vector<acc> w_by_tap;
+  if (depthwise) {
+    w_by_tap.resize(static_cast<size_t>(R * S * G));
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t rs = 0; rs < R * S; ++rs) w_by_tap[rs * G + g] = wp[g * R * S + rs];
+  }
 
   std::vector<acc> bias_acc(static_cast<size_t>(K), acc(0));
   if (bias.has_value()) {
@@ -146,6 +163,11 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
               any = any || inside;
             }
             if (!any) continue;
+            if (depthwise) {
+              for (int64_t b = 0; b < B; ++b)
+                if (xin[b] != nullptr) depthwise_tap(accum.data() + b * K, xin[b], w_by_tap.data() + (r * S + s) * G, G);
+              continue;
+            }
             const bool all = xin[0] != nullptr && xin[1] != nullptr && xin[2] != nullptr && xin[3] != nullptr;
             for (int64_t g = 0; g < G; ++g) {
               const acc* wtap = wp.data() + ((g * R + r) * S + s) * Cg * Kg;
@@ -277,6 +299,14 @@ template <typename acc_t, typename scalar_t>
   }
 }
 
+// Depthwise: t[g] += dy[g] * x[g] over one pixel's channels. Out of line, like axpy4.
+template <typename acc_t, typename scalar_t>
+[[gnu::noinline]] void depthwise_products(acc_t* __restrict__ t, const scalar_t* __restrict__ dy,
+                                          const scalar_t* __restrict__ x, int64_t channels) {
+#pragma omp simd
+  for (int64_t g = 0; g < channels; ++g) t[g] += static_cast<acc_t>(dy[g]) * static_cast<acc_t>(x[g]);
+}
+
 // One pixel's t[k][c] += dy[k] * x[c] (the chunk's last pixels).
 template <typename acc_t, typename scalar_t>
 [[gnu::noinline]] void outer_product(acc_t* __restrict__ t, const scalar_t* dy, const scalar_t* x, int64_t Kg,
@@ -311,29 +341,50 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
   const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
 
-  at::parallel_for(0, chunks * G * R * S, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % S, r = (task / S) % R, g = (task / (S * R)) % G, chunk = task / (S * R * G);
-      acc* t = part + chunk * weight_size + ((g * R + r) * S + s) * tile;
-      std::fill(t, t + tile, acc(0));
-      const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
-      // The pixels whose tap lies inside the input, four at a time.
-      RowPairs<scalar_t> rows;
-      for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
-        const int64_t ow = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
-        const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
-        const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_left, p.dilation_w);
-        if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
-        rows.dy[rows.count] = dy + m * K + g * Kg;
-        rows.x[rows.count] = x + ((n * p.in_h + ih) * p.in_w + iw) * C + g * Cg;
-        if (++rows.count == 4) {
-          outer_products4<acc>(t, rows, Kg, Cg);
-          rows.count = 0;
+  if (Cg == 1 && Kg == 1) {
+    // Depthwise: one task per (chunk, tap) sums every channel at once, dy and x rows being
+    // contiguous over the channels; each weight element still sums its chunk's pixels in order.
+    at::parallel_for(0, chunks * R * S, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc> sums(static_cast<size_t>(G));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = task % S, r = (task / S) % R, chunk = task / (S * R);
+        std::fill(sums.begin(), sums.end(), acc(0));
+        const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
+        for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
+          const int64_t ow = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
+          const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
+          const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_left, p.dilation_w);
+          if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
+          depthwise_products(sums.data(), dy + m * K, x + ((n * p.in_h + ih) * p.in_w + iw) * C, G);
         }
+        for (int64_t g = 0; g < G; ++g) part[chunk * weight_size + (g * R + r) * S + s] = sums[g];
       }
-      for (int q = 0; q < rows.count; ++q) outer_product<acc>(t, rows.dy[q], rows.x[q], Kg, Cg);
-    }
-  });
+    });
+  } else {
+    at::parallel_for(0, chunks * G * R * S, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t s = task % S, r = (task / S) % R, g = (task / (S * R)) % G, chunk = task / (S * R * G);
+        acc* t = part + chunk * weight_size + ((g * R + r) * S + s) * tile;
+        std::fill(t, t + tile, acc(0));
+        const int64_t m_end = std::min(pixels, (chunk + 1) * chunk_len);
+        // The pixels whose tap lies inside the input, four at a time.
+        RowPairs<scalar_t> rows;
+        for (int64_t m = chunk * chunk_len; m < m_end; ++m) {
+          const int64_t ow = m % p.out_w, oh = (m / p.out_w) % p.out_h, n = m / (p.out_w * p.out_h);
+          const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
+          const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_left, p.dilation_w);
+          if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
+          rows.dy[rows.count] = dy + m * K + g * Kg;
+          rows.x[rows.count] = x + ((n * p.in_h + ih) * p.in_w + iw) * C + g * Cg;
+          if (++rows.count == 4) {
+            outer_products4<acc>(t, rows, Kg, Cg);
+            rows.count = 0;
+          }
+        }
+        for (int q = 0; q < rows.count; ++q) outer_product<acc>(t, rows.dy[q], rows.x[q], Kg, Cg);
+      }
+    });
+  }
 
   // Sum the partials in chunk order and write through dw's strides.
   scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
