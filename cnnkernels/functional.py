@@ -42,7 +42,8 @@ def _int_argument(value, name: str, fn: str, whole=None) -> int:
 
 def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
     """An int or a sequence of one or two ints -> two ints, with torch's errors."""
-    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value, value]
+    sequence = isinstance(value, Sequence) and not isinstance(value, str)
+    values = list(value) if sequence else [value, value]
     if len(values) == 1:
         values = values * 2
     if len(values) != 2:
@@ -50,8 +51,7 @@ def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
             f"expected {name} to be a single integer value or a list of 2 values to match the "
             f"convolution dimensions, but got {name}={list(value)}"
         )
-    whole = value if isinstance(value, Sequence) and not isinstance(value, str) else None
-    return [_int_argument(v, name, fn, whole) for v in values]
+    return [_int_argument(v, name, fn, value if sequence else None) for v in values]
 
 
 def _conv2d_padding(padding, weight: torch.Tensor, stride: list[int], dilation: list[int]) -> list[int]:

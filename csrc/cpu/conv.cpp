@@ -69,13 +69,14 @@ template <typename acc_t>
   }
 }
 
-// Depthwise (one channel per group): y[g] += x[g] * w[g] over the channels of one pixel and tap,
-// the operands contiguous. Out of line, like axpy4.
-template <typename acc_t, typename scalar_t>
-[[gnu::noinline]] void depthwise_tap(acc_t* __restrict__ y, const scalar_t* __restrict__ x,
-                                     const acc_t* __restrict__ w, int64_t channels) {
+// Depthwise steps (one channel per group): y[g] += a[g] * b[g] over one pixel's channels, the
+// operands contiguous (forward: input x weight at a tap; weight gradient: dy x input). Out of
+// line, like axpy4.
+template <typename acc_t, typename A, typename B>
+[[gnu::noinline]] void add_products(acc_t* __restrict__ y, const A* __restrict__ a, const B* __restrict__ b,
+                                    int64_t channels) {
 #pragma omp simd
-  for (int64_t g = 0; g < channels; ++g) y[g] += static_cast<acc_t>(x[g]) * w[g];
+  for (int64_t g = 0; g < channels; ++g) y[g] += static_cast<acc_t>(a[g]) * static_cast<acc_t>(b[g]);
 }
 
 inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
@@ -117,10 +118,10 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), K = p.out_channels;
   const int64_t C = p.in_channels, R = p.kernel_h, S = p.kernel_w;
 
-  // For one input value, the Kg weights it meets are contiguous. (Depthwise, Cg = Kg = 1, the
-  // groups then sit R*S apart; depthwise_tap reads them with the taps outermost instead.)
+  // For one input value, the Kg weights it meets are contiguous. (Depthwise, the groups then sit
+  // R*S apart; w_by_tap holds them with the taps outermost, groups contiguous.)
   const std::vector<acc> wp = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor);
-  const bool depthwise = Cg == 1 && Kg == 1;
+  const bool depthwise = p.depthwise();
   std::vector<acc> w_by_tap;
   if (depthwise) {
     w_by_tap.resize(static_cast<size_t>(R * S * G));
@@ -165,7 +166,7 @@ void conv2d_forward_cpu(const at::Tensor& x_nhwc, const at::Tensor& weight,
             if (!any) continue;
             if (depthwise) {
               for (int64_t b = 0; b < B; ++b)
-                if (xin[b] != nullptr) depthwise_tap(accum.data() + b * K, xin[b], w_by_tap.data() + (r * S + s) * G, G);
+                if (xin[b] != nullptr) add_products(accum.data() + b * K, xin[b], w_by_tap.data() + (r * S + s) * G, G);
               continue;
             }
             const bool all = xin[0] != nullptr && xin[1] != nullptr && xin[2] != nullptr && xin[3] != nullptr;
@@ -283,8 +284,7 @@ struct RowPairs {
 };
 
 // t[k][c] += sum over the four pixels of dy[k] * x[c]: each row of the [Kg][Cg] partial is
-// loaded and stored once for four pixels. Out of line, like axpy4, so that its registers do not
-// depend on the loop nest around it (inlined, it measured 1.3-1.5x slower once the file grew).
+// loaded and stored once for four pixels. Out of line, like axpy4.
 template <typename acc_t, typename scalar_t>
 [[gnu::noinline]] void outer_products4(acc_t* __restrict__ t, const RowPairs<scalar_t>& rows, int64_t Kg, int64_t Cg) {
   const scalar_t *x0 = rows.x[0], *x1 = rows.x[1], *x2 = rows.x[2], *x3 = rows.x[3];
@@ -297,14 +297,6 @@ template <typename acc_t, typename scalar_t>
       trow[c] += d0 * static_cast<acc_t>(x0[c]) + d1 * static_cast<acc_t>(x1[c]) + d2 * static_cast<acc_t>(x2[c]) +
                  d3 * static_cast<acc_t>(x3[c]);
   }
-}
-
-// Depthwise: t[g] += dy[g] * x[g] over one pixel's channels. Out of line, like axpy4.
-template <typename acc_t, typename scalar_t>
-[[gnu::noinline]] void depthwise_products(acc_t* __restrict__ t, const scalar_t* __restrict__ dy,
-                                          const scalar_t* __restrict__ x, int64_t channels) {
-#pragma omp simd
-  for (int64_t g = 0; g < channels; ++g) t[g] += static_cast<acc_t>(dy[g]) * static_cast<acc_t>(x[g]);
 }
 
 // One pixel's t[k][c] += dy[k] * x[c] (the chunk's last pixels).
@@ -341,7 +333,7 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
   const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
 
-  if (Cg == 1 && Kg == 1) {
+  if (p.depthwise()) {
     // Depthwise: one task per (chunk, tap) sums every channel at once, dy and x rows being
     // contiguous over the channels; each weight element still sums its chunk's pixels in order.
     at::parallel_for(0, chunks * R * S, 1, [&](int64_t begin, int64_t end) {
@@ -355,7 +347,7 @@ void conv2d_backward_weight_cpu(const at::Tensor& dy_nhwc, const at::Tensor& x_n
           const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_top, p.dilation_h);
           const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_left, p.dilation_w);
           if (ih < 0 || ih >= p.in_h || iw < 0 || iw >= p.in_w) continue;
-          depthwise_products(sums.data(), dy + m * K, x + ((n * p.in_h + ih) * p.in_w + iw) * C, G);
+          add_products(sums.data(), dy + m * K, x + ((n * p.in_h + ih) * p.in_w + iw) * C, G);
         }
         for (int64_t g = 0; g < G; ++g) part[chunk * weight_size + (g * R + r) * S + s] = sums[g];
       }

@@ -26,6 +26,8 @@ struct Conv2dParams {
 
   CNNK_HOST_DEVICE int64_t in_per_group() const { return in_channels / groups; }
   CNNK_HOST_DEVICE int64_t out_per_group() const { return out_channels / groups; }
+  // One input and one output channel per group (MobileNet's depthwise layers).
+  CNNK_HOST_DEVICE bool depthwise() const { return in_per_group() == 1 && out_per_group() == 1; }
 };
 
 // Output extent along one spatial dimension: the number of window positions, stepping by
