@@ -85,6 +85,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES),
                         help="dtypes (bf16/fp16 run channels_last, fp32 NCHW)")
+    parser.add_argument("--nets", nargs="+", help="only the layers of these nets (default: every net of the device's suite)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop starting new cases after this many minutes; what ran is kept")
     return parser
@@ -164,7 +165,12 @@ def plan(args: argparse.Namespace, layer_type: type[NetLayer], nets: dict[str, t
          quick: Sequence[str], defaults: dict[str, list]) -> tuple[list, list[int], list[str]]:
     """What to run: the distinct layers of `nets` (with --quick only those that have a layer named
     in `quick`), the batch sizes and the dtypes. --batch and --dtypes override `defaults`
-    ({"batch", "quick_batch", "dtypes"}, the device's)."""
+    ({"batch", "quick_batch", "dtypes"}, the device's); --nets keeps only the nets it names."""
+    if args.nets:
+        if unknown := set(args.nets) - set(nets):
+            raise SystemExit(f"--nets: no such net {sorted(unknown)}; the suite has {sorted(nets)}")
+        nets = {name: table for name, table in nets.items() if name in args.nets}
+        quick = [name for name in quick if name.split(":")[0] in nets]
     layers = distinct_layers(nets, layer_type)
     if args.quick:
         layers = select_layers(layers, quick)

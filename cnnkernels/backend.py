@@ -25,9 +25,17 @@ BACKENDS = ("cpu", "cuda", "triton")
 CHOICES = BACKENDS + ("auto",)
 ENV_VAR = "CNNKERNELS_BACKEND"
 
-# Operator -> the GPU backend measured fastest for it. Filled from benchmark results; an
-# operator without an entry takes the first GPU backend it implements, in the order below.
-FASTEST_ON_GPU: dict[str, str] = {}
+# Operator -> the GPU backend measured fastest for it, from benchmarks/results/ (H100,
+# 2026-11-22); an operator without an entry takes the first GPU backend it implements, in the
+# order below. conv2d: triton at 0.35-0.39 of cuDNN against cuda's 0.16-0.23 (geometric means
+# over ResNet-50's 23 layers, bf16 channels_last, batch 128, each of the three operators).
+# BatchNorm+ReLU: cuda at 0.39 of torch's eager forward+backward against triton's 0.18 (only
+# ResNet-50's first BatchNorm was measured, bf16 and fp16 at batch 32); the plain and
+# add+ReLU variants run the same kernels.
+FASTEST_ON_GPU: dict[str, str] = {
+    "conv2d": "triton",
+    "batch_norm": "cuda", "batch_norm_relu": "cuda", "batch_norm_add_relu": "cuda",
+}
 _GPU_PREFERENCE = ("triton", "cuda")
 
 # The active `with backend(...)` blocks, innermost last. A plain list (rather than a

@@ -14,6 +14,11 @@ if not torch.cuda.is_available():
 # On a GPU the Triton launchers would autotune every new shape of the grid; the tests run each
 # configuration explicitly instead (test_conv_triton.py), and one test switches tuning back on.
 os.environ.setdefault("CNNKERNELS_TRITON_AUTOTUNE", "0")
+# torch's convolutions (and our Triton kernels, which follow the same switch) run fp32 through
+# TF32 tensor cores by default; the tests compare fp32 against torch's CPU result at fp32
+# tolerances, so they turn TF32 off. test_conv_triton.py checks the TF32 path on its own.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def pytest_collection_modifyitems(config, items):

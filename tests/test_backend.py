@@ -1,12 +1,14 @@
 """Backend selection: argument > `with backend()` > CNNKERNELS_BACKEND > "auto"."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 import cnnkernels
 import cnnkernels.functional as F
-from cnnkernels.backend import ENV_VAR, BackendError, requested, select
+from cnnkernels.backend import ENV_VAR, FASTEST_ON_GPU, BackendError, requested, select
 
 X = torch.randn(1, 2, 5, 5)
 W = torch.randn(3, 2, 3, 3)
@@ -74,3 +76,18 @@ def test_auto_on_gpu_uses_an_implemented_gpu_backend():
     assert select("op", torch.device("cuda"), ("cpu", "triton")) == "triton"
     with pytest.raises(BackendError, match="no GPU backend"):
         select("op", torch.device("cuda"), ("cpu",))
+
+
+def test_auto_on_gpu_takes_the_measured_fastest_backend(monkeypatch):
+    # The choice, not the device: every backend counts as able to run here.
+    monkeypatch.setattr(sys.modules[select.__module__], "_device_problem", lambda name, device: None)
+    gpu = torch.device("cuda")
+    for op, name in FASTEST_ON_GPU.items():
+        # Every entry names a functional operator (the name its backend lookup uses) and a GPU backend.
+        assert op in F.__all__ and name in ("cuda", "triton")
+        assert select(op, gpu, ("cpu", "cuda", "triton")) == name
+        # A measured preference never overrides an explicit choice, nor picks an absent backend.
+        other = "triton" if name == "cuda" else "cuda"
+        assert select(op, gpu, ("cpu", "cuda", "triton"), other) == other
+        with pytest.raises(BackendError, match="does not implement"):
+            select(op, gpu, ("cpu", other))

@@ -217,13 +217,24 @@ def _load_stats(mean, rstd, n, c, ok, c_ok, G, Cg, PER_SAMPLE: tl.constexpr):
     return st, st_ok, tl.load(mean + st, mask=st_ok, other=0.0), tl.load(rstd + st, mask=st_ok, other=0.0)
 
 
+# Float arguments (eps, momentum, 1/count, LRN's alpha/size, beta and k) are annotated
+# tl.float64: Triton passes an unannotated Python float as fp32, which rounds them for the fp64
+# kernels (on an H100, 2026-11-22: fp64 gradients of the training-mode norms off by 5e-8, LRN
+# outputs likewise). Each kernel takes them in its accumulation type through _arg.
+@triton.jit
+def _arg(v, ACC: tl.constexpr):
+    """Float argument v as a scalar of type ACC. (tl.full, not tl.cast: in the interpreter v is a
+    Python float, which tl.cast, or returning it from a jit function, would round through fp32.)"""
+    return tl.full((), v, ACC)
+
+
 @triton.jit
 def _rstd(var, eps):
     """norm.h rstd_from_variance, with a correctly rounded square root."""
     if var.dtype == tl.float64:
-        root = tl.sqrt(var + eps)
+        root = tl.sqrt(var + _arg(eps, var.dtype))
     else:
-        root = tl.sqrt_rn(var + eps)
+        root = tl.sqrt_rn(var + _arg(eps, var.dtype))
     return 1.0 / root
 
 
@@ -324,7 +335,7 @@ def _group_stats_kernel(
 @triton.jit
 def _welford_merge_kernel(
     mean_p, m2_p, mean_out, rstd_out, rm, rv, new_rm, new_rv,
-    num_stats, splits, total, chunk, stat_stride, split_stride, eps, momentum,
+    num_stats, splits, total, chunk, stat_stride, split_stride, eps: tl.float64, momentum: tl.float64,
     HAS_RUNNING: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Chan-merges each statistic's partials in split order (split s holds min(chunk,
@@ -349,8 +360,9 @@ def _welford_merge_kernel(
     if HAS_RUNNING:
         r_mean = tl.load(rm + j, mask=ok, other=0.0).to(ACC)
         r_var = tl.load(rv + j, mask=ok, other=0.0).to(ACC)
-        tl.store(new_rm + j, r_mean + momentum * (mean_a - r_mean), mask=ok)
-        tl.store(new_rv + j, r_var + momentum * (var * count / (count - 1.0) - r_var), mask=ok)
+        m = _arg(momentum, ACC)
+        tl.store(new_rm + j, r_mean + m * (mean_a - r_mean), mask=ok)
+        tl.store(new_rv + j, r_var + m * (var * count / (count - 1.0) - r_var), mask=ok)
 
 
 # ---- forward -------------------------------------------------------------------------------
@@ -484,7 +496,7 @@ def _sum_splits_kernel(p1, p2, out1, out2, num, splits, stat_stride, split_strid
 
 @triton.jit
 def _norm_backward_kernel(
-    dy, x, res, w, b, mean, rstd, s1, s2, dx, dres, inv_count, M, C, L, G, Cg, s_n, s_c, s_l,
+    dy, x, res, w, b, mean, rstd, s1, s2, dx, dres, inv_count: tl.float64, M, C, L, G, Cg, s_n, s_c, s_l,
     PER_SAMPLE: tl.constexpr, SUMS_PER_CHANNEL: tl.constexpr, TRAINING: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -503,7 +515,7 @@ def _norm_backward_kernel(
         if SUMS_PER_CHANNEL:
             sum_dy = sum_dy * w_c
             sum_dyx = sum_dyx * w_c
-        g = r * (w_c * dz - (sum_dy + xhat * sum_dyx) * inv_count)
+        g = r * (w_c * dz - (sum_dy + xhat * sum_dyx) * _arg(inv_count, ACC))
     else:
         g = r * (w_c * dz)
     tl.store(dx + off, g.to(dx.dtype.element_ty), mask=ok)
@@ -540,7 +552,7 @@ def _rms_wdy(dy, w, base, dd, ok, D, HAS_W: tl.constexpr, ACC: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(
-    x, w, y, rstd, rows, D, eps,
+    x, w, y, rstd, rows, D, eps: tl.float64,
     HAS_W: tl.constexpr, ONE_TILE: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_D: tl.constexpr, ROW_TILE: tl.constexpr,
 ):
@@ -666,7 +678,7 @@ def _lrn_denominator(x, pix, m_ok, c, C, s_c, size, alpha_over_size, k, ACC: tl.
     for t in range(0, size):
         v = _window_load(x, pix, m_ok, first + t, C, s_c).to(ACC)
         acc += v * v
-    return k + alpha_over_size * acc
+    return _arg(k, ACC) + _arg(alpha_over_size, ACC) * acc
 
 
 @triton.jit
@@ -686,18 +698,18 @@ def _pow(base, e):
 
 @triton.jit
 def _lrn_kernel(
-    x, y, M, C, L, size, alpha_over_size, beta, k, s_n, s_c, s_l,
+    x, y, M, C, L, size, alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64, s_n, s_c, s_l,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     off, ok, _, _, _, den = _lrn_tile(x, M, C, L, size, alpha_over_size, k, s_n, s_c, s_l,
                                       INDEX, ACC, BLOCK_M, BLOCK_C)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
-    tl.store(y + off, (v * _pow(den, -beta)).to(y.dtype.element_ty), mask=ok)
+    tl.store(y + off, (v * _pow(den, -_arg(beta, ACC))).to(y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def _lrn_backward_term_kernel(
-    dy, x, t, M, C, L, size, alpha_over_size, beta, k, s_n, s_c, s_l,
+    dy, x, t, M, C, L, size, alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64, s_n, s_c, s_l,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """t_c = dy_c * x_c * d_c^(-beta-1) (norm.h lrn_backward_term), in acc_t, x's layout."""
@@ -705,12 +717,12 @@ def _lrn_backward_term_kernel(
                                       INDEX, ACC, BLOCK_M, BLOCK_C)
     g = tl.load(dy + off, mask=ok, other=0.0).to(ACC)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
-    tl.store(t + off, g * v * _pow(den, -beta - 1.0), mask=ok)
+    tl.store(t + off, g * v * _pow(den, -_arg(beta, ACC) - 1.0), mask=ok)
 
 
 @triton.jit
 def _lrn_backward_kernel(
-    dy, x, t, dx, M, C, L, size, alpha_over_size, beta, k, s_n, s_c, s_l,
+    dy, x, t, dx, M, C, L, size, alpha_over_size: tl.float64, beta: tl.float64, k: tl.float64, s_n, s_c, s_l,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """dx_j = dy_j * d_j^-beta - 2*beta*alpha/size * x_j * sum of t_c over the channels c whose
@@ -723,7 +735,8 @@ def _lrn_backward_kernel(
         acc += _window_load(t, pix, m_ok, first + u, C, s_c)
     g = tl.load(dy + off, mask=ok, other=0.0).to(ACC)
     v = tl.load(x + off, mask=ok, other=0.0).to(ACC)
-    out = g * _pow(den, -beta) - 2.0 * beta * alpha_over_size * v * acc
+    b = _arg(beta, ACC)
+    out = g * _pow(den, -b) - 2.0 * b * _arg(alpha_over_size, ACC) * v * acc
     tl.store(dx + off, out.to(dx.dtype.element_ty), mask=ok)
 
 

@@ -1,0 +1,40 @@
+"""The benchmark scripts' case selection (benchmarks/harness.py plan): which layers, batches and
+dtypes a run measures. The scripts themselves time kernels and need a GPU to mean anything; what
+they choose to run is checked here, on the GPU suites' tables."""
+import argparse
+
+import pytest
+
+from benchmarks import bench_conv, harness
+
+GPU_NETS, GPU_QUICK, GPU_DEFAULTS = bench_conv.SUITES["cuda"]
+
+
+def _plan(*argv):
+    args = harness.add_common_args(argparse.ArgumentParser()).parse_args(list(argv))
+    return harness.plan(args, bench_conv.Layer, GPU_NETS, GPU_QUICK, GPU_DEFAULTS)
+
+
+def test_default_plan_is_every_net_at_the_device_defaults():
+    layers, batches, dtypes = _plan()
+    assert harness.net_names(layers) == sorted(GPU_NETS)
+    assert (batches, dtypes) == (GPU_DEFAULTS["batch"], GPU_DEFAULTS["dtypes"])
+
+
+def test_nets_keeps_only_the_named_nets():
+    layers, _, _ = _plan("--nets", "resnet50")
+    assert harness.net_names(layers) == ["resnet50"]
+    # Every distinct ResNet-50 geometry is kept, also those VGG or MobileNet share.
+    everything, _, _ = _plan()
+    assert {layer.id for layer in layers} == {layer.id for layer in everything if "resnet50" in layer.nets}
+
+
+def test_nets_with_quick_drops_the_other_nets_quick_layers():
+    layers, batches, _ = _plan("--quick", "--nets", "vgg16")
+    assert layers and harness.net_names(layers) == ["vgg16"]
+    assert batches == GPU_DEFAULTS["quick_batch"]
+
+
+def test_unknown_net_is_refused():
+    with pytest.raises(SystemExit, match="no such net"):
+        _plan("--nets", "resnet5")
