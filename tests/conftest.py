@@ -21,6 +21,18 @@ torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def pytest_runtest_logreport(report):
+    """With CNNKERNELS_FAILURE_LOG set, each failure's traceback is appended to that file as it
+    happens (scripts/gpu_check.sh sets it): a run stopped by a time limit keeps the tracebacks
+    that pytest prints only at the end. Under pytest-xdist the controller writes (it receives
+    every worker's reports, and one for a worker that crashed)."""
+    path = os.environ.get("CNNKERNELS_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
