@@ -163,6 +163,24 @@ def test_batch_norm_fused_modules(target):
                  torch.float64)
 
 
+def test_fused_relu_passes_no_gradient_where_it_is_off(target):
+    """An infinite gradient where the fused ReLU's input is <= 0 contributes nothing, as torch's
+    threshold_backward (a multiply by the derivative 0 would make it NaN and spread it through
+    the BatchNorm sums to the whole channel)."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    w, b = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
+    ref_x = x.clone().requires_grad_()
+    ref_y = torch.relu(TF.batch_norm(ref_x, None, None, w, b, training=True))
+    g = torch.where(ref_y > 0, torch.randn_like(x), torch.full_like(x, float("inf")))
+    ref_grad = torch.autograd.grad(ref_y, ref_x, g)[0]
+    ours_x = x.to(target.device).requires_grad_()
+    ours_y = F.batch_norm_relu(ours_x, None, None, w.to(target.device), b.to(target.device), training=True,
+                               backend=target.backend)
+    ours_grad = torch.autograd.grad(ours_y, ours_x, g.to(target.device))[0].cpu()
+    assert torch.isfinite(ref_grad).all()
+    assert_close(ours_grad, ref_grad, torch.float64)
+
+
 # ---- group norm and layer norm --------------------------------------------------------------
 
 GN_GRID = list(itertools.product(

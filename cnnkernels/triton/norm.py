@@ -137,7 +137,7 @@ def _activation(z, ACT: tl.constexpr):
 
 @triton.jit
 def _activation_grad(dy, z, ACT: tl.constexpr):
-    """dy * norm.h activation_derivative(z); dy itself for 'none'."""
+    """norm.h activation_backward: dy * act'(z), ReLU as a select."""
     if ACT == 1:
         dz = tl.where(z > 0, dy, 0.0).to(z.dtype)
     elif ACT == 2:

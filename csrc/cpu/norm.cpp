@@ -465,13 +465,22 @@ struct Affine {
     });
   }
 
-  // For the run at offset i (sample n, channels ch): the function j -> (xhat, dz) of its element j.
-  template <class Act, class Res, class Ch>
-  auto grad_run(Act a, Res res, const scalar_t* dy, int64_t i, int64_t n, Ch ch) const {
+  // The gradient at z of element i, dz = dy * act'(z), its xhat given.
+  template <class Act, class Res>
+  acc dz(Act a, Res res, const scalar_t* dy, int64_t i, acc xh, acc w, acc b) const {
+    return activation_backward(a.value, static_cast<acc>(dy[i]), z(res, i, xh, w, b));
+  }
+
+  // For the run at offset i (sample n, channels ch): the function j -> (f dz, f dz xhat) of its
+  // element j, with f = w when Weighted, else 1 (the terms of the reductions of the backward).
+  template <bool Weighted, class Act, class Res, class Ch>
+  auto grad_sums_run(Act a, Res res, const scalar_t* dy, int64_t i, int64_t n, Ch ch) const {
     const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
     return [=, this](int64_t j) {
       const acc xh = xhat(i + j, m[j], s[j]);
-      return std::pair<acc, acc>{xh, static_cast<acc>(dy[i + j]) * activation_derivative(a.value, z(res, i + j, xh, w[j], b[j]))};
+      acc d = dz(a, res, dy, i + j, xh, w[j], b[j]);
+      if constexpr (Weighted) d *= w[j];
+      return Sums<acc>{d, d * xh};
     };
   }
 
@@ -480,28 +489,29 @@ struct Affine {
     std::vector<Sums<acc>> sums;
     specialised([&](auto a, auto res) {
       sums = channel_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
-        return [g = grad_run(a, res, dy, i, n, ch)](int64_t j) {
-          const auto [xh, dz] = g(j);
-          return Sums<acc>{dz, dz * xh};
-        };
+        return grad_sums_run<false>(a, res, dy, i, n, ch);
       });
     });
     return sums;
   }
 
   // dx = norm_input_grad(w * dz, xhat, rstd, sum_dy, sum_dy_xhat, inv_count) with the sums read
-  // per (n, c); also dz into dres when given.
+  // per (n, c); also dz into dres, which is given exactly when the residual is. The loop body
+  // keeps to scalars and compile-time tests: an aggregate temporary (a returned pair) or a
+  // runtime test of dres kept GCC from vectorising it, and the scalar ReLU branch ran 5x slower.
   void input_grad(const Partition& p, const scalar_t* dy, const ChannelTable<acc>& sum_dy,
                   const ChannelTable<acc>& sum_dy_xhat, acc inv_count, scalar_t* dx, scalar_t* dres) const {
+    TORCH_INTERNAL_ASSERT((dres != nullptr) == (residual != nullptr));
     specialised([&](auto a, auto res) {
       for_each_run(p, [&](int64_t, int64_t i, int64_t len, int64_t n, auto ch) {
-        const auto g = grad_run(a, res, dy, i, n, ch);
-        const auto w = ch(weight.data()), s = ch(rstd.row(n)), sd = ch(sum_dy.row(n)), sdx = ch(sum_dy_xhat.row(n));
+        const auto m = ch(mean.row(n)), s = ch(rstd.row(n)), w = ch(weight.data()), b = ch(bias.data());
+        const auto sd = ch(sum_dy.row(n)), sdx = ch(sum_dy_xhat.row(n));
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
-          const auto [xh, dz] = g(j);
-          if (dres) dres[i + j] = static_cast<scalar_t>(dz);
-          dx[i + j] = static_cast<scalar_t>(norm_input_grad(w[j] * dz, xh, s[j], sd[j], sdx[j], inv_count));
+          const acc xh = xhat(i + j, m[j], s[j]);
+          const acc d = dz(a, res, dy, i + j, xh, w[j], b[j]);
+          if constexpr (decltype(res)::value) dres[i + j] = static_cast<scalar_t>(d);
+          dx[i + j] = static_cast<scalar_t>(norm_input_grad(w[j] * d, xh, s[j], sd[j], sdx[j], inv_count));
         }
       });
     });
@@ -618,11 +628,7 @@ void group_norm_backward_kernel(const NclView& v, Affine<scalar_t>& e, const sca
   std::vector<Sums<acc>> group;
   e.specialised([&](auto a, auto res) {
     group = region_sums<acc>(p, [&](int64_t, int64_t i, int64_t n, auto ch) {
-      return [g = e.grad_run(a, res, dy, i, n, ch), w = ch(e.weight.data())](int64_t j) {
-        const auto [xh, dz] = g(j);
-        const acc wdz = w[j] * dz;
-        return Sums<acc>{wdz, wdz * xh};
-      };
+      return e.template grad_sums_run<true>(a, res, dy, i, n, ch);
     });
   });
   if (grad_weight.numel() > 0 || grad_bias.numel() > 0) {

@@ -355,7 +355,7 @@ __device__ __forceinline__ A grad_at_z(const ChannelParams<A>& p, A x, A dy, A r
   xhat = (x - p.mean) * p.rstd;
   if (act == Activation::None) return dy;
   const A z = xhat * p.w + p.b + res;
-  return dy * activation_derivative(act, z);
+  return activation_backward(act, dy, z);
 }
 
 template <typename A>

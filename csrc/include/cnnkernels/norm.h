@@ -89,21 +89,24 @@ CNNK_HOST_DEVICE T activation_forward(Activation act, T z) {
   }
 }
 
-// d act / d z. ReLU's derivative at 0 is 0, as torch's threshold_backward.
+// The gradient at z, dy * act'(z). ReLU selects: dy where z > 0, 0 elsewhere (its derivative at
+// 0 is 0), as torch's threshold_backward does, so an infinite or NaN dy where z <= 0 gives 0
+// rather than NaN. A select is also what GCC vectorises: a multiply by a 0/1 factor stayed a
+// branch in the CPU backward loops, 5x slower.
 template <typename T>
-CNNK_HOST_DEVICE T activation_derivative(Activation act, T z) {
+CNNK_HOST_DEVICE T activation_backward(Activation act, T dy, T z) {
   switch (act) {
-    case Activation::ReLU: return z > T(0) ? T(1) : T(0);
+    case Activation::ReLU: return z > T(0) ? dy : T(0);
     case Activation::SiLU: {
       const T s = sigmoid(z);
-      return s * (T(1) + z * (T(1) - s));
+      return dy * (s * (T(1) + z * (T(1) - s)));
     }
     case Activation::GELU: {
       const T cdf = T(0.5) * (T(1) + std::erf(z * T(0.70710678118654752440)));
       const T pdf = std::exp(T(-0.5) * z * z) * T(0.39894228040143267794);
-      return cdf + z * pdf;
+      return dy * (cdf + z * pdf);
     }
-    default: return T(1);
+    default: return dy;
   }
 }
 
