@@ -15,8 +15,8 @@
 #   BENCH_ARGS  arguments for every benchmark (default "--max-minutes 8", which keeps the whole
 #               script near 15 minutes on an H100; set it empty for no limit, or e.g. "--quick")
 #   PYTHON      the interpreter (default: python)
-#   STEPS       the steps to run, space-separated (default "all": environment build pytest and
-#               every bench_<family>); e.g. STEPS="environment build pytest", then
+#   STEPS       the steps to run, space-separated (default "all": environment build
+#               error_messages pytest and every bench_<family>); e.g. STEPS="environment build pytest", then
 #               STEPS="bench_conv" and STEPS="bench_pool bench_norm" in later calls, to fit a
 #               per-command time limit (the build stays in place between calls)
 #   PYTEST_ARGS extra pytest arguments (e.g. "-k norm" or "-m cuda")
@@ -80,6 +80,8 @@ build() {
 
 step environment "$OUT_DIR/$DEVICE-environment.log" environment
 step build "$OUT_DIR/$DEVICE-build.log" build
+# Whether extensions built here raise TORCH_CHECK errors or crash on them (see the script).
+step error_messages "$OUT_DIR/$DEVICE-error-messages.log" "$PYTHON" scripts/check_error_messages.py
 # Most of a GPU test run is Triton compiling kernels, one process at a time: with pytest-xdist
 # (preinstalled on the lent machines) the suite runs in PYTEST_WORKERS processes sharing the GPU.
 # On the H100 machine (16 cores), 8 workers got through 93% of the suite in 330 s.

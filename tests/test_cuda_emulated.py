@@ -43,9 +43,11 @@ def emulator(request):
 def emu(emulator):
     """The emulator module; fails the test on a fault that the host code did not report."""
     emulator.set_conv_test_hooks()
+    emulator.set_pool_test_hooks()
     emulator.reset_stats()
     yield emulator
     emulator.set_conv_test_hooks()
+    emulator.set_pool_test_hooks()
     errors = emulator.take_unreported_errors()
     assert not errors, "unchecked kernel faults:\n" + "\n".join(errors)
 
@@ -310,6 +312,36 @@ def test_max_unpool2d(dtype, channels_last):
     grad = torch.randn(ref.shape, dtype=dtype)
     (ref_g,) = torch.autograd.grad(ref, ref_in, grad.to(ref_in.dtype))
     assert_close(ops().max_unpool2d_backward(grad, idx), ref_g, dtype)
+
+
+@pytest.mark.parametrize("coordinates", ["int32", "int64"])
+@pytest.mark.parametrize("kernel, stride, padding, dilation",
+                         [((3, 3), (3, 2), (1, 1), (2, 2)), ((5, 4), (2, 3), (2, 1), (2, 3))], ids=str)
+def test_pool2d_coordinate_types(kernel, stride, padding, dilation, coordinates, emu):
+    """Every pooling kernel in both coordinate types (32-bit wherever a problem fits, which small
+    ones always do; 64-bit reached through the test hook), on windows whose strides and dilations
+    share a factor, so the gather's tap and window steps (conv.h) differ from 1 and each other."""
+    if coordinates == "int64":
+        emu.set_pool_test_hooks(index32_limit=1)
+    x = pool_input((2, 3, 13, 11), channels_last=True, ties=True)
+    geometry = (list(kernel), list(stride), list(padding), list(dilation))
+    check_pool(lambda x: ops().max_pool2d(x, *geometry, True),
+               lambda x: TF.max_pool2d(x, kernel, stride, padding, dilation, True, return_indices=True),
+               lambda g, idx: ops().max_pool2d_backward(g, idx, list(x.shape), *geometry), x, with_indices=True)
+    avg = (list(kernel), list(stride), list(padding))
+    check_pool(lambda x: ops().avg_pool2d(x, *avg, True, False, None),
+               lambda x: TF.avg_pool2d(x, kernel, stride, padding, True, False, None),
+               lambda g, _: ops().avg_pool2d_backward(g, list(x.shape), *avg, False, None), x)
+    check_pool(lambda x: ops().adaptive_max_pool2d(x, [5, 4]),
+               lambda x: TF.adaptive_max_pool2d(x, (5, 4), return_indices=True),
+               lambda g, idx: ops().adaptive_max_pool2d_backward(g, idx, list(x.shape)), x, with_indices=True)
+    pooled, idx = TF.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert torch.equal(ops().max_unpool2d(pooled, idx, [13, 11]), TF.max_unpool2d(pooled, idx, 3, 2, 1, (13, 11)))
+    g = "long int" if coordinates == "int64" else "int"  # as GCC spells the functors' types
+    for functor in ("MaxPool2d", "MaxPool2dBackward", "AvgPool2d", "AvgPool2dBackward", "AdaptiveMaxPool2d",
+                    "MaxUnpool2d"):
+        assert launched(emu, f"<{functor}<float, {g}>"), (functor, list(emu.launches()))
+    assert launched(emu, f"<AdaptivePool2dBackward<float, {g}, true>"), list(emu.launches())
 
 
 @pytest.mark.slow

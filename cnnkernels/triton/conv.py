@@ -27,8 +27,7 @@ import triton.language as tl
 
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
-from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config
+from cnnkernels.triton._common import INTERPRETED, _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
@@ -67,7 +66,7 @@ BACKWARD_WEIGHT_CONFIGS = [
 FLOAT64_TILE_CONFIG = _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
 FLOAT64_BACKWARD_WEIGHT_CONFIG = _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=2)
 # (Larger in the interpreter, whose cost is per loop iteration, not per element.)
-WEIGHT_REDUCTION_BLOCK = 256 if triton_interpreted() else 64
+WEIGHT_REDUCTION_BLOCK = 256 if INTERPRETED else 64
 # Split of the N*P*Q reduction: aim for this many programs, and give each at least
 # MIN_PIXELS_PER_SPLIT pixels. Both depend on the shape only.
 TARGET_PROGRAMS = 512
@@ -84,30 +83,35 @@ def _offset_dtype(*tensors: torch.Tensor):
     """Element offsets and pixel indices in int32 (cheaper address math), unless one of the
     tensors holds, or reaches through its strides, nearly 2^31 elements; the margin covers the
     masked-off lanes of the last tile, whose indices run up to a block past the end."""
-    reach = max(t.numel() + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
-                for t in tensors)
-    return tl.int64 if reach >= 2**31 - 2**16 else tl.int32
+    # Plain loops, not generator expressions: this runs on every launch.
+    for t in tensors:
+        reach = t.numel()
+        for size, stride in zip(t.shape, t.stride()):
+            reach += (size - 1) * abs(stride)
+        if reach >= 2**31 - 2**16:
+            return tl.int64
+    return tl.int32
 
 
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot input precision: fp32 follows torch's cuDNN TF32 switch, as torch's convolution does."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not triton_interpreted():
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
         return "tf32"
     return "ieee"
 
 
 def _split(pixels: int, programs_per_split: int, block: int) -> tuple[int, int]:
     """(number of splits, pixels per split) of an N*P*Q reduction; a multiple of `block`."""
-    splits = max(1, min(triton.cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
-                        triton.cdiv(pixels, MIN_PIXELS_PER_SPLIT)))
-    chunk = triton.cdiv(triton.cdiv(pixels, splits), block) * block
-    return triton.cdiv(pixels, chunk), chunk
+    splits = max(1, min(_cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
+                        _cdiv(pixels, MIN_PIXELS_PER_SPLIT)))
+    chunk = _cdiv(_cdiv(pixels, splits), block) * block
+    return _cdiv(pixels, chunk), chunk
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
     """Triton's interpreter computes bfloat16 tl.dot wrongly (Triton 3.8): there, and only
     there, bfloat16 tiles are widened to fp32 before the product."""
-    return dtype == torch.bfloat16 and triton_interpreted()
+    return dtype == torch.bfloat16 and INTERPRETED
 
 
 # ---- kernels -------------------------------------------------------------------------------
@@ -394,7 +398,7 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, f
 
 def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], strides: list[int]) -> None:
     numel = partial[0].numel()
-    grid = (triton.cdiv(numel, _SUM_BLOCK),)
+    grid = (_cdiv(numel, _SUM_BLOCK),)
     _sum_partials_kernel[grid](partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides,
                                BLOCK=_SUM_BLOCK)
 
@@ -414,7 +418,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     Kg = K // groups
 
     def grid(meta):
-        return (triton.cdiv(N * P * Q, meta["BLOCK_M"]), triton.cdiv(Kg, meta["BLOCK_N"]), groups)
+        return (_cdiv(N * P * Q, meta["BLOCK_M"]), _cdiv(Kg, meta["BLOCK_N"]), groups)
 
     args = (input, weight, bias if bias is not None else weight, y, N, H, W, P, Q, Cg, Kg,
             stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
@@ -440,10 +444,10 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     sh, sw = stride
     step_h = sh // _gcd(sh, dilation[0])
     step_w = sw // _gcd(sw, dilation[1])
-    phase_pixels = N * triton.cdiv(H, sh) * triton.cdiv(W, sw)  # the largest phase
+    phase_pixels = N * _cdiv(H, sh) * _cdiv(W, sw)  # the largest phase
 
     def grid(meta):
-        return (triton.cdiv(phase_pixels, meta["BLOCK_M"]), triton.cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
+        return (_cdiv(phase_pixels, meta["BLOCK_M"]), _cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
 
     args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
             dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
@@ -467,15 +471,15 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
     Kg = K // groups
     taps_in_n = Cg < FEW_CHANNELS
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
-    tiles = triton.cdiv(Kg, 64) * (triton.cdiv(R * S * Cg, 64) if taps_in_n else triton.cdiv(Cg, 64) * R * S) * groups
+    tiles = _cdiv(Kg, 64) * (_cdiv(R * S * Cg, 64) if taps_in_n else _cdiv(Cg, 64) * R * S) * groups
     splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
     acc_dtype = torch.float64 if dw.dtype == torch.float64 else torch.float32
     partial = new_buffer([splits, K, Cg, R, S], grad_output, dtype=acc_dtype)
 
     def grid(meta):
         if taps_in_n:
-            return (triton.cdiv(Kg, meta["BLOCK_K"]) * triton.cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
-        return (triton.cdiv(Kg, meta["BLOCK_K"]) * triton.cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
+            return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
+        return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
     args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
             padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
@@ -496,10 +500,10 @@ def conv2d_backward_bias(grad_output):
         return db
     if grad_output.numel() == 0:
         return db.zero_()
-    splits, chunk = _split(N * P * Q, triton.cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
+    splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
     acc_dtype = torch.float64 if db.dtype == torch.float64 else torch.float32
     partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
-    _bias_grad_kernel[(triton.cdiv(K, BIAS_BLOCK_K), splits)](
+    _bias_grad_kernel[(_cdiv(K, BIAS_BLOCK_K), splits)](
         grad_output, partial, N, K, P, Q, chunk, *grad_output.stride(),
         INDEX=_offset_dtype(grad_output), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
     _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])

@@ -59,7 +59,7 @@ import triton.language as tl
 
 from cnnkernels._layout import is_channels_last, new_buffer
 from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists (keyed by the problem's sizes and its channel
@@ -783,17 +783,17 @@ def _launch(kernel, grid, args, config: Optional[int], **constexprs):
 
 
 def _tiles(rows: int, channels: int):
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
+    return lambda meta: (_cdiv(rows, meta["BLOCK_M"]), _cdiv(channels, meta["BLOCK_C"]))
 
 
 def _split(length: int, programs_per_split: int, width: int = 1) -> tuple[int, int]:
     """(splits, chunk) of a reduction over `length` steps of `width` elements each (rows of a
     nominal channel tile, say), from the shape only: about TARGET_PROGRAMS programs in all,
     none with fewer than MIN_ELEMENTS_PER_SPLIT elements unless the whole reduction is smaller."""
-    splits = max(1, min(triton.cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
-                        triton.cdiv(length * max(1, width), MIN_ELEMENTS_PER_SPLIT)))
-    chunk = triton.cdiv(length, splits)
-    return triton.cdiv(length, chunk), chunk
+    splits = max(1, min(_cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
+                        _cdiv(length * max(1, width), MIN_ELEMENTS_PER_SPLIT)))
+    chunk = _cdiv(length, splits)
+    return _cdiv(length, chunk), chunk
 
 
 class _View:
@@ -869,7 +869,7 @@ def _merge_statistics(v: _View, mean_p, m2_p, num_stats, splits, total, chunk, s
     mean = v.acc_buffer([num_stats])
     rstd = v.acc_buffer([num_stats])
     rm, rv, new_rm, new_rv = running if running is not None else (mean, mean, mean, mean)
-    _welford_merge_kernel[(triton.cdiv(num_stats, _MERGE_BLOCK),)](
+    _welford_merge_kernel[(_cdiv(num_stats, _MERGE_BLOCK),)](
         mean_p, m2_p, mean, rstd, rm, rv, new_rm, new_rv, num_stats, splits, total, chunk, stat_stride,
         split_stride, eps, momentum, HAS_RUNNING=running is not None, ACC=v.tl_acc, BLOCK=_MERGE_BLOCK)
     return mean, rstd
@@ -877,7 +877,7 @@ def _merge_statistics(v: _View, mean_p, m2_p, num_stats, splits, total, chunk, s
 
 def _sum_splits(v: _View, p1, p2, num, splits, stat_stride, split_stride):
     out1, out2 = v.acc_buffer([num]), v.acc_buffer([num])
-    _sum_splits_kernel[(triton.cdiv(num, _MERGE_BLOCK),)](p1, p2, out1, out2, num, splits, stat_stride,
+    _sum_splits_kernel[(_cdiv(num, _MERGE_BLOCK),)](p1, p2, out1, out2, num, splits, stat_stride,
                                                          split_stride, TWO=True, BLOCK=_MERGE_BLOCK)
     return out1, out2
 
@@ -889,9 +889,9 @@ def _empty_statistics(v: _View, count: int, eps: float):
 
 def _channel_stats(v: _View, x, eps, running=None, momentum=0.0, config=None):
     """Per-channel batch statistics of an (N, C, L) view with N*L > 0."""
-    splits, chunk = _split(v.M, triton.cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
+    splits, chunk = _split(v.M, _cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
     mean_p, m2_p = v.acc_buffer([splits, v.C]), v.acc_buffer([splits, v.C])
-    grid = lambda meta: (triton.cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
+    grid = lambda meta: (_cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
     _launch(_channel_stats_kernel, grid, (x, mean_p, m2_p, v.M, v.C, v.L, chunk, *v.strides), config,
             INDEX=v.index, ACC=v.tl_acc)
     return _merge_statistics(v, mean_p, m2_p, v.C, splits, v.M, chunk, 1, v.C, eps, running, momentum)
@@ -977,9 +977,9 @@ def batch_norm_backward(grad_output, input, weight, bias, residual, save_mean, s
     if v.C == 0 or v.M == 0:
         sum_dz, sum_dzx = v.acc_buffer([v.C]).zero_(), v.acc_buffer([v.C]).zero_()
     else:
-        splits, chunk = _split(v.M, triton.cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
+        splits, chunk = _split(v.M, _cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
         p1, p2 = v.acc_buffer([splits, v.C]), v.acc_buffer([splits, v.C])
-        grid = lambda meta: (triton.cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
+        grid = lambda meta: (_cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
         _launch(_channel_grad_sums_kernel, grid,
                 (dy, x, res if res is not None else x, w if w is not None else x, b if b is not None else x,
                  mean, rstd, p1, p2, v.M, v.C, v.L, v.C, 1, chunk, *v.strides), config,
@@ -1068,9 +1068,9 @@ def group_norm_backward(grad_output, input, weight, bias, save_mean, save_rstd, 
     s1, s2 = _sum_splits(v, p1, p2, v.N * G, splits, splits, 1)
     # Per-channel sums of dz and dz*xhat over N*L (the parameter gradients).
     if w is not None or b is not None:
-        splits, chunk = _split(v.M, triton.cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
+        splits, chunk = _split(v.M, _cdiv(v.C, NOMINAL_BLOCK_C), min(v.C, NOMINAL_BLOCK_C))
         q1, q2 = v.acc_buffer([splits, v.C]), v.acc_buffer([splits, v.C])
-        grid = lambda meta: (triton.cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
+        grid = lambda meta: (_cdiv(v.C, meta["BLOCK_C"]), splits)  # noqa: E731
         _launch(_channel_grad_sums_kernel, grid,
                 (dy, x, x, *wb, mean, rstd, q1, q2, v.M, v.C, v.L, G, Cg, chunk, *v.strides), config,
                 PER_SAMPLE=True, HAS_RES=False, INDEX=v.index, **flags)
@@ -1119,7 +1119,7 @@ def rms_norm_forward(input, weight, normalized_ndim, eps, config=None):
         rstd.fill_(1.0 / math.sqrt(eps))
     if rows * D > 0:
         one_tile, block_d = _rms_blocks(D)
-        grid = lambda meta: (triton.cdiv(rows, triton.cdiv(meta["ROW_TILE"], block_d)),)  # noqa: E731
+        grid = lambda meta: (_cdiv(rows, _cdiv(meta["ROW_TILE"], block_d)),)  # noqa: E731
         _launch(_rms_norm_kernel, grid, (x, weight if weight is not None else x, y, rstd, rows, D, eps), config,
                 HAS_W=weight is not None, ONE_TILE=one_tile, INDEX=_index_dtype(x.numel()), ACC=_acc_dtype(x.dtype),
                 BLOCK_D=block_d)
@@ -1161,9 +1161,9 @@ def rms_norm_backward(grad_output, input, weight, save_rstd, normalized_ndim, co
                 HAS_W=w is not None, ONE_TILE=one_tile, INDEX=_index_dtype(x.numel()), ACC=_acc_dtype(x.dtype),
                 BLOCK_D=block_d)
         if w is not None and not one_tile:
-            splits, chunk = _split(rows, triton.cdiv(D, ROW_LOOP_BLOCK), ROW_LOOP_BLOCK)
+            splits, chunk = _split(rows, _cdiv(D, ROW_LOOP_BLOCK), ROW_LOOP_BLOCK)
             dw_p = new_buffer([splits, D], x, dtype=acc)
-            _rms_weight_grad_kernel[(triton.cdiv(D, ROW_LOOP_BLOCK), splits)](
+            _rms_weight_grad_kernel[(_cdiv(D, ROW_LOOP_BLOCK), splits)](
                 dy, x, rstd, dw_p, rows, D, chunk, INDEX=_index_dtype(x.numel()), ACC=_acc_dtype(x.dtype),
                 BLOCK_R=4, BLOCK_D=ROW_LOOP_BLOCK)
         if w is not None:
@@ -1182,7 +1182,7 @@ def _sum_rows(partial: torch.Tensor) -> torch.Tensor:
     """The (splits, D) partials summed over splits, in split order."""
     splits, num = partial.shape
     out = new_buffer([num], partial)
-    _sum_splits_kernel[(triton.cdiv(num, _MERGE_BLOCK),)](partial, partial, out, out, num, splits, 1, num,
+    _sum_splits_kernel[(_cdiv(num, _MERGE_BLOCK),)](partial, partial, out, out, num, splits, 1, num,
                                                          TWO=False, BLOCK=_MERGE_BLOCK)
     return out
 

@@ -49,7 +49,7 @@ import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels._pool_geometry import pool_out_size
-from cnnkernels.triton._common import _acc_dtype, _autotune, _check_device, _check_dtype, _config, _index_dtype
+from cnnkernels.triton._common import _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
@@ -438,7 +438,7 @@ def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | No
     with the first config (in the interpreter, or with autotuning switched off)."""
 
     def grid(meta):
-        return (triton.cdiv(pixels, meta["BLOCK_M"]), triton.cdiv(channels, meta["BLOCK_C"]))
+        return (_cdiv(pixels, meta["BLOCK_M"]), _cdiv(channels, meta["BLOCK_C"]))
 
     if config is None and _autotune():
         _TUNED[kernel][grid](*args, **constexprs)
@@ -490,7 +490,7 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
     step_h = stride[0] // math.gcd(stride[0], dilation[0])
     step_w = stride[1] // math.gcd(stride[1], dilation[1])
     args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            dilation[0], dilation[1], step_h, step_w, triton.cdiv(KH, step_h), triton.cdiv(KW, step_w),
+            dilation[0], dilation[1], step_h, step_w, _cdiv(KH, step_h), _cdiv(KW, step_w),
             *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_max_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
@@ -528,7 +528,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
     if grad_output.numel() == 0:
         return dx.zero_()
     args = (grad_output, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            divisor_override or 0, triton.cdiv(KH, stride[0]), triton.cdiv(KW, stride[1]),
+            divisor_override or 0, _cdiv(KH, stride[0]), _cdiv(KW, stride[1]),
             *grad_output.stride(), *dx.stride())
     _launch(_avg_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             COUNT_PAD=bool(count_include_pad), INDEX=_index_dtype(dx.numel(), grad_output.numel()),
@@ -562,7 +562,7 @@ def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
     if grad_output.numel() == 0:
         return dx.zero_()
     # Input i lies in at most ceil(out / in) + 1 windows.
-    args = (grad_output, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
+    args = (grad_output, dx, N * H * W, C, H, W, P, Q, _cdiv(P, H) + 1, _cdiv(Q, W) + 1,
             *grad_output.stride(), *dx.stride())
     _launch(_adaptive_avg_pool2d_backward_kernel, N * H * W, C, args, config,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
@@ -596,7 +596,7 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
-    args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, triton.cdiv(P, H) + 1, triton.cdiv(Q, W) + 1,
+    args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, _cdiv(P, H) + 1, _cdiv(Q, W) + 1,
             *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_adaptive_max_pool2d_backward_kernel, N * H * W, C, args, config,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))

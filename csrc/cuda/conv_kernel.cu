@@ -160,7 +160,7 @@ struct BackwardInputProblem {
   Conv2dTensors t;
   Index g = 0;
   Index ih0 = 0, iw0 = 0, hp = 0, wp = 0;  // the phase's first input row/column and extent
-  TapProgression taps_h{}, taps_w{};
+  TapProgression<> taps_h{}, taps_w{};
   Index ntaps_h = 0, ntaps_w = 0;
 
   template <typename X>

@@ -12,11 +12,17 @@
 // dimension of the written tensor's layout first (channels for channels_last, columns
 // otherwise). Reads go through arbitrary strides; in either dense layout the window reads of
 // neighbouring threads are then neighbours too.
+//
+// Besides memory, the gathers spend their time on integer division (the taps and windows an
+// element belongs to). Coordinates are therefore computed in a type G, int32_t whenever the
+// problem allows (coordinates_fit_int32) and int64_t otherwise: a 64-bit division is a call to a
+// software routine several times longer than the 32-bit one.
 #include <cuda_runtime.h>
 #include <math_constants.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cnnkernels/common.h"
 #include "cnnkernels/conv.h"
@@ -24,10 +30,17 @@
 #include "cnnkernels/pool.h"
 #include "pool_kernel.h"
 
+// Test hook: the host-emulator build lowers this to reach the 64-bit coordinate path on small
+// problems. The default is what ships.
+#ifndef CNNK_POOL_INDEX32_LIMIT
+#define CNNK_POOL_INDEX32_LIMIT (int64_t{1} << 31)
+#endif
+
 namespace cnnkernels {
 namespace {
 
-// A typed 4-D view: element (n, c, h, w) at data[n*s0 + c*s1 + h*s2 + w*s3].
+// A typed 4-D view: element (n, c, h, w) at data[n*s0 + c*s1 + h*s2 + w*s3]. Offsets are
+// 64-bit (a plane's rows can be far apart in channels_last) whatever the coordinate type.
 template <typename T>
 struct View {
   T* data;
@@ -56,12 +69,14 @@ constexpr int kThreads = 256;
 // Grid-stride loop beyond this many blocks (far more than any GPU keeps resident).
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
-// Calls op(n, c, h, w) for every element of an (N, C, H, W) tensor. Index is the type the
-// linear index is decomposed in: 32-bit whenever the tensor allows, because 64-bit integer
-// division is emulated by several times as many instructions.
-template <typename Index, bool kChannelsLast, class Op>
+// Calls op(n, c, h, w) for every element of an (N, C, H, W) tensor, h and w in the op's
+// coordinate type G; the linear index is decomposed in G's unsigned counterpart.
+template <bool kChannelsLast, class Op>
 __global__ void __launch_bounds__(kThreads)
-    per_element_kernel(Op op, Index channels, Index height, Index width, int64_t numel) {
+    per_element_kernel(Op op, typename Op::Coord channels, typename Op::Coord height, typename Op::Coord width,
+                       int64_t numel) {
+  using G = typename Op::Coord;
+  using Index = std::make_unsigned_t<G>;
   const int64_t step = int64_t{gridDim.x} * kThreads;
   for (int64_t i = int64_t{blockIdx.x} * kThreads + threadIdx.x; i < numel; i += step) {
     Index j = static_cast<Index>(i), n, c, h, w;
@@ -80,67 +95,74 @@ __global__ void __launch_bounds__(kThreads)
       c = j % channels;
       n = j / channels;
     }
-    op(static_cast<int64_t>(n), static_cast<int64_t>(c), static_cast<int64_t>(h), static_cast<int64_t>(w));
-  }
-}
-
-template <typename Index, class Op>
-void launch_per_element(const Op& op, int64_t channels, int64_t height, int64_t width, int64_t numel,
-                        bool channels_last, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>(std::min(ceil_div<int64_t>(numel, kThreads), kMaxBlocks));
-  const auto C = static_cast<Index>(channels), H = static_cast<Index>(height), W = static_cast<Index>(width);
-  if (channels_last) {
-    per_element_kernel<Index, true><<<blocks, kThreads, 0, stream>>>(op, C, H, W, numel);
-  } else {
-    per_element_kernel<Index, false><<<blocks, kThreads, 0, stream>>>(op, C, H, W, numel);
+    op(static_cast<int64_t>(n), static_cast<int64_t>(c), static_cast<G>(h), static_cast<G>(w));
   }
 }
 
 template <class Op>
-cudaError_t for_each_element(const Op& op, int64_t batch, int64_t channels, int64_t height, int64_t width,
+cudaError_t for_each_element(const Op& op, int64_t channels, int64_t height, int64_t width, int64_t numel,
                              bool channels_last, cudaStream_t stream) {
-  const int64_t numel = batch * channels * height * width;
   if (numel == 0) return cudaSuccess;
-  if (numel <= int64_t{UINT32_MAX}) {
-    launch_per_element<uint32_t>(op, channels, height, width, numel, channels_last, stream);
+  using G = typename Op::Coord;
+  const auto blocks = static_cast<unsigned>(std::min(ceil_div<int64_t>(numel, kThreads), kMaxBlocks));
+  const auto C = static_cast<G>(channels), H = static_cast<G>(height), W = static_cast<G>(width);
+  if (channels_last) {
+    per_element_kernel<true><<<blocks, kThreads, 0, stream>>>(op, C, H, W, numel);
   } else {
-    launch_per_element<uint64_t>(op, channels, height, width, numel, channels_last, stream);
+    per_element_kernel<false><<<blocks, kThreads, 0, stream>>>(op, C, H, W, numel);
   }
   return cudaGetLastError();
+}
+
+// Whether every coordinate and count of a problem fits in int32_t: the element count of the
+// tensor written (the thread index), flat positions within a plane (h*W + w), window origins and
+// taps (-pad .. in + pad + kernel*dilation), output positions times the stride, the adaptive
+// windows' products (o+1)*in and (i+1)*out, and the average divisor's window area.
+bool coordinates_fit_int32(const Pool2dParams& p, int64_t numel) {
+  const int64_t limit = CNNK_POOL_INDEX32_LIMIT;
+  auto axis = [](int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+    return std::max(in + 2 * pad + kernel * dilation + (out + 1) * stride, (in + 1) * (out + 1));
+  };
+  return numel < limit && p.batch < limit && p.channels < limit && p.in_h * p.in_w < limit &&
+         p.out_h * p.out_w < limit && p.kernel_h * p.kernel_w < limit &&
+         axis(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h) < limit &&
+         axis(p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w) < limit;
 }
 
 // ---- max pooling ---------------------------------------------------------------------------
 
 // The first tap at or after the window's origin that is not in the leading padding (torch
 // starts its maximum there, even when that tap is past the end of the input).
-__device__ __forceinline__ int64_t first_nonnegative_tap(int64_t origin, int64_t dilation) {
+template <typename G>
+__device__ __forceinline__ G first_nonnegative_tap(G origin, G dilation) {
   return origin >= 0 ? origin : origin + ceil_div(-origin, dilation) * dilation;
 }
 
 // Output (oh, ow): torch's rule, a maximum starting at -inf with the index of the window's
 // first in-bounds tap, replaced by every tap that max_pool_takes (larger, or NaN).
-template <typename T>
+template <typename T, typename G>
 struct MaxPool2d {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> in;
   View<T> out;
   View<int64_t> idx;
 
-  MaxPool2d(const Pool2dParams& p, const Pool2dTensors& t)
+  MaxPool2d(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)), idx(view<int64_t>(t.indices)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
+  __device__ void operator()(int64_t n, int64_t c, G oh, G ow) const {
     using acc = acc_t<T>;
-    const int64_t origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
-    const int64_t h_end = min(origin_h + (p.kernel_h - 1) * p.dilation_h + 1, p.in_h);
-    const int64_t w_end = min(origin_w + (p.kernel_w - 1) * p.dilation_w + 1, p.in_w);
-    const int64_t h0 = first_nonnegative_tap(origin_h, p.dilation_h);
-    const int64_t w0 = first_nonnegative_tap(origin_w, p.dilation_w);
+    const G origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
+    const G h_end = min(origin_h + (p.kernel_h - 1) * p.dilation_h + 1, p.in_h);
+    const G w_end = min(origin_w + (p.kernel_w - 1) * p.dilation_w + 1, p.in_w);
+    const G h0 = first_nonnegative_tap(origin_h, p.dilation_h);
+    const G w0 = first_nonnegative_tap(origin_w, p.dilation_w);
     const T* x = in.plane(n, c);
     acc best = negative_infinity<acc>();
-    int64_t best_index = h0 * p.in_w + w0;
-    for (int64_t ih = h0; ih < h_end; ih += p.dilation_h) {
-      for (int64_t iw = w0; iw < w_end; iw += p.dilation_w) {
+    G best_index = h0 * p.in_w + w0;
+    for (G ih = h0; ih < h_end; ih += p.dilation_h) {
+      for (G iw = w0; iw < w_end; iw += p.dilation_w) {
         const acc v = to_acc(x[ih * in.s2 + iw * in.s3]);
         if (max_pool_takes(v, best)) {
           best = v;
@@ -153,44 +175,66 @@ struct MaxPool2d {
   }
 };
 
-// The last useful tap of a progression (call only when it has one: first < kernel).
-__device__ __forceinline__ int64_t last_tap(const TapProgression& taps, int64_t kernel) {
-  return taps.first + (kernel - 1 - taps.first) / taps.step * taps.step;
+// The windows that input coordinate i is a tap of, along one axis: first, first + step, ...,
+// last, in increasing order (none when first > last); clipping them to [0, out) is the caller's.
+// The useful taps are backward_input_taps' progression tap, tap + tap_step, ... below `kernel`;
+// the smallest reaches window `last`, each further one the window out_step before.
+template <typename G>
+struct WindowRange {
+  G first, last, step;
+};
+
+// tap_step = stride / gcd(stride, dilation) and out_step = dilation / gcd(stride, dilation) are
+// the problem's, computed once on the host: an element pays two divisions and the first-tap
+// search per axis, not a division per window.
+template <typename G>
+__device__ __forceinline__ WindowRange<G> windows_reaching(G i, G kernel, G stride, G pad, G dilation, G tap_step,
+                                                           G out_step) {
+  const G tap = backward_input_first_tap(i + pad, kernel, stride, dilation, tap_step);
+  if (tap >= kernel) return {G{1}, G{0}, G{1}};
+  const G last = (i + pad - tap * dilation) / stride;
+  return {last - (kernel - 1 - tap) / tap_step * out_step, last, out_step};
 }
 
-// Input (ih, iw) is a tap of exactly the windows that backward_input_taps finds (the phase
-// arithmetic of the convolution's input gradient, dilation and stride included); it collects
-// the gradient of those among them that chose it. Taps are walked from the last one down, so
-// the windows come in increasing order, the order torch's gather sums them in.
-template <typename T>
+// Input (ih, iw) collects the gradient of the windows among windows_reaching(ih) x
+// windows_reaching(iw) that chose it, in increasing window order: the order torch's gather
+// sums them in.
+template <typename T, typename G>
 struct MaxPool2dBackward {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
+  G tap_step_h, tap_step_w, out_step_h, out_step_w;
   View<const T> grad_out;
   View<const int64_t> idx;
   View<T> grad_in;
 
-  MaxPool2dBackward(const Pool2dParams& p, const Pool2dTensors& t)
-      : p(p), grad_out(view<const T>(t.output)), idx(view<const int64_t>(t.indices)), grad_in(view<T>(t.input)) {}
+  MaxPool2dBackward(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
+      : p(p),
+        tap_step_h(p.stride_h / gcd(p.stride_h, p.dilation_h)),
+        tap_step_w(p.stride_w / gcd(p.stride_w, p.dilation_w)),
+        out_step_h(p.dilation_h / gcd(p.stride_h, p.dilation_h)),
+        out_step_w(p.dilation_w / gcd(p.stride_w, p.dilation_w)),
+        grad_out(view<const T>(t.output)),
+        idx(view<const int64_t>(t.indices)),
+        grad_in(view<T>(t.input)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t ih, int64_t iw) const {
+  __device__ void operator()(int64_t n, int64_t c, G ih, G iw) const {
     using acc = acc_t<T>;
-    const int64_t self = ih * p.in_w + iw;
-    const TapProgression taps_h = backward_input_taps(ih + p.pad_h, p.kernel_h, p.stride_h, p.dilation_h);
-    const TapProgression taps_w = backward_input_taps(iw + p.pad_w, p.kernel_w, p.stride_w, p.dilation_w);
+    const G self = ih * p.in_w + iw;
+    const WindowRange<G> rows =
+        windows_reaching(ih, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h, tap_step_h, out_step_h);
+    const WindowRange<G> cols =
+        windows_reaching(iw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w, tap_step_w, out_step_w);
+    const T* dy = grad_out.plane(n, c);
+    const int64_t* chosen = idx.plane(n, c);
     acc sum = 0;
-    if (taps_h.first < p.kernel_h && taps_w.first < p.kernel_w) {
-      const T* dy = grad_out.plane(n, c);
-      const int64_t* chosen = idx.plane(n, c);
-      for (int64_t r = last_tap(taps_h, p.kernel_h); r >= taps_h.first; r -= taps_h.step) {
-        const int64_t oh = backward_input_out_coord(ih + p.pad_h, r, p.stride_h, p.dilation_h);
-        if (oh < 0) continue;
-        if (oh >= p.out_h) break;
-        for (int64_t s = last_tap(taps_w, p.kernel_w); s >= taps_w.first; s -= taps_w.step) {
-          const int64_t ow = backward_input_out_coord(iw + p.pad_w, s, p.stride_w, p.dilation_w);
-          if (ow < 0) continue;
-          if (ow >= p.out_w) break;
-          if (chosen[oh * idx.s2 + ow * idx.s3] == self) sum += to_acc(dy[oh * grad_out.s2 + ow * grad_out.s3]);
-        }
+    for (G oh = rows.first; oh <= rows.last; oh += rows.step) {
+      if (oh < 0) continue;
+      if (oh >= p.out_h) break;
+      for (G ow = cols.first; ow <= cols.last; ow += cols.step) {
+        if (ow < 0) continue;
+        if (ow >= p.out_w) break;
+        if (chosen[oh * idx.s2 + ow * idx.s3] == self) sum += to_acc(dy[oh * grad_out.s2 + ow * grad_out.s3]);
       }
     }
     grad_in(n, c, ih, iw) = from_acc<T>(sum);
@@ -199,26 +243,27 @@ struct MaxPool2dBackward {
 
 // ---- average pooling -----------------------------------------------------------------------
 
-template <typename T>
+template <typename T, typename G>
 struct AvgPool2d {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> in;
   View<T> out;
   bool count_include_pad;
   int64_t divisor_override;
 
-  AvgPool2d(const Pool2dParams& p, const Pool2dTensors& t, bool count_include_pad, int64_t divisor_override)
+  AvgPool2d(const BasicPool2dParams<G>& p, const Pool2dTensors& t, bool count_include_pad, int64_t divisor_override)
       : p(p),
         in(view<const T>(t.input)),
         out(view<T>(t.output)),
         count_include_pad(count_include_pad),
         divisor_override(divisor_override) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
+  __device__ void operator()(int64_t n, int64_t c, G oh, G ow) const {
     using acc = acc_t<T>;
-    const int64_t origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
-    const int64_t h0 = max(origin_h, int64_t{0}), h1 = min(origin_h + p.kernel_h, p.in_h);
-    const int64_t w0 = max(origin_w, int64_t{0}), w1 = min(origin_w + p.kernel_w, p.in_w);
+    const G origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
+    const G h0 = max(origin_h, G{0}), h1 = min(origin_h + p.kernel_h, p.in_h);
+    const G w0 = max(origin_w, G{0}), w1 = min(origin_w + p.kernel_w, p.in_w);
     // A window entirely in the padding cannot occur with the checked arguments (pad <= kernel/2,
     // the ceil_mode rule); the guard keeps a direct caller from a zero divisor.
     if (h0 >= h1 || w0 >= w1) {
@@ -227,39 +272,41 @@ struct AvgPool2d {
     }
     const T* x = in.plane(n, c);
     acc sum = 0;
-    for (int64_t ih = h0; ih < h1; ++ih)
-      for (int64_t iw = w0; iw < w1; ++iw) sum += to_acc(x[ih * in.s2 + iw * in.s3]);
+    for (G ih = h0; ih < h1; ++ih)
+      for (G iw = w0; iw < w1; ++iw) sum += to_acc(x[ih * in.s2 + iw * in.s3]);
     const int64_t divisor = avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override);
     out(n, c, oh, ow) = from_acc<T>(sum / static_cast<acc>(divisor));
   }
 };
 
 // Input (ih, iw) collects grad/divisor from every window whose span covers it.
-template <typename T>
+template <typename T, typename G>
 struct AvgPool2dBackward {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> grad_out;
   View<T> grad_in;
   bool count_include_pad;
   int64_t divisor_override;
 
-  AvgPool2dBackward(const Pool2dParams& p, const Pool2dTensors& t, bool count_include_pad, int64_t divisor_override)
+  AvgPool2dBackward(const BasicPool2dParams<G>& p, const Pool2dTensors& t, bool count_include_pad,
+                    int64_t divisor_override)
       : p(p),
         grad_out(view<const T>(t.output)),
         grad_in(view<T>(t.input)),
         count_include_pad(count_include_pad),
         divisor_override(divisor_override) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t ih, int64_t iw) const {
+  __device__ void operator()(int64_t n, int64_t c, G ih, G iw) const {
     using acc = acc_t<T>;
-    const int64_t oh0 = window_first_covering(ih, p.kernel_h, p.pad_h, p.stride_h);
-    const int64_t oh1 = window_last_covering(ih, p.pad_h, p.stride_h, p.out_h);
-    const int64_t ow0 = window_first_covering(iw, p.kernel_w, p.pad_w, p.stride_w);
-    const int64_t ow1 = window_last_covering(iw, p.pad_w, p.stride_w, p.out_w);
+    const G oh0 = window_first_covering(ih, p.kernel_h, p.pad_h, p.stride_h);
+    const G oh1 = window_last_covering(ih, p.pad_h, p.stride_h, p.out_h);
+    const G ow0 = window_first_covering(iw, p.kernel_w, p.pad_w, p.stride_w);
+    const G ow1 = window_last_covering(iw, p.pad_w, p.stride_w, p.out_w);
     const T* dy = grad_out.plane(n, c);
     acc sum = 0;
-    for (int64_t oh = oh0; oh <= oh1; ++oh)
-      for (int64_t ow = ow0; ow <= ow1; ++ow)
+    for (G oh = oh0; oh <= oh1; ++oh)
+      for (G ow = ow0; ow <= ow1; ++ow)
         sum += to_acc(dy[oh * grad_out.s2 + ow * grad_out.s3]) /
                static_cast<acc>(avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override));
     grad_in(n, c, ih, iw) = from_acc<T>(sum);
@@ -270,46 +317,48 @@ struct AvgPool2dBackward {
 // Output (oh, ow) reduces input rows [adaptive_start, adaptive_end) x the same for columns;
 // the windows are never empty (input extents are checked > 0).
 
-template <typename T>
+template <typename T, typename G>
 struct AdaptiveAvgPool2d {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> in;
   View<T> out;
 
-  AdaptiveAvgPool2d(const Pool2dParams& p, const Pool2dTensors& t)
+  AdaptiveAvgPool2d(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
+  __device__ void operator()(int64_t n, int64_t c, G oh, G ow) const {
     using acc = acc_t<T>;
-    const int64_t h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
-    const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
+    const G h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
+    const G w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
     const T* x = in.plane(n, c);
     acc sum = 0;
-    for (int64_t ih = h0; ih < h1; ++ih)
-      for (int64_t iw = w0; iw < w1; ++iw) sum += to_acc(x[ih * in.s2 + iw * in.s3]);
+    for (G ih = h0; ih < h1; ++ih)
+      for (G iw = w0; iw < w1; ++iw) sum += to_acc(x[ih * in.s2 + iw * in.s3]);
     out(n, c, oh, ow) = from_acc<T>(sum / static_cast<acc>((h1 - h0) * (w1 - w0)));
   }
 };
 
-template <typename T>
+template <typename T, typename G>
 struct AdaptiveMaxPool2d {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> in;
   View<T> out;
   View<int64_t> idx;
 
-  AdaptiveMaxPool2d(const Pool2dParams& p, const Pool2dTensors& t)
+  AdaptiveMaxPool2d(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)), idx(view<int64_t>(t.indices)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t oh, int64_t ow) const {
+  __device__ void operator()(int64_t n, int64_t c, G oh, G ow) const {
     using acc = acc_t<T>;
-    const int64_t h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
-    const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
+    const G h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
+    const G w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
     const T* x = in.plane(n, c);
     acc best = negative_infinity<acc>();
-    int64_t best_index = h0 * p.in_w + w0;
-    for (int64_t ih = h0; ih < h1; ++ih) {
-      for (int64_t iw = w0; iw < w1; ++iw) {
+    G best_index = h0 * p.in_w + w0;
+    for (G ih = h0; ih < h1; ++ih) {
+      for (G iw = w0; iw < w1; ++iw) {
         const acc v = to_acc(x[ih * in.s2 + iw * in.s3]);
         if (max_pool_takes(v, best)) {
           best = v;
@@ -325,29 +374,30 @@ struct AdaptiveMaxPool2d {
 // Input (ih, iw) gathers over the adaptive windows that contain it: the candidates from
 // adaptive_first/last_covering, each checked for membership. Average: grad / window area;
 // max: grad where the window chose (ih, iw).
-template <typename T, bool kMax>
+template <typename T, typename G, bool kMax>
 struct AdaptivePool2dBackward {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> grad_out;
   View<const int64_t> idx;  // max only
   View<T> grad_in;
 
-  AdaptivePool2dBackward(const Pool2dParams& p, const Pool2dTensors& t)
+  AdaptivePool2dBackward(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), grad_out(view<const T>(t.output)), idx(view<const int64_t>(t.indices)), grad_in(view<T>(t.input)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t ih, int64_t iw) const {
+  __device__ void operator()(int64_t n, int64_t c, G ih, G iw) const {
     using acc = acc_t<T>;
-    const int64_t self = ih * p.in_w + iw;
-    const int64_t oh_last = adaptive_last_covering(ih, p.out_h, p.in_h);
-    const int64_t ow_first = adaptive_first_covering(iw, p.out_w, p.in_w);
-    const int64_t ow_last = adaptive_last_covering(iw, p.out_w, p.in_w);
+    const G self = ih * p.in_w + iw;
+    const G oh_last = adaptive_last_covering(ih, p.out_h, p.in_h);
+    const G ow_first = adaptive_first_covering(iw, p.out_w, p.in_w);
+    const G ow_last = adaptive_last_covering(iw, p.out_w, p.in_w);
     const T* dy = grad_out.plane(n, c);
     acc sum = 0;
-    for (int64_t oh = adaptive_first_covering(ih, p.out_h, p.in_h); oh <= oh_last; ++oh) {
-      const int64_t h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
+    for (G oh = adaptive_first_covering(ih, p.out_h, p.in_h); oh <= oh_last; ++oh) {
+      const G h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
       if (ih < h0 || ih >= h1) continue;
-      for (int64_t ow = ow_first; ow <= ow_last; ++ow) {
-        const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
+      for (G ow = ow_first; ow <= ow_last; ++ow) {
+        const G w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
         if (iw < w0 || iw >= w1) continue;
         const acc g = to_acc(dy[oh * grad_out.s2 + ow * grad_out.s3]);
         if constexpr (kMax) {
@@ -361,68 +411,85 @@ struct AdaptivePool2dBackward {
   }
 };
 
-template <typename T>
-using AdaptiveAvgPool2dBackward = AdaptivePool2dBackward<T, false>;
-template <typename T>
-using AdaptiveMaxPool2dBackward = AdaptivePool2dBackward<T, true>;
+template <typename T, typename G>
+using AdaptiveAvgPool2dBackward = AdaptivePool2dBackward<T, G, false>;
+template <typename T, typename G>
+using AdaptiveMaxPool2dBackward = AdaptivePool2dBackward<T, G, true>;
 
 // ---- max unpooling -------------------------------------------------------------------------
 // In Pool2dParams terms the unpooled tensor is the (H, W) side: see pool_kernel.h.
 
-template <typename T>
+template <typename T, typename G>
 struct Fill0 {
+  using Coord = G;
   View<T> out;
 
-  Fill0(const Pool2dParams&, const Pool2dTensors& t) : out(view<T>(t.input)) {}
+  Fill0(const BasicPool2dParams<G>&, const Pool2dTensors& t) : out(view<T>(t.input)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t h, int64_t w) const { out(n, c, h, w) = zero<T>(); }
+  __device__ void operator()(int64_t n, int64_t c, G h, G w) const { out(n, c, h, w) = zero<T>(); }
 };
 
 // Scatter, one thread per pooled value. The only operator that is not a gather: its output
 // positions come from data, and the values it scatters are what the forward selected.
-template <typename T>
+// Whether flat position k lies in an (H, W) plane; it is then below 2^31 when G is 32-bit.
+template <typename G>
+__device__ __forceinline__ bool in_plane(int64_t k, const BasicPool2dParams<G>& p) {
+  return k >= 0 && k < int64_t{p.in_h} * p.in_w;
+}
+
+template <typename T, typename G>
 struct MaxUnpool2d {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> in;
   View<const int64_t> idx;
   View<T> out;
 
-  MaxUnpool2d(const Pool2dParams& p, const Pool2dTensors& t)
+  MaxUnpool2d(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), in(view<const T>(t.output)), idx(view<const int64_t>(t.indices)), out(view<T>(t.input)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t h, int64_t w) const {
+  __device__ void operator()(int64_t n, int64_t c, G h, G w) const {
     const int64_t k = idx(n, c, h, w);
-    if (k < 0 || k >= p.in_h * p.in_w) return;  // invalid index: skipped (see pool_kernel.h)
-    out(n, c, k / p.in_w, k % p.in_w) = in(n, c, h, w);
+    if (!in_plane(k, p)) return;  // invalid index: skipped (see pool_kernel.h)
+    const G flat = static_cast<G>(k);
+    out(n, c, flat / p.in_w, flat % p.in_w) = in(n, c, h, w);
   }
 };
 
-template <typename T>
+template <typename T, typename G>
 struct MaxUnpool2dBackward {
-  Pool2dParams p;
+  using Coord = G;
+  BasicPool2dParams<G> p;
   View<const T> grad_out;
   View<const int64_t> idx;
   View<T> grad_in;
 
-  MaxUnpool2dBackward(const Pool2dParams& p, const Pool2dTensors& t)
+  MaxUnpool2dBackward(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p), grad_out(view<const T>(t.input)), idx(view<const int64_t>(t.indices)), grad_in(view<T>(t.output)) {}
 
-  __device__ void operator()(int64_t n, int64_t c, int64_t h, int64_t w) const {
+  __device__ void operator()(int64_t n, int64_t c, G h, G w) const {
     const int64_t k = idx(n, c, h, w);
-    const bool valid = k >= 0 && k < p.in_h * p.in_w;
-    grad_in(n, c, h, w) = valid ? grad_out(n, c, k / p.in_w, k % p.in_w) : zero<T>();
+    const G flat = static_cast<G>(k);
+    grad_in(n, c, h, w) = in_plane(k, p) ? grad_out(n, c, flat / p.in_w, flat % p.in_w) : zero<T>();
   }
 };
 
 // ---- launch --------------------------------------------------------------------------------
 
-// Runs Op<T>(p, t, extra...) once per element of the (N, C, height, width) tensor it writes.
-template <template <typename> class Op, class... Extra>
+// Runs Op<T, G>(p, t, extra...) once per element of the (N, C, height, width) tensor it writes,
+// G = int32_t where the problem's coordinates fit, int64_t otherwise.
+template <template <typename, typename> class Op, class... Extra>
 cudaError_t run(DType dtype, const Pool2dParams& p, const Pool2dTensors& t, int64_t height, int64_t width,
                 cudaStream_t stream, Extra... extra) {
+  const int64_t numel = p.batch * p.channels * height * width;
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return for_each_element(Op<T>(p, t, extra...), p.batch, p.channels, height, width, t.channels_last, stream);
+    if (coordinates_fit_int32(p, numel)) {
+      return for_each_element(Op<T, int32_t>(p.as<int32_t>(), t, extra...), p.channels, height, width, numel,
+                              t.channels_last, stream);
+    }
+    return for_each_element(Op<T, int64_t>(p, t, extra...), p.channels, height, width, numel, t.channels_last,
+                            stream);
   });
 }
 

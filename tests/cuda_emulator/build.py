@@ -12,9 +12,10 @@ compiler into one Python extension module.
   every `kernel<<<grid, block, shmem, stream>>>(args);` rewritten into
   `::emu::launch("kernel", ::emu::LaunchConfig(grid, block, shmem, stream), <thunk>, args);`
   (the thunk, a lambda, calls the kernel), keeping the line count.
-* conv_kernel.cu's test hooks CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE are expressions,
-  so they are defined as the emulator's runtime variables: one build reaches the 64-bit index
-  path and both tile sizes on small problems (the module's set_conv_test_hooks).
+* conv_kernel.cu's test hooks CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE and pool_kernel.cu's
+  CNNK_POOL_INDEX32_LIMIT are expressions, so they are defined as the emulator's runtime
+  variables: one build reaches the 64-bit index paths and both conv tile sizes on small problems
+  (the module's set_conv_test_hooks and set_pool_test_hooks).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ CFLAGS = [
     "-DCNNK_CUDA_DISPATCH_KEY=CPU",
     "-DCNNK_CONV_INDEX32_LIMIT=::emu::conv_index32_limit",
     "-DCNNK_CONV_FORCE_TILE=::emu::conv_force_tile",
+    "-DCNNK_POOL_INDEX32_LIMIT=::emu::pool_index32_limit",
     # torch compiles its CUDA sources with these; the kernels must not rely on the conversions.
     "-D__CUDA_NO_HALF_OPERATORS__",
     "-D__CUDA_NO_HALF_CONVERSIONS__",

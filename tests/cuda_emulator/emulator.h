@@ -59,10 +59,12 @@ extern Thread* current;  // the running thread; threadIdx and friends read it
 extern uint3 block_idx;
 extern dim3 block_dim, grid_dim;
 
-// Runtime values of conv_kernel.cu's test hooks (build.py defines CNNK_CONV_INDEX32_LIMIT and
-// CNNK_CONV_FORCE_TILE as these), set from Python so one build reaches every path.
+// Runtime values of the kernels' test hooks (build.py defines conv_kernel.cu's
+// CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE and pool_kernel.cu's CNNK_POOL_INDEX32_LIMIT
+// as these), set from Python so one build reaches every path.
 extern int64_t conv_index32_limit;
 extern int conv_force_tile;
+extern int64_t pool_index32_limit;
 
 // Ends the running launch with a printf-style message (from a kernel: does not return), or
 // records it (from host code).

@@ -34,8 +34,9 @@ CNNK_HOST_DEVICE T ceil_div(T a, T b) {
 }
 
 // Floor division that is correct for negative numerators (C++ '/' truncates toward zero).
-CNNK_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
-  const int64_t q = a / b;
+template <typename T>
+CNNK_HOST_DEVICE T floor_div(T a, T b) {
+  const T q = a / b;
   return (q * b > a) ? q - 1 : q;
 }
 

@@ -44,9 +44,10 @@ CNNK_HOST_DEVICE int64_t conv_in_coord(int64_t o, int64_t t, int64_t stride, int
   return o * stride - pad + t * dilation;
 }
 
-CNNK_HOST_DEVICE int64_t gcd(int64_t a, int64_t b) {
+template <typename I>
+CNNK_HOST_DEVICE I gcd(I a, I b) {
   while (b != 0) {
-    const int64_t r = a % b;
+    const I r = a % b;
     a = b;
     b = r;
   }
@@ -64,24 +65,32 @@ CNNK_HOST_DEVICE int64_t gcd(int64_t a, int64_t b) {
 // progression first, first + step, ... with step = stride / gcd(stride, dilation), and they
 // depend only on the phase (i + pad) mod stride: the stride*stride phases of the input
 // gradient are each a stride-1 convolution over their own subset of taps.
+template <typename I = int64_t>
 struct TapProgression {
-  int64_t first;  // smallest useful tap, or `kernel` when this phase has none
-  int64_t step;
+  I first;  // smallest useful tap, or `kernel` when this phase has none
+  I step;
 };
 
-CNNK_HOST_DEVICE TapProgression backward_input_taps(int64_t i_plus_pad, int64_t kernel,
-                                                    int64_t stride, int64_t dilation) {
-  const int64_t step = stride / gcd(stride, dilation);
-  for (int64_t t = 0; t < step && t < kernel; ++t) {
-    if ((i_plus_pad - t * dilation) % stride == 0) return {t, step};
+// step = stride / gcd(stride, dilation), the same for every coordinate: kernels that visit
+// many coordinates compute it once and call backward_input_first_tap.
+template <typename I>
+CNNK_HOST_DEVICE I backward_input_first_tap(I i_plus_pad, I kernel, I stride, I dilation, I step) {
+  for (I t = 0; t < step && t < kernel; ++t) {
+    if ((i_plus_pad - t * dilation) % stride == 0) return t;
   }
-  return {kernel, step};
+  return kernel;
+}
+
+template <typename I>
+CNNK_HOST_DEVICE TapProgression<I> backward_input_taps(I i_plus_pad, I kernel, I stride, I dilation) {
+  const I step = stride / gcd(stride, dilation);
+  return {backward_input_first_tap(i_plus_pad, kernel, stride, dilation, step), step};
 }
 
 // Output position reached from input coordinate i through a useful tap t (see above); the
 // caller still checks 0 <= o < out extent.
-CNNK_HOST_DEVICE int64_t backward_input_out_coord(int64_t i_plus_pad, int64_t t, int64_t stride,
-                                                  int64_t dilation) {
+template <typename I>
+CNNK_HOST_DEVICE I backward_input_out_coord(I i_plus_pad, I t, I stride, I dilation) {
   return (i_plus_pad - t * dilation) / stride;
 }
 
