@@ -71,14 +71,14 @@ struct Covers {
   const int64_t* last(int64_t i) const { return out.data() + begin[i + 1]; }
 };
 
-// Pooling windows (kernel, stride, padding, dilation): the taps of input i's stride phase,
-// in tap order (the same arithmetic as the convolution's input gradient).
+// Pooling windows (kernel, stride, padding, dilation): those input i is a tap of, in
+// increasing order (the same arithmetic as the convolution's input gradient, conv.h).
 Covers window_covers(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
   Covers c;
+  const BackwardInputSteps<int64_t> steps = backward_input_steps(stride, dilation);
   for (int64_t i = 0; i < in; ++i) {
-    const TapProgression taps = backward_input_taps(i + pad, kernel, stride, dilation);
-    for (int64_t t = taps.first; t < kernel; t += taps.step) {
-      const int64_t o = backward_input_out_coord(i + pad, t, stride, dilation);
+    const OutputRange<int64_t> windows = backward_input_outputs(i, kernel, stride, pad, dilation, steps);
+    for (int64_t o = windows.first; o <= windows.last; o += windows.step) {
       if (o >= 0 && o < out) c.out.push_back(o);
     }
     c.close_input();
@@ -135,9 +135,9 @@ void max_pool2d_cpu(const at::Tensor& input, at::Tensor& out, at::Tensor& indice
   });
 }
 
-// Gather: input (ih, iw) is a tap of the windows found by backward_input_taps (the same
-// phase arithmetic as the convolution's input gradient); it collects the gradient of those
-// that chose it.
+// Gather: input (ih, iw) is a tap of the windows window_covers lists (the same phase
+// arithmetic as the convolution's input gradient); it collects the gradient of those that
+// chose it, in increasing window order, the order torch's gather sums them in.
 template <typename scalar_t>
 void max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices, at::Tensor& grad_input,
                              const Pool2dParams& p) {

@@ -175,45 +175,22 @@ struct MaxPool2d {
   }
 };
 
-// The windows that input coordinate i is a tap of, along one axis: first, first + step, ...,
-// last, in increasing order (none when first > last); clipping them to [0, out) is the caller's.
-// The useful taps are backward_input_taps' progression tap, tap + tap_step, ... below `kernel`;
-// the smallest reaches window `last`, each further one the window out_step before.
-template <typename G>
-struct WindowRange {
-  G first, last, step;
-};
-
-// tap_step = stride / gcd(stride, dilation) and out_step = dilation / gcd(stride, dilation) are
-// the problem's, computed once on the host: an element pays two divisions and the first-tap
-// search per axis, not a division per window.
-template <typename G>
-__device__ __forceinline__ WindowRange<G> windows_reaching(G i, G kernel, G stride, G pad, G dilation, G tap_step,
-                                                           G out_step) {
-  const G tap = backward_input_first_tap(i + pad, kernel, stride, dilation, tap_step);
-  if (tap >= kernel) return {G{1}, G{0}, G{1}};
-  const G last = (i + pad - tap * dilation) / stride;
-  return {last - (kernel - 1 - tap) / tap_step * out_step, last, out_step};
-}
-
-// Input (ih, iw) collects the gradient of the windows among windows_reaching(ih) x
-// windows_reaching(iw) that chose it, in increasing window order: the order torch's gather
-// sums them in.
+// Input (ih, iw) is a tap of the windows backward_input_outputs finds along each axis (the
+// phase arithmetic of the convolution's input gradient); it collects the gradient of those that
+// chose it, in increasing window order: the order torch's gather sums them in.
 template <typename T, typename G>
 struct MaxPool2dBackward {
   using Coord = G;
   BasicPool2dParams<G> p;
-  G tap_step_h, tap_step_w, out_step_h, out_step_w;
+  BackwardInputSteps<G> steps_h, steps_w;  // the problem's, computed once on the host
   View<const T> grad_out;
   View<const int64_t> idx;
   View<T> grad_in;
 
   MaxPool2dBackward(const BasicPool2dParams<G>& p, const Pool2dTensors& t)
       : p(p),
-        tap_step_h(p.stride_h / gcd(p.stride_h, p.dilation_h)),
-        tap_step_w(p.stride_w / gcd(p.stride_w, p.dilation_w)),
-        out_step_h(p.dilation_h / gcd(p.stride_h, p.dilation_h)),
-        out_step_w(p.dilation_w / gcd(p.stride_w, p.dilation_w)),
+        steps_h(backward_input_steps(p.stride_h, p.dilation_h)),
+        steps_w(backward_input_steps(p.stride_w, p.dilation_w)),
         grad_out(view<const T>(t.output)),
         idx(view<const int64_t>(t.indices)),
         grad_in(view<T>(t.input)) {}
@@ -221,10 +198,8 @@ struct MaxPool2dBackward {
   __device__ void operator()(int64_t n, int64_t c, G ih, G iw) const {
     using acc = acc_t<T>;
     const G self = ih * p.in_w + iw;
-    const WindowRange<G> rows =
-        windows_reaching(ih, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h, tap_step_h, out_step_h);
-    const WindowRange<G> cols =
-        windows_reaching(iw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w, tap_step_w, out_step_w);
+    const OutputRange<G> rows = backward_input_outputs(ih, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h, steps_h);
+    const OutputRange<G> cols = backward_input_outputs(iw, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w, steps_w);
     const T* dy = grad_out.plane(n, c);
     const int64_t* chosen = idx.plane(n, c);
     acc sum = 0;

@@ -71,11 +71,22 @@ struct TapProgression {
   I step;
 };
 
-// step = stride / gcd(stride, dilation), the same for every coordinate: kernels that visit
-// many coordinates compute it once and call backward_input_first_tap.
+// The problem's steps, the same for every coordinate: between useful taps (the progression's
+// step, stride / gcd(stride, dilation)) and between the outputs they reach (dilation / gcd).
 template <typename I>
-CNNK_HOST_DEVICE I backward_input_first_tap(I i_plus_pad, I kernel, I stride, I dilation, I step) {
-  for (I t = 0; t < step && t < kernel; ++t) {
+struct BackwardInputSteps {
+  I tap, out;
+};
+
+template <typename I>
+CNNK_HOST_DEVICE BackwardInputSteps<I> backward_input_steps(I stride, I dilation) {
+  const I g = gcd(stride, dilation);
+  return {stride / g, dilation / g};
+}
+
+template <typename I>
+CNNK_HOST_DEVICE I backward_input_first_tap(I i_plus_pad, I kernel, I stride, I dilation, I tap_step) {
+  for (I t = 0; t < tap_step && t < kernel; ++t) {
     if ((i_plus_pad - t * dilation) % stride == 0) return t;
   }
   return kernel;
@@ -83,8 +94,28 @@ CNNK_HOST_DEVICE I backward_input_first_tap(I i_plus_pad, I kernel, I stride, I 
 
 template <typename I>
 CNNK_HOST_DEVICE TapProgression<I> backward_input_taps(I i_plus_pad, I kernel, I stride, I dilation) {
-  const I step = stride / gcd(stride, dilation);
+  const I step = backward_input_steps(stride, dilation).tap;
   return {backward_input_first_tap(i_plus_pad, kernel, stride, dilation, step), step};
+}
+
+// The same gather seen from the output side, for code that needs only the outputs input
+// coordinate i reaches, not the taps (the pooling backward): first, first + step, ..., last in
+// increasing order (none when first > last), not yet clipped to [0, out extent). The smallest
+// useful tap reaches `last`, each further one the output steps.out before. With the steps
+// computed once per problem, a coordinate costs its first-tap search and two divisions instead
+// of a division per output.
+template <typename I>
+struct OutputRange {
+  I first, last, step;
+};
+
+template <typename I>
+CNNK_HOST_DEVICE OutputRange<I> backward_input_outputs(I i, I kernel, I stride, I pad, I dilation,
+                                                       BackwardInputSteps<I> steps) {
+  const I tap = backward_input_first_tap(i + pad, kernel, stride, dilation, steps.tap);
+  if (tap >= kernel) return {I{1}, I{0}, I{1}};
+  const I last = (i + pad - tap * dilation) / stride;
+  return {last - (kernel - 1 - tap) / steps.tap * steps.out, last, steps.out};
 }
 
 // Output position reached from input coordinate i through a useful tap t (see above); the
