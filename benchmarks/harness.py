@@ -374,7 +374,7 @@ def measure_torch(fn: Callable[[], object], device: torch.device,
     """Time of torch's fn(), and its output ("out", or values(output) with `values`): the
     reference for the backends."""
     out = fn() if values is None else values(fn())  # only the reference is held while timing
-    return {"out": out, "ms": time_ms(fn, device)}
+    return {"out": out, **timings(fn, device)}
 
 
 Record = Callable[[str, str, dict], dict]
@@ -439,6 +439,29 @@ def compare_ops(ops: Sequence[str], ours: dict[str, object], device: torch.devic
 # ---- timing --------------------------------------------------------------------------------
 
 
+def timings(fn: Callable[[], object], device: torch.device) -> dict:
+    """{"ms": time_ms(fn)}, and on a GPU "host_ms": the host's time to issue one fn() call
+    (:func:`host_ms`). A case whose host_ms reaches its ms is bound by the host, not the GPU."""
+    result = {"ms": time_ms(fn, device)}
+    if device.type == "cuda":
+        result["host_ms"] = host_ms(fn, device)
+    return result
+
+
+def host_ms(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """Median over 5 runs of the host time per fn() call, issuing `calls` calls back to back
+    without waiting for the GPU (few enough that the launch queue never fills and blocks)."""
+    runs = []
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) * 1e3 / calls)
+    sync(device)
+    return statistics.median(runs)
+
+
 def time_ms(fn: Callable[[], object], device: torch.device) -> float:
     """Median time of one fn() call in milliseconds, after warm-up."""
     if device.type == "cuda":
@@ -490,6 +513,10 @@ def speedup_summary(key: tuple[str, str, str, int], group: list[dict], layers: S
         "impl": impl, "op": op, "dtype": dtype, "batch": batch,
         "measured": len(timed), "cases": len(group),
         "geomean_speedup": geomean(r["speedup"] for r in timed),
+        # Cases whose host time per call reached their measured time (GPU runs only).
+        "host_bound": sum(r["host_ms"] >= r["ms"] for r in timed if "host_ms" in r),
+        "median_host_ms": statistics.median(hosts) if (hosts := [r["host_ms"] for r in timed if "host_ms" in r])
+        else None,
         "geomean_speedup_per_net": {
             net: geomean(r["speedup"] for r in timed if net in nets_of[r["layer"]]) for net in net_names(layers)
         },
@@ -586,15 +613,19 @@ def report_head(title: str, meta: dict, notes: Sequence[str]) -> list[str]:
 def summary_section(summary: list[dict], nets: Sequence[str], headers: Sequence[str],
                     cells: Callable[[dict], list]) -> list[str]:
     """The Summary section (none without summary rows): each row's backend, op, dtype, N, layers
-    measured and geometric mean speedup, overall and per net, then `headers` with cells(row)."""
+    measured and geometric mean speedup, overall and per net, the median host time per call and
+    the number of host-bound cases (GPU runs), then `headers` with cells(row)."""
     if not summary:
         return []
     rows = [[s["impl"], s["op"], s["dtype"], s["batch"], f"{s['measured']}/{s['cases']}",
              fmt(s["geomean_speedup"], ".2f")] + [fmt(s["geomean_speedup_per_net"][net], ".2f") for net in nets]
-            + cells(s) for s in summary]
-    head = ["backend", "op", "dtype", "N", "layers", "geomean speedup", *nets, *headers]
+            + ([fmt(s["median_host_ms"] * 1e3, ".0f"), s["host_bound"]] if s["median_host_ms"] is not None else ["-", "-"])
+            + cells(s)
+            for s in summary]
+    head = ["backend", "op", "dtype", "N", "layers", "geomean speedup", *nets, "host µs/call", "host-bound",
+            *headers]
     return ["## Summary: geometric mean of torch time / backend time",
-            markdown_table(head, rows, [False] * 5 + [True] * (len(nets) + 1 + len(headers)))]
+            markdown_table(head, rows, [False] * 5 + [True] * (len(nets) + 3 + len(headers)))]
 
 
 def results_sections(results: list[dict], names: Sequence[str], torch_headers: Sequence[str],

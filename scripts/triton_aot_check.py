@@ -102,6 +102,7 @@ def _install(report: Report, arch: int) -> None:
     Autotuner.run = every_config
     import cnnkernels.triton._common as common
     from cnnkernels.triton import conv, norm, pool
+    common.DIRECT_LAUNCH = False  # every launch goes through Triton, which compiles it
     for module in (common, conv, pool, norm):  # autotune on (all configs), CPU tensors accepted
         module._autotune = lambda: True
         module._check_device = lambda *tensors: None

@@ -38,3 +38,23 @@ def test_nets_with_quick_drops_the_other_nets_quick_layers():
 def test_unknown_net_is_refused():
     with pytest.raises(SystemExit, match="no such net"):
         _plan("--nets", "resnet5")
+
+
+def test_summary_counts_host_bound_cases():
+    layers, _, _ = _plan("--nets", "resnet50")
+    a, b, c = (layer.id for layer in layers[:3])
+    group = [  # host time per call at, above and below the measured time; one case that failed
+        {"layer": a, "ms": 0.10, "host_ms": 0.10, "speedup": 0.5},
+        {"layer": b, "ms": 0.10, "host_ms": 0.30, "speedup": 0.4},
+        {"layer": c, "ms": 0.50, "host_ms": 0.05, "speedup": 1.0},
+        {"layer": c, "error": "failed"},
+    ]
+    summary = harness.speedup_summary(("triton", "forward", "bf16", 128), group, layers)
+    assert (summary["measured"], summary["cases"], summary["host_bound"]) == (3, 4, 2)
+    assert summary["median_host_ms"] == pytest.approx(0.10)
+    table = "\n".join(harness.summary_section([summary], harness.net_names(layers), [], lambda s: []))
+    _, header, _, row = table.splitlines()
+    cells = dict(zip((h.strip() for h in header.split("|")), (c.strip() for c in row.split("|"))))
+    assert (cells["host µs/call"], cells["host-bound"]) == ("100", "2")
+    on_cpu = harness.speedup_summary(("cpu", "forward", "fp32", 2), [{"layer": a, "ms": 1.0, "speedup": 1.0}], layers)
+    assert (on_cpu["host_bound"], on_cpu["median_host_ms"]) == (0, None)

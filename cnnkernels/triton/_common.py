@@ -1,5 +1,6 @@
 """What the Triton operator families share: tuning configurations, accumulator and index
-dtypes, the autotuning switch, the device and dtype checks and the host's ceiling division."""
+dtypes, the autotuning switch, the device and dtype checks, the host's ceiling division, and
+the launch itself (`launch`, which remembers compiled kernels to skip Triton's per-call work)."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.compiler import CompiledKernel
+from triton.runtime.driver import driver
 
 from cnnkernels.backend import triton_interpreted
 
@@ -57,3 +60,63 @@ def _check_dtype(op: str, t: torch.Tensor) -> None:
     convolution and pooling take, are the cpu backend's)."""
     if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise NotImplementedError(f"{op}: expected a float32, float64, float16 or bfloat16 input, got {t.dtype}")
+
+
+# ---- launching -----------------------------------------------------------------------------
+# Triton's launch path binds and specializes every argument, looks the kernel up, and (when
+# autotuned) builds the autotuner's key: 25-45 us of host time per call on the development
+# machine, longer than many of these kernels run on a GPU. A training loop repeats the same few
+# launches, so the first launch of each specialization records what Triton chose (the compiled
+# kernel, the config's meta-parameters, the grid) and the later ones call the compiled kernel
+# directly, which costs about 5 us. Set to False to always go through Triton (a compile-only
+# check does, see scripts/triton_aot_check.py).
+DIRECT_LAUNCH = True
+_LAUNCHES: dict[tuple, tuple[CompiledKernel, tuple, tuple]] = {}
+# Distinct launches remembered before the table starts over (shapes that never repeat would
+# otherwise grow it without bound); a training loop has a few dozen.
+_MAX_LAUNCHES = 4096
+
+
+def _specialization(args) -> tuple:
+    """What a compiled kernel depends on among the arguments: each tensor's dtype and whether
+    its address is 16-byte aligned (Triton's pointer specialization), and every other
+    argument's value (finer than Triton's key, which keeps only an integer's range, whether it
+    is 1, and whether it divides by 16)."""
+    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | None = None, tuned=None) -> None:
+    """Runs the triton.jit `kernel` on `args` (its leading parameters, positionally) and
+    `constexprs` (by name) over `grid` (a tuple, or a function of the meta-parameters): with
+    `config`'s meta-parameters, or when it is None through `tuned` (the kernel's triton.autotune
+    variant), or with none (a kernel without tuning). Launches seen before skip Triton's own
+    launch path."""
+    if INTERPRETED or not DIRECT_LAUNCH:
+        _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
+        return
+    key = (kernel, config, driver.active.get_current_device(), tuple(constexprs.items()), _specialization(args))
+    known = _LAUNCHES.get(key)
+    if known is not None:
+        compiled, grid_size, trailing = known
+        compiled[grid_size](*args, *trailing)
+        return
+    compiled = _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
+    chosen = config if tuned is None or config is not None else getattr(tuned, "best_config", None)
+    # Remembered only where this Triton hands its launcher every parameter (constexprs included)
+    # in declaration order, the convention the direct call follows; otherwise every launch keeps
+    # going through Triton. tests/test_triton_launch.py checks that the two match.
+    if (isinstance(compiled, CompiledKernel) and (chosen is not None or tuned is None)
+            and len(compiled.src.signature) == len(kernel.arg_names)):
+        meta = {**constexprs, **(chosen.all_kwargs() if chosen is not None else {})}
+        grid_size = (*(grid(meta) if callable(grid) else grid), 1, 1)[:3]  # a compiled kernel takes all three
+        if len(_LAUNCHES) >= _MAX_LAUNCHES:
+            _LAUNCHES.clear()
+        _LAUNCHES[key] = (compiled, grid_size, tuple(meta[name] for name in kernel.arg_names[len(args):]))
+
+
+def _launch_through_triton(kernel, grid, args, constexprs, config, tuned):
+    """Triton's own launch; returns the compiled kernel it ran (None in the interpreter)."""
+    if config is not None:
+        return kernel[grid(config.kwargs) if callable(grid) else grid](
+            *args, **constexprs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return (tuned if tuned is not None else kernel)[grid](*args, **constexprs)

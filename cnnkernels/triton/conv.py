@@ -27,7 +27,8 @@ import triton.language as tl
 
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
-from cnnkernels.triton._common import INTERPRETED, _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config
+from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config,
+                                       launch)
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
@@ -388,19 +389,16 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, f
     switched off)."""
     if config is None and constexprs["ACC"] == tl.float64:
         config = float64_config
-    if config is None and _autotune():
-        _TUNED[kernel][grid](*args, **constexprs)
-        return
-    config = config or default_configs[0]
-    kernel[grid(config.kwargs)](*args, **constexprs, **config.kwargs,
-                                num_warps=config.num_warps, num_stages=config.num_stages)
+    if config is None and not _autotune():
+        config = default_configs[0]
+    launch(kernel, grid, args, constexprs, config, _TUNED[kernel])
 
 
 def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], strides: list[int]) -> None:
     numel = partial[0].numel()
     grid = (_cdiv(numel, _SUM_BLOCK),)
-    _sum_partials_kernel[grid](partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides,
-                               BLOCK=_SUM_BLOCK)
+    launch(_sum_partials_kernel, grid, (partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides),
+           dict(BLOCK=_SUM_BLOCK))
 
 
 # ---- launchers -----------------------------------------------------------------------------
@@ -503,9 +501,9 @@ def conv2d_backward_bias(grad_output):
     splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
     acc_dtype = torch.float64 if db.dtype == torch.float64 else torch.float32
     partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
-    _bias_grad_kernel[(_cdiv(K, BIAS_BLOCK_K), splits)](
-        grad_output, partial, N, K, P, Q, chunk, *grad_output.stride(),
-        INDEX=_offset_dtype(grad_output), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M)
+    launch(_bias_grad_kernel, (_cdiv(K, BIAS_BLOCK_K), splits),
+           (grad_output, partial, N, K, P, Q, chunk, *grad_output.stride()),
+           dict(INDEX=_offset_dtype(grad_output), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M))
     _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])
     return db
 

@@ -59,7 +59,8 @@ import triton.language as tl
 
 from cnnkernels._layout import is_channels_last, new_buffer
 from cnnkernels.backend import triton_interpreted
-from cnnkernels.triton._common import _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype
+from cnnkernels.triton._common import (_acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype,
+                                       launch)
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists (keyed by the problem's sizes and its channel
@@ -773,13 +774,11 @@ def _launch(kernel, grid, args, config: Optional[int], **constexprs):
     """Runs `kernel` with entry `config` of its list, or autotuned on a GPU, or with the list's
     first entry (in the interpreter, or with autotuning switched off). `grid` maps a config's
     meta-parameters to the launch grid."""
-    if config is None and _autotune():
-        _TUNED[kernel][grid](*args, **constexprs)
-        return
-    configs = _LISTS[kernel]
-    cfg = configs[(config or 0) % len(configs)]
-    kernel[grid(cfg.kwargs)](*args, **constexprs, **cfg.kwargs, num_warps=cfg.num_warps,
-                             num_stages=cfg.num_stages)
+    chosen = None
+    if config is not None or not _autotune():
+        configs = _LISTS[kernel]
+        chosen = configs[(config or 0) % len(configs)]
+    launch(kernel, grid, args, constexprs, chosen, _TUNED[kernel])
 
 
 def _tiles(rows: int, channels: int):
@@ -869,16 +868,16 @@ def _merge_statistics(v: _View, mean_p, m2_p, num_stats, splits, total, chunk, s
     mean = v.acc_buffer([num_stats])
     rstd = v.acc_buffer([num_stats])
     rm, rv, new_rm, new_rv = running if running is not None else (mean, mean, mean, mean)
-    _welford_merge_kernel[(_cdiv(num_stats, _MERGE_BLOCK),)](
-        mean_p, m2_p, mean, rstd, rm, rv, new_rm, new_rv, num_stats, splits, total, chunk, stat_stride,
-        split_stride, eps, momentum, HAS_RUNNING=running is not None, ACC=v.tl_acc, BLOCK=_MERGE_BLOCK)
+    launch(_welford_merge_kernel, (_cdiv(num_stats, _MERGE_BLOCK),),
+           (mean_p, m2_p, mean, rstd, rm, rv, new_rm, new_rv, num_stats, splits, total, chunk, stat_stride,
+            split_stride, eps, momentum), dict(HAS_RUNNING=running is not None, ACC=v.tl_acc, BLOCK=_MERGE_BLOCK))
     return mean, rstd
 
 
 def _sum_splits(v: _View, p1, p2, num, splits, stat_stride, split_stride):
     out1, out2 = v.acc_buffer([num]), v.acc_buffer([num])
-    _sum_splits_kernel[(_cdiv(num, _MERGE_BLOCK),)](p1, p2, out1, out2, num, splits, stat_stride,
-                                                         split_stride, TWO=True, BLOCK=_MERGE_BLOCK)
+    launch(_sum_splits_kernel, (_cdiv(num, _MERGE_BLOCK),),
+           (p1, p2, out1, out2, num, splits, stat_stride, split_stride), dict(TWO=True, BLOCK=_MERGE_BLOCK))
     return out1, out2
 
 
@@ -1163,9 +1162,8 @@ def rms_norm_backward(grad_output, input, weight, save_rstd, normalized_ndim, co
         if w is not None and not one_tile:
             splits, chunk = _split(rows, _cdiv(D, ROW_LOOP_BLOCK), ROW_LOOP_BLOCK)
             dw_p = new_buffer([splits, D], x, dtype=acc)
-            _rms_weight_grad_kernel[(_cdiv(D, ROW_LOOP_BLOCK), splits)](
-                dy, x, rstd, dw_p, rows, D, chunk, INDEX=_index_dtype(x.numel()), ACC=_acc_dtype(x.dtype),
-                BLOCK_R=4, BLOCK_D=ROW_LOOP_BLOCK)
+            launch(_rms_weight_grad_kernel, (_cdiv(D, ROW_LOOP_BLOCK), splits), (dy, x, rstd, dw_p, rows, D, chunk),
+                   dict(INDEX=_index_dtype(x.numel()), ACC=_acc_dtype(x.dtype), BLOCK_R=4, BLOCK_D=ROW_LOOP_BLOCK))
         if w is not None:
             dw = _sum_rows(dw_p)
     fmt = _rms_output_format(input)
@@ -1182,8 +1180,8 @@ def _sum_rows(partial: torch.Tensor) -> torch.Tensor:
     """The (splits, D) partials summed over splits, in split order."""
     splits, num = partial.shape
     out = new_buffer([num], partial)
-    _sum_splits_kernel[(_cdiv(num, _MERGE_BLOCK),)](partial, partial, out, out, num, splits, 1, num,
-                                                         TWO=False, BLOCK=_MERGE_BLOCK)
+    launch(_sum_splits_kernel, (_cdiv(num, _MERGE_BLOCK),), (partial, partial, out, out, num, splits, 1, num),
+           dict(TWO=False, BLOCK=_MERGE_BLOCK))
     return out
 
 

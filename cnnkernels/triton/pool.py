@@ -49,7 +49,8 @@ import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels._pool_geometry import pool_out_size
-from cnnkernels.triton._common import _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype
+from cnnkernels.triton._common import (_acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype,
+                                       launch)
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
@@ -440,12 +441,9 @@ def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | No
     def grid(meta):
         return (_cdiv(pixels, meta["BLOCK_M"]), _cdiv(channels, meta["BLOCK_C"]))
 
-    if config is None and _autotune():
-        _TUNED[kernel][grid](*args, **constexprs)
-        return
-    config = config or TILE_CONFIGS[0]
-    kernel[grid(config.kwargs)](*args, **constexprs, **config.kwargs,
-                                num_warps=config.num_warps, num_stages=config.num_stages)
+    if config is None and not _autotune():
+        config = TILE_CONFIGS[0]
+    launch(kernel, grid, args, constexprs, config, _TUNED[kernel])
 
 
 def _adaptive_extent(size: int, out: int) -> int:

@@ -1,0 +1,54 @@
+"""The direct launch of cnnkernels.triton._common.launch hands Triton's launcher exactly what
+Triton's own launch path hands it, for the installed Triton (tests/triton_launch_probe.py
+compiles for sm_90 in a fresh process and records every launch; no GPU needed)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).with_name("triton_launch_probe.py")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    pytest.importorskip("triton")
+    run = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _by_call(launches):
+    calls = {}
+    for launch in launches:
+        calls.setdefault(launch["call"], []).append(launch)
+    return calls
+
+
+def test_repeated_launches_go_direct_with_the_same_arguments(probe):
+    calls = _by_call(probe["launches"])
+    assert set(calls) == {"conv2d explicit config", "conv2d unaligned", "conv2d_backward_bias (two untuned kernels)",
+                          "max_pool2d autotuned"}
+    for name, launches in calls.items():
+        kernels = len(launches) // 3
+        assert [launch["attempt"] for launch in launches] == [0] * kernels + [1] * kernels + [2] * kernels, name
+        assert [launch["through_triton"] for launch in launches] == [True] * kernels + [False] * 2 * kernels, name
+        for first, *direct in zip(*(launches[i * kernels:(i + 1) * kernels] for i in range(3))):
+            for launch in direct:
+                for field in ("kernel", "compiled", "grid", "stream", "metadata", "hooks", "args"):
+                    assert launch[field] == first[field], (name, field)
+    assert len(calls["conv2d_backward_bias (two untuned kernels)"]) == 6
+    # The grids are worked out from the chosen config: more than one program on some axis.
+    assert calls["conv2d explicit config"][0]["grid"] == [6, 1, 1]
+    assert calls["max_pool2d autotuned"][0]["grid"] == [11, 1, 1]
+
+
+def test_alignment_is_part_of_the_key(probe):
+    calls = _by_call(probe["launches"])
+    aligned, unaligned = calls["conv2d explicit config"][0], calls["conv2d unaligned"][0]
+    assert aligned["args"][0]["tensor"][2] == 0 and unaligned["args"][0]["tensor"][2] != 0
+    assert unaligned["compiled"] != aligned["compiled"]
+    assert probe["remembered"] == 5
