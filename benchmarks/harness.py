@@ -428,7 +428,8 @@ def compare_ops(ops: Sequence[str], ours: dict[str, object], device: torch.devic
         reference = outcome.pop("out", None)
         torch_result = record(op, "torch", outcome)
         for name, fns in mine.items():
-            outcome = attempt(functools.partial(measure_ours, fns[op], device, reference, inputs, op), device)
+            outcome = attempt(functools.partial(autotuned, functools.partial(measure_ours, fns[op], device, reference,
+                                                                              inputs, op)), device)
             if "ms" in torch_result and "ms" in outcome:
                 outcome["speedup"] = torch_result["ms"] / outcome["ms"]
             judge(outcome)
@@ -437,6 +438,36 @@ def compare_ops(ops: Sequence[str], ours: dict[str, object], device: torch.devic
 
 
 # ---- timing --------------------------------------------------------------------------------
+
+
+def _triton_autotuners() -> dict[str, object]:
+    """kernel name -> its triton.autotune wrapper, for every autotuned kernel of cnnkernels.triton."""
+    tuners = {}
+    for family in ("conv", "pool", "norm"):
+        try:
+            module = importlib.import_module(f"cnnkernels.triton.{family}")
+        except ImportError:  # no triton here
+            return {}
+        tuners |= {kernel.__name__: tuner for kernel, tuner in module._TUNED.items()}
+    return tuners
+
+
+def autotuned(action: Callable[[], dict]) -> dict:
+    """action()'s outcome, with "autotune" added when Triton's autotuner tuned kernels meanwhile:
+    for each, the config it chose and every config's time in ms (inf: it did not run). Tuning
+    happens on a backend's first call of a shape, so this records why each case ran as it did."""
+    tuners = _triton_autotuners()
+    for tuner in tuners.values():
+        tuner.configs_timings = None
+    outcome = action()
+    tuned = {}
+    for name, tuner in tuners.items():
+        timings = getattr(tuner, "configs_timings", None)
+        if timings:
+            tuned[name] = {"chosen": str(tuner.best_config),
+                           "ms": {str(config): ms[0] if isinstance(ms, list) else ms for config, ms in timings.items()}}
+    return outcome | {"autotune": tuned} if tuned else outcome
+
 
 
 def timings(fn: Callable[[], object], device: torch.device) -> dict:

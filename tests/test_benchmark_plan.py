@@ -58,3 +58,22 @@ def test_summary_counts_host_bound_cases():
     assert (cells["host µs/call"], cells["host-bound"]) == ("100", "2")
     on_cpu = harness.speedup_summary(("cpu", "forward", "fp32", 2), [{"layer": a, "ms": 1.0, "speedup": 1.0}], layers)
     assert (on_cpu["host_bound"], on_cpu["median_host_ms"]) == (0, None)
+
+
+def test_autotune_choices_are_recorded(monkeypatch):
+    class Tuner:  # what triton.autotune leaves after tuning a new key
+        configs_timings = "stale: from an earlier case"
+        best_config = None
+
+    fresh, idle = Tuner(), Tuner()
+    monkeypatch.setattr(harness, "_triton_autotuners", lambda: {"_fresh_kernel": fresh, "_idle_kernel": idle})
+
+    def first_call():
+        fresh.configs_timings = {"BLOCK_M: 64": [0.5, 0.4, 0.6], "BLOCK_M: 128": [float("inf")] * 3}
+        fresh.best_config = "BLOCK_M: 64"
+        return {"ms": 0.5}
+
+    outcome = harness.autotuned(first_call)
+    assert outcome == {"ms": 0.5, "autotune": {"_fresh_kernel": {
+        "chosen": "BLOCK_M: 64", "ms": {"BLOCK_M: 64": 0.5, "BLOCK_M: 128": float("inf")}}}}
+    assert harness.autotuned(lambda: {"ms": 0.25}) == {"ms": 0.25}  # nothing tuned: nothing added
