@@ -31,7 +31,7 @@ def _by_call(launches):
 def test_repeated_launches_go_direct_with_the_same_arguments(probe):
     calls = _by_call(probe["launches"])
     assert set(calls) == {"conv2d explicit config", "conv2d unaligned", "conv2d_backward_bias (two untuned kernels)",
-                          "max_pool2d autotuned"}
+                          "max_pool2d autotuned", "batch_norm training"}
     for name, launches in calls.items():
         kernels = len(launches) // 3
         assert [launch["attempt"] for launch in launches] == [0] * kernels + [1] * kernels + [2] * kernels, name
@@ -41,6 +41,7 @@ def test_repeated_launches_go_direct_with_the_same_arguments(probe):
                 for field in ("kernel", "compiled", "grid", "stream", "metadata", "hooks", "args"):
                     assert launch[field] == first[field], (name, field)
     assert len(calls["conv2d_backward_bias (two untuned kernels)"]) == 6
+    assert len(calls["batch_norm training"]) == 9
     # The grids are worked out from the chosen config: more than one program on some axis.
     assert calls["conv2d explicit config"][0]["grid"] == [6, 1, 1]
     assert calls["max_pool2d autotuned"][0]["grid"] == [11, 1, 1]
@@ -51,4 +52,4 @@ def test_alignment_is_part_of_the_key(probe):
     aligned, unaligned = calls["conv2d explicit config"][0], calls["conv2d unaligned"][0]
     assert aligned["args"][0]["tensor"][2] == 0 and unaligned["args"][0]["tensor"][2] != 0
     assert unaligned["compiled"] != aligned["compiled"]
-    assert probe["remembered"] == 5
+    assert probe["remembered"] == 8

@@ -44,8 +44,8 @@ def main() -> None:
     Autotuner._bench = lambda self, *args, config, **kwargs: [float(self.configs.index(config))]
 
     import cnnkernels.triton._common as common
-    from cnnkernels.triton import conv, pool
-    for module in (common, conv, pool):
+    from cnnkernels.triton import conv, norm, pool
+    for module in (common, conv, norm, pool):
         module._check_device = lambda *tensors: None
     through_triton = common._launch_through_triton
 
@@ -77,10 +77,16 @@ def main() -> None:
     calls("conv2d unaligned", lambda: conv.conv2d_forward(unaligned, w, None, *geometry, config=cfg))
     dy = torch.empty(2, 16, 9, 11, dtype=bf16)
     calls("conv2d_backward_bias (two untuned kernels)", lambda: conv.conv2d_backward_bias(dy.clone()))
-    for module in (common, pool):
+    for module in (common, norm, pool):
         module._autotune = lambda: True
     y = torch.empty(2, 24, 40, 30, dtype=torch.float32)
     calls("max_pool2d autotuned", lambda: pool.max_pool2d_forward(y.clone(), [3, 3], [2, 2], [1, 1], [1, 1], True))
+    # Training-mode batch norm: two autotuned kernels, and between them an untuned one that
+    # takes float arguments (momentum, eps).
+    z, channel = torch.empty(4, 8, 6, 5, dtype=bf16).contiguous(memory_format=cl), torch.empty(8, dtype=bf16)
+    running = [torch.zeros(8), torch.ones(8)]
+    calls("batch_norm training", lambda: norm.batch_norm_forward(z.clone(), channel, channel, None, *running, True, 0.1,
+                                                                 1e-5, "relu"))
     print(json.dumps({"launches": LAUNCHES, "remembered": len(common._LAUNCHES)}))
 
 
