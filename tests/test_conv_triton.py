@@ -127,6 +127,27 @@ def test_weight_and_bias_gradients_are_deterministic():
     torch.testing.assert_close(first_b, g.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, one_split", [(1, True), (8, False)])
+def test_weight_and_bias_gradients_with_one_split_and_several(batch, one_split, dtype):
+    """One split: the programs write the (channels_last, here) gradient in its own dtype; several:
+    fp32 partials that a second kernel adds. Both against torch's autograd in float64."""
+    x = torch.randn(batch, 8, 12, 12, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    g = torch.randn(batch, 16, 12, 12, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    conv = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    tiles = 9  # one 64x64 tile per tap: what the launcher splits by
+    assert (T._split(batch * 144, tiles, T.WEIGHT_REDUCTION_BLOCK)[0] == 1) == one_split
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    b = torch.zeros(16, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    TF.conv2d(xd, wd, b, padding=1).backward(g.double())
+    dw, db = T.conv2d_backward_weight(g, x, [16, 8, 3, 3], *conv), T.conv2d_backward_bias(g)
+    assert dw.dtype == db.dtype == dtype and dw.is_contiguous(memory_format=torch.channels_last)
+    tolerance = dict(rtol=2e-2, atol=2e-1) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dw.double(), wd.grad, **tolerance)
+    torch.testing.assert_close(db.double(), b.grad, **tolerance)
+
+
 def test_reduction_split_covers_the_pixels_in_whole_blocks():
     splits, chunk = T._split(1 << 20, 1, T.WEIGHT_REDUCTION_BLOCK)
     assert splits > 1 and chunk % T.WEIGHT_REDUCTION_BLOCK == 0 and splits * chunk >= 1 << 20

@@ -75,7 +75,7 @@ def main() -> None:
     flat = torch.empty(x.numel() + 1, dtype=bf16)
     unaligned = flat[1:].view(2, 30, 24, 32).permute(0, 3, 1, 2)
     calls("conv2d unaligned", lambda: conv.conv2d_forward(unaligned, w, None, *geometry, config=cfg))
-    dy = torch.empty(2, 16, 9, 11, dtype=bf16)
+    dy = torch.empty(8, 16, 24, 24, dtype=bf16)  # several splits: partial sums, then their total
     calls("conv2d_backward_bias (two untuned kernels)", lambda: conv.conv2d_backward_bias(dy.clone()))
     for module in (common, norm, pool):
         module._autotune = lambda: True

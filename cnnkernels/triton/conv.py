@@ -13,7 +13,8 @@ channels_last, or the expanded/transposed gradients autograd hands over), accumu
   a stride-1 convolution over those taps only: no multiply-add with an inserted zero.
 - backward-weight: a GEMM per tap, (K/G x N*P*Q) times (N*P*Q x C/G). The long N*P*Q reduction
   is split across programs into fp32 partials whose count and boundaries depend only on the
-  problem shape; a second kernel adds them in split order, so results are reproducible.
+  problem shape; a second kernel adds them in split order, so results are reproducible. A
+  problem with a single split (few pixels per tile) has its programs write the gradient itself.
 - bias gradient: per-channel sums with the same split-and-add scheme.
 
 Registered as torch.library.custom_op in the ``cnnkernels_triton`` namespace; their fake
@@ -268,10 +269,10 @@ def _conv2d_backward_input_kernel(
 
 @triton.jit
 def _conv2d_backward_weight_kernel(
-    dy, x, partial,
-    N, H, W, P, Q, Cg, Kg, K, chunk,
+    dy, x, out,
+    N, H, W, P, Q, Cg, Kg, chunk,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w,
+    sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w, so_split, so_k, so_c, so_r, so_s,
     R: tl.constexpr, S: tl.constexpr, TAPS_IN_N: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -317,16 +318,16 @@ def _conv2d_backward_weight_kernel(
                     mask=k_ok[:, None] & m_ok[None, :], other=0.0)
         b = tl.load(x_c[None, :] + (n * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=x_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
-    # partial[split] has the weight's contiguous (K, Cg, R, S) layout.
-    out = (partial + split * K * Cg * R * S + tl.cast((g * Kg + k)[:, None] * Cg + c[None, :], INDEX) * (R * S)
-           + (r * S + s))
-    tl.store(out, acc, mask=k_ok[:, None] & j_ok[None, :])
+    # out[split, k, c, r, s]: the fp32 partials, or the weight gradient itself (one split).
+    dst = (out + split * so_split + tl.cast(g * Kg + k, INDEX)[:, None] * so_k
+           + (tl.cast(c, INDEX) * so_c + r * so_r + s * so_s)[None, :])
+    tl.store(dst, acc.to(out.dtype.element_ty), mask=k_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
 def _bias_grad_kernel(
-    dy, partial, N, K, P, Q, chunk,
-    sd_n, sd_k, sd_p, sd_q,
+    dy, out, N, K, P, Q, chunk,
+    sd_n, sd_k, sd_p, sd_q, so_split, so_k,
     INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -342,7 +343,8 @@ def _bias_grad_kernel(
         off = (m // (Q * P)) * sd_n + ((m // Q) % P) * sd_p + (m % Q) * sd_q
         acc += tl.load(dy + off[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                        mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
-    tl.store(partial + split * K + k, tl.sum(acc, axis=0), mask=k_ok)
+    # out[split, k]: the fp32 partials, or the bias gradient itself (one split).
+    tl.store(out + split * so_split + k * so_k, tl.sum(acc, axis=0).to(out.dtype.element_ty), mask=k_ok)
 
 
 @triton.jit
@@ -471,21 +473,21 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
     tiles = _cdiv(Kg, 64) * (_cdiv(R * S * Cg, 64) if taps_in_n else _cdiv(Cg, 64) * R * S) * groups
     splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
-    acc_dtype = torch.float64 if dw.dtype == torch.float64 else torch.float32
-    partial = new_buffer([splits, K, Cg, R, S], grad_output, dtype=acc_dtype)
+    out = _reduction_output(dw, splits)
 
     def grid(meta):
         if taps_in_n:
             return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
         return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
-    args = (grad_output, input, partial, N, H, W, P, Q, Cg, Kg, K, chunk, stride[0], stride[1],
-            padding[0], padding[2], dilation[0], dilation[1], *grad_output.stride(), *input.stride())
+    args = (grad_output, input, out, N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2],
+            dilation[0], dilation[1], *grad_output.stride(), *input.stride(), *_split_strides(out, splits))
     _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS,
             FLOAT64_BACKWARD_WEIGHT_CONFIG, R=R, S=S, TAPS_IN_N=taps_in_n,
-            INDEX=_offset_dtype(input, grad_output, partial), ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype),
+            INDEX=_offset_dtype(input, grad_output, out), ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype),
             UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
-    _sum_partials(partial, dw, [K, Cg, R, S], list(dw.stride()))
+    if splits > 1:
+        _sum_partials(out, dw, [K, Cg, R, S], list(dw.stride()))
     return dw
 
 
@@ -499,13 +501,28 @@ def conv2d_backward_bias(grad_output):
     if grad_output.numel() == 0:
         return db.zero_()
     splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
-    acc_dtype = torch.float64 if db.dtype == torch.float64 else torch.float32
-    partial = new_buffer([splits, K], grad_output, dtype=acc_dtype)
+    out = _reduction_output(db, splits)
     launch(_bias_grad_kernel, (_cdiv(K, BIAS_BLOCK_K), splits),
-           (grad_output, partial, N, K, P, Q, chunk, *grad_output.stride()),
-           dict(INDEX=_offset_dtype(grad_output), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M))
-    _sum_partials(partial, db, [K, 1, 1, 1], [1, 0, 0, 0])
+           (grad_output, out, N, K, P, Q, chunk, *grad_output.stride(), *_split_strides(out, splits)),
+           dict(INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K,
+                BLOCK_M=BIAS_BLOCK_M))
+    if splits > 1:
+        _sum_partials(out, db, [K, 1, 1, 1], [1, 0, 0, 0])
     return db
+
+
+def _reduction_output(grad: torch.Tensor, splits: int) -> torch.Tensor:
+    """Where a split reduction's programs write: with one split the gradient itself, otherwise
+    a (splits, *grad.shape) buffer of fp32 partials (fp64 for fp64) that _sum_partials adds up."""
+    if splits == 1:
+        return grad
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    return new_buffer([splits, *grad.shape], grad, dtype=acc_dtype)
+
+
+def _split_strides(out: torch.Tensor, splits: int) -> tuple[int, ...]:
+    """The strides a reduction kernel writes through: split first, then the gradient's dims."""
+    return out.stride() if splits > 1 else (0, *out.stride())
 
 
 def _gcd(a: int, b: int) -> int:
