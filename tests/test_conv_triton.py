@@ -153,6 +153,7 @@ def test_reduction_split_covers_the_pixels_in_whole_blocks():
     assert splits > 1 and chunk % T.WEIGHT_REDUCTION_BLOCK == 0 and splits * chunk >= 1 << 20
     splits, chunk = T._split(100, 10_000, T.WEIGHT_REDUCTION_BLOCK)
     assert splits == 1 and chunk >= 100 and chunk % T.WEIGHT_REDUCTION_BLOCK == 0
+    assert T._split(0, 1, T.WEIGHT_REDUCTION_BLOCK) == (1, T.WEIGHT_REDUCTION_BLOCK)
 
 
 def test_refuses_tensors_it_cannot_run_on():

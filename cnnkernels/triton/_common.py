@@ -62,6 +62,29 @@ def _check_dtype(op: str, t: torch.Tensor) -> None:
         raise NotImplementedError(f"{op}: expected a float32, float64, float16 or bfloat16 input, got {t.dtype}")
 
 
+# ---- launch plans --------------------------------------------------------------------------
+# What a launcher works out before launching (output shape and layout, index width, grid, the
+# kernel's scalar arguments) depends only on its tensors' sizes, strides and dtypes and on the
+# other arguments, and a training loop repeats the same few problems. Working it out again on
+# every call costs about half of a launcher's host time, so launchers keep it per problem.
+_PLANS: dict[tuple, object] = {}
+_MAX_PLANS = 4096
+
+
+def planned(make, *problem):
+    """make(*problem), remembered per problem. `make` must read nothing of its tensors but their
+    sizes, strides and dtype: those are what the key holds (with the other arguments, lists as
+    tuples). Errors it raises (invalid arguments) are raised again on every call."""
+    key = (make, *((a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else tuple(a) if isinstance(a, list)
+                   else a for a in problem))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        plan = _PLANS[key] = make(*problem)
+    return plan
+
+
 # ---- launching -----------------------------------------------------------------------------
 # Triton's launch path binds and specializes every argument, looks the kernel up, and (when
 # autotuned) builds the autotuner's key: 25-45 us of host time per call on the development

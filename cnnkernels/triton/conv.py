@@ -22,6 +22,8 @@ kernels and autograd are registered in cnnkernels.ops.conv, next to the C++ oper
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,7 @@ import triton.language as tl
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config,
-                                       launch)
+                                       launch, planned)
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
@@ -103,11 +105,12 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _split(pixels: int, programs_per_split: int, block: int) -> tuple[int, int]:
-    """(number of splits, pixels per split) of an N*P*Q reduction; a multiple of `block`."""
+    """(number of splits, pixels per split) of an N*P*Q reduction; a multiple of `block`. An empty
+    reduction (no pixels) is one split of one block."""
     splits = max(1, min(_cdiv(TARGET_PROGRAMS, max(1, programs_per_split)),
                         _cdiv(pixels, MIN_PIXELS_PER_SPLIT)))
-    chunk = _cdiv(_cdiv(pixels, splits), block) * block
-    return _cdiv(pixels, chunk), chunk
+    chunk = max(1, _cdiv(_cdiv(pixels, splits), block)) * block
+    return max(1, _cdiv(pixels, chunk)), chunk
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
@@ -396,50 +399,70 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, f
     launch(kernel, grid, args, constexprs, config, _TUNED[kernel])
 
 
-def _sum_partials(partial: torch.Tensor, out: torch.Tensor, dims: list[int], strides: list[int]) -> None:
-    numel = partial[0].numel()
-    grid = (_cdiv(numel, _SUM_BLOCK),)
-    launch(_sum_partials_kernel, grid, (partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides),
-           dict(BLOCK=_SUM_BLOCK))
+def _sum_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
+    """out = partial.sum(0) in split order; `out` is the weight gradient (4-D) or the bias's (1-D)."""
+    dims, strides = (list(out.shape), list(out.stride())) if out.dim() == 4 else ([out.shape[0], 1, 1, 1], [1, 0, 0, 0])
+    numel = out.numel()
+    launch(_sum_partials_kernel, (_cdiv(numel, _SUM_BLOCK),),
+           (partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides), dict(BLOCK=_SUM_BLOCK))
 
 
 # ---- launchers -----------------------------------------------------------------------------
+# Each launcher's work that depends only on the problem (shapes, strides, dtypes, geometry) is a
+# plan, made once per problem (_common.planned); a call allocates its outputs and launches.
 
 
-def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
-    _check_device(input, weight)
-    _check_dtype("cnnkernels_triton::conv2d", input)
+class _Plan(NamedTuple):
+    out_shape: list[int]  # the tensor the launcher returns, in `out_format`
+    out_format: torch.memory_format
+    grid: object  # the launch grid, or a function of the config's meta-parameters
+    scalars: tuple  # the kernel's arguments after its tensors
+    constexprs: dict  # every compile-time argument but the TF32 choice (_precision), which can change
+    splits: int = 1  # backward-weight and bias: how many chunks the N*P*Q reduction has
+
+
+def _meta(shape, memory_format) -> torch.Tensor:
+    """A tensor without storage, for the strides of an output a plan describes."""
+    return torch.empty(shape, device="meta", memory_format=memory_format)
+
+
+def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input.shape
     K, Cg, R, S = weight.shape
-    _, _, P, Q = shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
-    y = new_buffer(shape, input, memory_format=memory_format_of(input, weight))
-    if y.numel() == 0:
-        return y
+    shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
+    P, Q = shape[2:]
+    fmt = memory_format_of(input, weight)
+    y = _meta(shape, fmt)
     Kg = K // groups
 
     def grid(meta):
         return (_cdiv(N * P * Q, meta["BLOCK_M"]), _cdiv(Kg, meta["BLOCK_N"]), groups)
 
-    args = (input, weight, bias if bias is not None else weight, y, N, H, W, P, Q, Cg, Kg,
-            stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-            *input.stride(), *weight.stride(), *y.stride())
-    _launch(_conv2d_forward_kernel, grid, args, config, FORWARD_CONFIGS, FLOAT64_TILE_CONFIG, R=R, S=S,
-            TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=bias is not None, INDEX=_offset_dtype(input, weight, y),
-            ACC=_acc_dtype(input.dtype), PRECISION=_precision(input.dtype), UPCAST=_upcast_dot(input.dtype))
+    scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+               *input.stride(), *weight.stride(), *y.stride())
+    return _Plan(shape, fmt, grid, scalars, dict(
+        R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=has_bias, INDEX=_offset_dtype(input, weight, y),
+        ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)))
+
+
+def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
+    _check_device(input, weight)
+    _check_dtype("cnnkernels_triton::conv2d", input)
+    plan = planned(_forward_plan, input, weight, bias is not None, stride, padding, dilation, groups)
+    y = new_buffer(plan.out_shape, input, memory_format=plan.out_format)
+    if y.numel() == 0:
+        return y
+    _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
+            config, FORWARD_CONFIGS, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
     return y
 
 
-def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
-    _check_device(grad_output, weight)
-    _check_dtype("cnnkernels_triton::conv2d_backward_input", grad_output)
+def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input_size
     K, Cg, R, S = weight.shape
     _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
-    dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output, weight))
-    if dx.numel() == 0:
-        return dx
-    if grad_output.numel() == 0:
-        return dx.zero_()
+    fmt = memory_format_of(grad_output, weight)
+    dx = _meta(input_size, fmt)
     Kg = K // groups
     sh, sw = stride
     step_h = sh // _gcd(sh, dilation[0])
@@ -449,66 +472,98 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     def grid(meta):
         return (_cdiv(phase_pixels, meta["BLOCK_M"]), _cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
 
-    args = (grad_output, weight, dx, N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2],
-            dilation[0], dilation[1], step_h, step_w, *grad_output.stride(), *weight.stride(), *dx.stride())
-    _launch(_conv2d_backward_input_kernel, grid, args, config, BACKWARD_INPUT_CONFIGS, FLOAT64_TILE_CONFIG, R=R, S=S,
-            INDEX=_offset_dtype(dx, weight, grad_output),
-            ACC=_acc_dtype(dx.dtype), PRECISION=_precision(dx.dtype), UPCAST=_upcast_dot(dx.dtype))
+    scalars = (N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2], dilation[0], dilation[1], step_h, step_w,
+               *grad_output.stride(), *weight.stride(), *dx.stride())
+    return _Plan(list(input_size), fmt, grid, scalars, dict(
+        R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
+        UPCAST=_upcast_dot(grad_output.dtype)))
+
+
+def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
+    _check_device(grad_output, weight)
+    _check_dtype("cnnkernels_triton::conv2d_backward_input", grad_output)
+    plan = planned(_backward_input_plan, grad_output, weight, input_size, stride, padding, dilation, groups)
+    dx, done = _new_gradient(plan, grad_output)
+    if done:
+        return dx
+    _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
+            BACKWARD_INPUT_CONFIGS, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
     return dx
 
 
-def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
-    _check_device(grad_output, input)
-    _check_dtype("cnnkernels_triton::conv2d_backward_weight", grad_output)
+def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input.shape
     K, Cg, R, S = weight_size
     _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
-    dw = new_buffer(list(weight_size), grad_output, memory_format=memory_format_of(grad_output, input))
-    if dw.numel() == 0:
-        return dw
-    if grad_output.numel() == 0:
-        return dw.zero_()
+    fmt = memory_format_of(grad_output, input)
     Kg = K // groups
     taps_in_n = Cg < FEW_CHANNELS
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
     tiles = _cdiv(Kg, 64) * (_cdiv(R * S * Cg, 64) if taps_in_n else _cdiv(Cg, 64) * R * S) * groups
     splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
-    out = _reduction_output(dw, splits)
+    out = _reduction_output(_meta(weight_size, fmt), splits)
 
     def grid(meta):
         if taps_in_n:
             return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
         return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
-    args = (grad_output, input, out, N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2],
-            dilation[0], dilation[1], *grad_output.stride(), *input.stride(), *_split_strides(out, splits))
-    _launch(_conv2d_backward_weight_kernel, grid, args, config, BACKWARD_WEIGHT_CONFIGS,
-            FLOAT64_BACKWARD_WEIGHT_CONFIG, R=R, S=S, TAPS_IN_N=taps_in_n,
-            INDEX=_offset_dtype(input, grad_output, out), ACC=_acc_dtype(dw.dtype), PRECISION=_precision(dw.dtype),
-            UPCAST=_upcast_dot(dw.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK)
-    if splits > 1:
-        _sum_partials(out, dw, [K, Cg, R, S], list(dw.stride()))
+    scalars = (N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
+               *grad_output.stride(), *input.stride(), *_split_strides(out, splits))
+    return _Plan(list(weight_size), fmt, grid, scalars, dict(
+        R=R, S=S, TAPS_IN_N=taps_in_n, INDEX=_offset_dtype(input, grad_output, out),
+        ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK),
+        splits)
+
+
+def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
+    _check_device(grad_output, input)
+    _check_dtype("cnnkernels_triton::conv2d_backward_weight", grad_output)
+    plan = planned(_backward_weight_plan, grad_output, input, weight_size, stride, padding, dilation, groups)
+    dw, done = _new_gradient(plan, grad_output)
+    if done:
+        return dw
+    out = _reduction_output(dw, plan.splits)
+    _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), config,
+            BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype), **plan.constexprs)
+    if plan.splits > 1:
+        _sum_partials(out, dw)
     return dw
+
+
+def _backward_bias_plan(grad_output) -> _Plan:
+    N, K, P, Q = grad_output.shape
+    splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
+    out = _reduction_output(_meta([K], torch.contiguous_format), splits)
+    scalars = (N, K, P, Q, chunk, *grad_output.stride(), *_split_strides(out, splits))
+    return _Plan([K], torch.contiguous_format, (_cdiv(K, BIAS_BLOCK_K), splits), scalars, dict(
+        INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(grad_output.dtype), BLOCK_K=BIAS_BLOCK_K,
+        BLOCK_M=BIAS_BLOCK_M), splits)
 
 
 def conv2d_backward_bias(grad_output):
     _check_device(grad_output)
     _check_dtype("cnnkernels_triton::conv2d_backward_bias", grad_output)
-    N, K, P, Q = grad_output.shape
-    db = new_buffer([K], grad_output)
-    if db.numel() == 0:
+    if grad_output.dim() != 4:
+        raise RuntimeError(f"conv2d_backward_bias: expected a 4-D grad_output, got size {list(grad_output.shape)}")
+    plan = planned(_backward_bias_plan, grad_output)
+    db, done = _new_gradient(plan, grad_output)
+    if done:
         return db
-    if grad_output.numel() == 0:
-        return db.zero_()
-    splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
-    out = _reduction_output(db, splits)
-    launch(_bias_grad_kernel, (_cdiv(K, BIAS_BLOCK_K), splits),
-           (grad_output, out, N, K, P, Q, chunk, *grad_output.stride(), *_split_strides(out, splits)),
-           dict(INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(db.dtype), BLOCK_K=BIAS_BLOCK_K,
-                BLOCK_M=BIAS_BLOCK_M))
-    if splits > 1:
-        _sum_partials(out, db, [K, 1, 1, 1], [1, 0, 0, 0])
+    out = _reduction_output(db, plan.splits)
+    launch(_bias_grad_kernel, plan.grid, (grad_output, out, *plan.scalars), plan.constexprs)
+    if plan.splits > 1:
+        _sum_partials(out, db)
     return db
+
+
+def _new_gradient(plan: _Plan, grad_output: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A backward launcher's output, and whether it is complete already: empty, or zero because
+    grad_output is empty (a reduction over no pixels)."""
+    grad = new_buffer(plan.out_shape, grad_output, memory_format=plan.out_format)
+    if grad.numel() == 0 or grad_output.numel() == 0:
+        return grad.zero_(), True
+    return grad, False
 
 
 def _reduction_output(grad: torch.Tensor, splits: int) -> torch.Tensor:
