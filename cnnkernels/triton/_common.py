@@ -124,13 +124,15 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
         compiled[grid_size](*args, *trailing)
         return
     compiled = _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
-    chosen = config if tuned is None or config is not None else getattr(tuned, "best_config", None)
+    if config is None and tuned is not None:
+        config = getattr(tuned, "best_config", None)  # the autotuner's pick, which it just ran
+        if config is None:
+            return
     # Remembered only where this Triton hands its launcher every parameter (constexprs included)
     # in declaration order, the convention the direct call follows; otherwise every launch keeps
     # going through Triton. tests/test_triton_launch.py checks that the two match.
-    if (isinstance(compiled, CompiledKernel) and (chosen is not None or tuned is None)
-            and len(compiled.src.signature) == len(kernel.arg_names)):
-        meta = {**constexprs, **(chosen.all_kwargs() if chosen is not None else {})}
+    if isinstance(compiled, CompiledKernel) and len(compiled.src.signature) == len(kernel.arg_names):
+        meta = {**constexprs, **(config.all_kwargs() if config is not None else {})}
         grid_size = (*(grid(meta) if callable(grid) else grid), 1, 1)[:3]  # a compiled kernel takes all three
         if len(_LAUNCHES) >= _MAX_LAUNCHES:
             _LAUNCHES.clear()

@@ -400,11 +400,10 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, f
 
 
 def _sum_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
-    """out = partial.sum(0) in split order; `out` is the weight gradient (4-D) or the bias's (1-D)."""
-    dims, strides = (list(out.shape), list(out.stride())) if out.dim() == 4 else ([out.shape[0], 1, 1, 1], [1, 0, 0, 0])
+    """out = partial.sum(0) in split order, for a 4-D `out` (a bias gradient as a (K, 1, 1, 1) view)."""
     numel = out.numel()
     launch(_sum_partials_kernel, (_cdiv(numel, _SUM_BLOCK),),
-           (partial, out, partial.shape[0], numel, dims[1], dims[2], dims[3], *strides), dict(BLOCK=_SUM_BLOCK))
+           (partial, out, partial.shape[0], numel, *out.shape[1:], *out.stride()), dict(BLOCK=_SUM_BLOCK))
 
 
 # ---- launchers -----------------------------------------------------------------------------
@@ -544,8 +543,6 @@ def _backward_bias_plan(grad_output) -> _Plan:
 def conv2d_backward_bias(grad_output):
     _check_device(grad_output)
     _check_dtype("cnnkernels_triton::conv2d_backward_bias", grad_output)
-    if grad_output.dim() != 4:
-        raise RuntimeError(f"conv2d_backward_bias: expected a 4-D grad_output, got size {list(grad_output.shape)}")
     plan = planned(_backward_bias_plan, grad_output)
     db, done = _new_gradient(plan, grad_output)
     if done:
@@ -553,7 +550,7 @@ def conv2d_backward_bias(grad_output):
     out = _reduction_output(db, plan.splits)
     launch(_bias_grad_kernel, plan.grid, (grad_output, out, *plan.scalars), plan.constexprs)
     if plan.splits > 1:
-        _sum_partials(out, db)
+        _sum_partials(out, db.view(-1, 1, 1, 1))
     return db
 
 
