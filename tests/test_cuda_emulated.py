@@ -344,6 +344,35 @@ def test_pool2d_coordinate_types(kernel, stride, padding, dilation, coordinates,
     assert launched(emu, f"<AdaptivePool2dBackward<float, {g}, true>"), list(emu.launches())
 
 
+@pytest.mark.parametrize("coordinates", ["int32", "int64"])
+@pytest.mark.parametrize("channels", [6, 37, 133])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_pool2d_channel_runs(channels, channels_last, coordinates, emu):
+    """A thread handles up to 4 channels of one position (pool_kernel.cu): channels 0-3, 4-7, ...
+    in NCHW, and in channels_last c, c + 32, ... over 32 lanes (fewer lanes below 32 channels).
+    6, 37 and 133 channels leave runs of every length and lanes with no channel at all; in both
+    coordinate types, as the thread index decomposes in either."""
+    if coordinates == "int64":
+        emu.set_pool_test_hooks(index32_limit=1)
+    x = pool_input((2, channels, 7, 6), channels_last=channels_last, ties=True)
+    check_pool(lambda x: ops().max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True),
+               lambda x: TF.max_pool2d(x, 3, 2, 1, 1, True, return_indices=True),
+               lambda g, idx: ops().max_pool2d_backward(g, idx, list(x.shape), [3, 3], [2, 2], [1, 1], [1, 1]), x,
+               with_indices=True)
+    check_pool(lambda x: ops().avg_pool2d(x, [3, 2], [2, 1], [1, 1], False, False, None),
+               lambda x: TF.avg_pool2d(x, (3, 2), (2, 1), 1, False, False),
+               lambda g, _: ops().avg_pool2d_backward(g, list(x.shape), [3, 2], [2, 1], [1, 1], False, None), x)
+    check_pool(lambda x: ops().adaptive_avg_pool2d(x, [3, 4]), lambda x: TF.adaptive_avg_pool2d(x, (3, 4)),
+               lambda g, _: ops().adaptive_avg_pool2d_backward(g, list(x.shape)), x)
+    check_pool(lambda x: ops().adaptive_max_pool2d(x, [3, 4]),
+               lambda x: TF.adaptive_max_pool2d(x, (3, 4), return_indices=True),
+               lambda g, idx: ops().adaptive_max_pool2d_backward(g, idx, list(x.shape)), x, with_indices=True)
+    pooled, idx = TF.max_pool2d(x, 2, 2, return_indices=True)
+    assert torch.equal(ops().max_unpool2d(pooled, idx, [7, 6]), TF.max_unpool2d(pooled, idx, 2, 2, output_size=(7, 6)))
+    grad = torch.randn(x.shape).contiguous(memory_format=CL if channels_last else torch.contiguous_format)
+    assert torch.equal(ops().max_unpool2d_backward(grad, idx), grad.flatten(2).gather(2, idx.flatten(2)).view_as(idx))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode",
