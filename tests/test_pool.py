@@ -436,6 +436,35 @@ def test_every_triton_config(channels_last):
         torch.testing.assert_close(unpooled.cpu(), TF.max_unpool2d(ref, ref_idx, k, s, p, output_size=[9, 8]))
 
 
+@pytest.mark.parametrize("kernel_name", ["_max_pool2d_kernel", "_max_pool2d_backward_kernel", "_avg_pool2d_kernel",
+                                         "_avg_pool2d_backward_kernel", "_adaptive_avg_pool2d_kernel",
+                                         "_adaptive_avg_pool2d_backward_kernel", "_adaptive_max_pool2d_kernel",
+                                         "_adaptive_max_pool2d_backward_kernel", "_max_unpool2d_kernel",
+                                         "_max_unpool2d_backward_kernel"])
+def test_triton_autotune_prunes_configs_by_layout(kernel_name):
+    """Each pooling kernel's autotuner tries only the tile configs for the layout its tensors
+    share (every config when the layouts differ or one is ambiguous), reading the strides under
+    the names the kernel really has."""
+    pytest.importorskip("triton")
+    from cnnkernels.triton import pool as T
+
+    kernel = getattr(T, kernel_name)
+    tuner = T._TUNED[kernel]
+    read, written = ("sd", "sx") if "backward" in kernel_name else ("sx", "sy")
+    strides = {"channels_last": {"c": 1, "w": 64}, "nchw": {"c": 90, "w": 1}, "one column": {"c": 9, "w": 9}}
+
+    def kept(read_layout, written_layout):
+        named = dict.fromkeys(kernel.arg_names, 7)
+        for tensor, layout in ((read, read_layout), (written, written_layout)):
+            assert f"{tensor}_c" in named and f"{tensor}_w" in named
+            named.update({f"{tensor}_{d}": v for d, v in strides[layout].items()})
+        return [T.TILE_CONFIGS.index(c) for c in tuner.early_config_prune(tuner.configs, named)]
+
+    assert kept("channels_last", "channels_last") == [0, 1, 2]
+    assert kept("nchw", "nchw") == [0, 3, 4, 5]
+    assert kept("channels_last", "nchw") == kept("nchw", "one column") == list(range(len(T.TILE_CONFIGS)))
+
+
 def test_torch_compile_fullgraph_lenet(target):
     torch._dynamo.reset()
     net = cnnkernels.models.get_model("lenet5").to(target.device)

@@ -65,6 +65,34 @@ TILE_CONFIGS = [
     _config(BLOCK_M=256, BLOCK_C=1, num_warps=4, num_stages=2),   # NCHW, one plane
     _config(BLOCK_M=1024, BLOCK_C=1, num_warps=8, num_stages=2),  # NCHW, large planes
 ]
+# The configs the autotuner tries when the tensors a kernel reads and writes are all contiguous
+# along the channels (channels_last) or all along the columns (NCHW): a tile narrow in the
+# contiguous dimension cannot coalesce, so it never wins there, and each config it skips is a
+# compile and a timing less on a problem's first call.
+LAYOUT_CONFIGS = {"channels": TILE_CONFIGS[:3], "columns": [TILE_CONFIGS[0], *TILE_CONFIGS[3:]]}
+
+
+def _contiguous_along(channel_stride: int, column_stride: int) -> str | None:
+    """"channels" or "columns": the one of the two dimensions with unit stride; None when both or
+    neither have it (a single column, a single channel, a strided view)."""
+    if channel_stride == 1 and column_stride != 1:
+        return "channels"
+    if column_stride == 1 and channel_stride != 1:
+        return "columns"
+    return None
+
+
+def _prune_by_layout(read: str, written: str):
+    """The autotuner's early_config_prune for a kernel whose read and written tensors' strides
+    are the arguments <read>_c, <read>_w and <written>_c, <written>_w: LAYOUT_CONFIGS when both
+    tensors are contiguous along the same dimension, every config otherwise."""
+    def prune(configs, named_args, **kwargs):
+        layouts = {_contiguous_along(named_args[f"{t}_c"], named_args[f"{t}_w"]) for t in (read, written)}
+        if len(layouts) != 1 or None in layouts:
+            return configs
+        kept = LAYOUT_CONFIGS[layouts.pop()]
+        return [c for c in configs if any(c is k for k in kept)]
+    return prune
 
 
 # ---- shared device helpers -----------------------------------------------------------------
@@ -414,22 +442,33 @@ def _max_unpool2d_backward_kernel(
 # ---- launching -----------------------------------------------------------------------------
 
 # Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
-# Each key holds the problem's sizes and its first operand's channel stride, so a channels_last
-# problem (channel stride 1) tunes apart from the NCHW one of the same shape.
+# Forward kernels read x and write y, backward ones read the gradient d and write x (their
+# strides: s<tensor>_<dim>). Each key holds the problem's sizes and the channel and column
+# strides of both, so a channels_last problem tunes apart from the NCHW one of the same shape
+# (and prunes its configs by layout: _prune_by_layout).
 _SIZES = ["M", "C", "H", "W", "P", "Q"]
+
+
+def _autotuned(kernel, key: list[str], read: str, written: str):
+    strides = [f"{t}_{d}" for t in (read, written) for d in "cw"]
+    return triton.autotune(TILE_CONFIGS, key=key + strides,
+                           prune_configs_by={"early_config_prune": _prune_by_layout(read, written)})(kernel)
+
+
+_WINDOW = ["KH", "KW", "stride_h", "stride_w"]
 _TUNED = {
-    kernel: triton.autotune(TILE_CONFIGS, key=key)(kernel)
-    for kernel, key in [
-        (_max_pool2d_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sx_c"]),
-        (_max_pool2d_backward_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sd_c"]),
-        (_avg_pool2d_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sx_c"]),
-        (_avg_pool2d_backward_kernel, _SIZES + ["KH", "KW", "stride_h", "stride_w", "sd_c"]),
-        (_adaptive_avg_pool2d_kernel, _SIZES + ["sx_c"]),
-        (_adaptive_avg_pool2d_backward_kernel, _SIZES + ["sd_c"]),
-        (_adaptive_max_pool2d_kernel, _SIZES + ["sx_c"]),
-        (_adaptive_max_pool2d_backward_kernel, _SIZES + ["sd_c"]),
-        (_max_unpool2d_kernel, ["M", "C", "H", "W", "OH", "OW", "sx_c"]),
-        (_max_unpool2d_backward_kernel, ["M", "C", "H", "W", "OH", "OW", "sd_c"]),
+    kernel: _autotuned(kernel, key, *tensors)
+    for kernel, key, tensors in [
+        (_max_pool2d_kernel, _SIZES + _WINDOW, ("sx", "sy")),
+        (_max_pool2d_backward_kernel, _SIZES + _WINDOW, ("sd", "sx")),
+        (_avg_pool2d_kernel, _SIZES + _WINDOW, ("sx", "sy")),
+        (_avg_pool2d_backward_kernel, _SIZES + _WINDOW, ("sd", "sx")),
+        (_adaptive_avg_pool2d_kernel, _SIZES, ("sx", "sy")),
+        (_adaptive_avg_pool2d_backward_kernel, _SIZES, ("sd", "sx")),
+        (_adaptive_max_pool2d_kernel, _SIZES, ("sx", "sy")),
+        (_adaptive_max_pool2d_backward_kernel, _SIZES, ("sd", "sx")),
+        (_max_unpool2d_kernel, ["M", "C", "H", "W", "OH", "OW"], ("sx", "sy")),
+        (_max_unpool2d_backward_kernel, ["M", "C", "H", "W", "OH", "OW"], ("sd", "sx")),
     ]
 }
 
