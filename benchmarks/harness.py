@@ -13,7 +13,8 @@
   (:class:`DeviceLost`).
 - Output: ``<out>/<device>-<family>.json`` and ``.md``, rewritten after every case so that a run
   cut short (the GPU machine's per-command limit) still leaves its results behind
-  (:func:`run_cases`); the Markdown sections every family has (:func:`report_head`,
+  (:func:`run_cases`), and ``--resume`` completes it in a later call (:func:`resumed`); every
+  measurement records its wall time ("wall_s", compiling and autotuning included); the Markdown sections every family has (:func:`report_head`,
   :func:`summary_section`, :func:`results_sections`) and the per-case log lines (:func:`progress`).
 
 This module imports only torch at import time: ``scripts/gpu_check.sh`` uses :func:`device_name`
@@ -88,6 +89,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--nets", nargs="+", help="only the layers of these nets (default: every net of the device's suite)")
     parser.add_argument("--max-minutes", type=float,
                         help="stop starting new cases after this many minutes; what ran is kept")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases an earlier run of the same code and versions on this device "
+                             "measured in --out, and run only the rest (a run split over several calls)")
     return parser
 
 
@@ -424,17 +428,25 @@ def compare_ops(ops: Sequence[str], ours: dict[str, object], device: torch.devic
     theirs = torch_fns(inputs)
     mine = {name: backend_fns(backend, inputs) for name, backend in ours.items()}
     for op in ops:
-        outcome = attempt(functools.partial(measure_torch, theirs[op], device, torch_values), device)
+        outcome = timed_attempt(functools.partial(measure_torch, theirs[op], device, torch_values), device)
         reference = outcome.pop("out", None)
         torch_result = record(op, "torch", outcome)
         for name, fns in mine.items():
-            outcome = attempt(functools.partial(autotuned, functools.partial(measure_ours, fns[op], device, reference,
-                                                                              inputs, op)), device)
+            outcome = timed_attempt(functools.partial(autotuned, functools.partial(measure_ours, fns[op], device,
+                                                                                    reference, inputs, op)), device)
             if "ms" in torch_result and "ms" in outcome:
                 outcome["speedup"] = torch_result["ms"] / outcome["ms"]
             judge(outcome)
             record(op, name, outcome)
         del reference  # torch's output: freed before the next op allocates its own
+
+
+def timed_attempt(action: Callable[[], dict], device: torch.device) -> dict:
+    """attempt(action), with "wall_s": the seconds the whole measurement took, compiling and
+    autotuning included (where a benchmark run's time goes)."""
+    start = time.perf_counter()
+    outcome = attempt(action, device)
+    return outcome | {"wall_s": time.perf_counter() - start}
 
 
 # ---- timing --------------------------------------------------------------------------------
@@ -636,6 +648,9 @@ def report_head(title: str, meta: dict, notes: Sequence[str]) -> list[str]:
         + "".join(f"; {name} left out: {why}" for name, why in meta["left_out"].items()),
         *notes,
     ]
+    if meta.get("resumed"):
+        lines.append(f"- resumed (--resume): {meta['resumed']['cases_kept']} cases kept from the run of "
+                     f"{meta['resumed']['from_date_utc']}")
     if meta.get("stopped_early"):
         lines.append(f"- **incomplete**: {meta['stopped_early']}")
     return [f"# {title}: {meta['device']}", "\n".join(lines)]
@@ -712,7 +727,10 @@ def run_suite(args: argparse.Namespace, family: str, meta: dict, layers: Sequenc
     (:func:`run_cases`), the results saved after every case as <family> JSON (layer_data(layer)
     per layer, summarize(layers, results), the results) and markdown(meta, layers, results,
     summary). Returns run_cases' exit status."""
+    cases = [(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes]
     results: list[dict] = []
+    if args.resume:
+        results, cases = resumed(args.out, family, meta, cases)
 
     def save() -> tuple[str, tuple[Path, Path]]:
         summary = summarize(layers, results)
@@ -720,8 +738,42 @@ def run_suite(args: argparse.Namespace, family: str, meta: dict, layers: Sequenc
         text = markdown(meta, layers, results, summary)
         return text, write_results(args.out, family, meta, data, text)
 
-    return run_cases([(layer, batch, dtype) for layer in layers for batch in batches for dtype in dtypes],
-                     functools.partial(run_case, results=results), results, meta, save, log, args.max_minutes)
+    return run_cases(cases, functools.partial(run_case, results=results), results, meta, save, log, args.max_minutes)
+
+
+# What must match for an earlier run's results to stand beside this run's in one report.
+_RESUME_MATCH = ("device", "git_commit", "torch", "triton", "cuda_runtime", "cudnn")
+
+
+def resumed(out_dir: Path, family: str, meta: dict, cases: list[tuple]) -> tuple[list[dict], list[tuple]]:
+    """For --resume: the results of the earlier run saved in out_dir that belong to `cases`, and the
+    cases still to run. A case counts as measured when the earlier run recorded it and none of its
+    measurements failed other than as EXPECTED_ERRORS (a failed one runs again). The earlier run
+    must have had the same device, code and versions (_RESUME_MATCH), or this raises; meta gets
+    "resumed" (the earlier run's date and how many cases it gave)."""
+    path = out_dir / f"{meta['device']}-{family}.json"
+    if not path.exists():
+        print(f"--resume: no earlier results at {path}; running every case")
+        return [], cases
+    earlier = json.loads(path.read_text())
+    differ = [f"{k}: {earlier['meta'].get(k)!r} there, {meta.get(k)!r} here" for k in _RESUME_MATCH
+              if earlier["meta"].get(k) != meta.get(k)]
+    if differ:
+        raise SystemExit(f"--resume: {path} comes from another run setting ({'; '.join(differ)}); "
+                         "move it away or run without --resume")
+    by_case: dict[tuple, list[dict]] = {}
+    for r in earlier["results"]:
+        by_case.setdefault((r["layer"], r["batch"], r["dtype"]), []).append(r)
+
+    def measured(case: tuple) -> bool:
+        rs = by_case.get((case[0].id, case[1], case[2]), [])
+        return bool(rs) and all(r.get("error_type", EXPECTED_ERRORS[0]) in EXPECTED_ERRORS for r in rs)
+
+    kept = [case for case in cases if measured(case)]
+    meta["resumed"] = {"from_date_utc": earlier["meta"].get("date_utc"), "cases_kept": len(kept)}
+    print(f"--resume: keeping {len(kept)} of {len(cases)} cases from {path}")
+    results = [r for case in kept for r in by_case[(case[0].id, case[1], case[2])]]
+    return results, [case for case in cases if not measured(case)]
 
 
 def run_cases(cases: Sequence[tuple], run_case: Callable[..., None], results: list[dict], meta: dict,

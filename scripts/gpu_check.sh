@@ -13,7 +13,10 @@
 #
 # Environment:
 #   BENCH_ARGS  arguments for every benchmark (default "--max-minutes 8", which keeps the whole
-#               script near 15 minutes on an H100; set it empty for no limit, or e.g. "--quick")
+#               script near 15 minutes on an H100; set it empty for no limit, or e.g. "--quick").
+#               A benchmark cut short by its budget goes on where it stopped in a later call
+#               with "--max-minutes 8 --resume" (same OUT_DIR, same code: it keeps the cases
+#               measured and runs the rest)
 #   PYTHON      the interpreter (default: python)
 #   STEPS       the steps to run, space-separated (default "all": environment build
 #               error_messages pytest and every bench_<family>); e.g. STEPS="environment build pytest", then

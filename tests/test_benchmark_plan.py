@@ -2,6 +2,7 @@
 dtypes a run measures. The scripts themselves time kernels and need a GPU to mean anything; what
 they choose to run is checked here, on the GPU suites' tables."""
 import argparse
+import json
 
 import pytest
 
@@ -77,3 +78,30 @@ def test_autotune_choices_are_recorded(monkeypatch):
     assert outcome == {"ms": 0.5, "autotune": {"_fresh_kernel": {
         "chosen": "BLOCK_M: 64", "ms": {"BLOCK_M: 64": 0.5, "BLOCK_M: 128": float("inf")}}}}
     assert harness.autotuned(lambda: {"ms": 0.25}) == {"ms": 0.25}  # nothing tuned: nothing added
+
+
+def test_resume_keeps_the_measured_cases_and_runs_the_rest(tmp_path):
+    layers, _, _ = _plan("--nets", "resnet50")
+    a, b, c, d = ((layer, 128, "bf16") for layer in layers[:4])
+    meta = {"device": "some-gpu", "git_commit": "abc1234", "torch": "2.11", "triton": "3.6", "cuda_runtime": "13.0",
+            "cudnn": 91900, "date_utc": "today"}
+
+    def result(case, impl, **outcome):
+        return {"layer": case[0].id, "batch": case[1], "dtype": case[2], "op": "forward", "impl": impl, **outcome}
+
+    earlier = [result(a, "torch", ms=1.0), result(a, "triton", ms=2.0),
+               result(b, "torch", ms=1.0), result(b, "triton", error="boom", error_type="RuntimeError"),
+               result(c, "torch", ms=1.0), result(c, "triton", error="CUDA out of memory", error_type="OutOfMemoryError"),
+               result((layers[5], 32, "fp32"), "torch", ms=3.0)]  # not a case of this run: dropped
+    assert harness.resumed(tmp_path, "conv", dict(meta), [a, b]) == ([], [a, b])  # nothing saved yet
+    (tmp_path / "some-gpu-conv.json").write_text(json.dumps({"meta": {**meta, "date_utc": "yesterday"},
+                                                             "results": earlier}))
+
+    here = dict(meta)
+    results, todo = harness.resumed(tmp_path, "conv", here, [a, b, c, d])
+    assert results == earlier[:2] + earlier[4:6]  # a measured, c out of memory (an expected error)
+    assert todo == [b, d]  # b failed: measured again; d never ran
+    assert here["resumed"] == {"from_date_utc": "yesterday", "cases_kept": 2}
+
+    with pytest.raises(SystemExit, match="git_commit"):
+        harness.resumed(tmp_path, "conv", {**meta, "git_commit": "def5678"}, [a])
