@@ -200,8 +200,51 @@ __device__ __forceinline__ G first_nonnegative_tap(G origin, G dilation) {
   return origin >= 0 ? origin : origin + ceil_div(-origin, dilation) * dilation;
 }
 
-// Output (oh, ow): torch's rule, a maximum starting at -inf with the index of the window's
-// first in-bounds tap, replaced by every tap that max_pool_takes (larger, or NaN).
+// The taps of a window along one axis: first, first + step, ... below end.
+template <typename G>
+struct Taps {
+  G first, end, step;
+};
+
+// Output (oh, ow) of each channel of the run: the maximum of the input over rows x cols and its
+// flat index, by torch's rule: starting at -inf with the index of the first tap, replaced by
+// every tap that max_pool_takes (larger, or NaN). Max pooling and adaptive max pooling.
+template <typename T, typename G>
+__device__ __forceinline__ void window_max(const ChannelRun& run, int64_t n, const View<const T>& in, G in_w,
+                                           Taps<G> rows, Taps<G> cols, const View<T>& out,
+                                           const View<int64_t>& idx, G oh, G ow) {
+  using acc = acc_t<T>;
+  const RunPlanes<const T> x = in.planes(n, run);
+  acc best[kChannels];
+  G best_index[kChannels];
+#pragma unroll
+  for (int k = 0; k < kChannels; ++k) {
+    best[k] = negative_infinity<acc>();
+    best_index[k] = rows.first * in_w + cols.first;
+  }
+  for (G ih = rows.first; ih < rows.end; ih += rows.step) {
+    for (G iw = cols.first; iw < cols.end; iw += cols.step) {
+      const int64_t at = in.offset(ih, iw);
+      const G here = ih * in_w + iw;
+      for_each_channel(run, [&](int k) {
+        const acc v = to_acc(x(k, at));
+        if (max_pool_takes(v, best[k])) {
+          best[k] = v;
+          best_index[k] = here;
+        }
+      });
+    }
+  }
+  const RunPlanes<T> y = out.planes(n, run);
+  const RunPlanes<int64_t> chosen = idx.planes(n, run);
+  for_each_channel(run, [&](int k) {
+    y(k, out.offset(oh, ow)) = from_acc<T>(best[k]);
+    chosen(k, idx.offset(oh, ow)) = best_index[k];
+  });
+}
+
+// Output (oh, ow): the maximum over the window's in-bounds taps (window_max), the first of them
+// at or after the top/left edge.
 template <typename T, typename G>
 struct MaxPool2d {
   using Coord = G;
@@ -214,39 +257,12 @@ struct MaxPool2d {
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)), idx(view<int64_t>(t.indices)) {}
 
   __device__ void operator()(int64_t n, const ChannelRun& run, G oh, G ow) const {
-    using acc = acc_t<T>;
     const G origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
     const G h_end = min(origin_h + (p.kernel_h - 1) * p.dilation_h + 1, p.in_h);
     const G w_end = min(origin_w + (p.kernel_w - 1) * p.dilation_w + 1, p.in_w);
     const G h0 = first_nonnegative_tap(origin_h, p.dilation_h);
     const G w0 = first_nonnegative_tap(origin_w, p.dilation_w);
-    const RunPlanes<const T> x = in.planes(n, run);
-    acc best[kChannels];
-    G best_index[kChannels];
-#pragma unroll
-    for (int k = 0; k < kChannels; ++k) {
-      best[k] = negative_infinity<acc>();
-      best_index[k] = h0 * p.in_w + w0;
-    }
-    for (G ih = h0; ih < h_end; ih += p.dilation_h) {
-      for (G iw = w0; iw < w_end; iw += p.dilation_w) {
-        const int64_t at = in.offset(ih, iw);
-        const G here = ih * p.in_w + iw;
-        for_each_channel(run, [&](int k) {
-          const acc v = to_acc(x(k, at));
-          if (max_pool_takes(v, best[k])) {
-            best[k] = v;
-            best_index[k] = here;
-          }
-        });
-      }
-    }
-    const RunPlanes<T> y = out.planes(n, run);
-    const RunPlanes<int64_t> chosen = idx.planes(n, run);
-    for_each_channel(run, [&](int k) {
-      y(k, out.offset(oh, ow)) = from_acc<T>(best[k]);
-      chosen(k, idx.offset(oh, ow)) = best_index[k];
-    });
+    window_max(run, n, in, p.in_w, {h0, h_end, p.dilation_h}, {w0, w_end, p.dilation_w}, out, idx, oh, ow);
   }
 };
 
@@ -308,6 +324,24 @@ struct MaxPool2dBackward {
 
 // ---- average pooling -----------------------------------------------------------------------
 
+// Output (oh, ow) of each channel of the run: the sum of the input over rows [h0, h1) x
+// columns [w0, w1), divided by `divisor`. Average and adaptive average pooling.
+template <typename T, typename G>
+__device__ __forceinline__ void window_mean(const ChannelRun& run, int64_t n, const View<const T>& in, G h0, G h1,
+                                            G w0, G w1, int64_t divisor, const View<T>& out, G oh, G ow) {
+  using acc = acc_t<T>;
+  const RunPlanes<const T> x = in.planes(n, run);
+  acc sum[kChannels] = {};
+  for (G ih = h0; ih < h1; ++ih) {
+    for (G iw = w0; iw < w1; ++iw) {
+      const int64_t at = in.offset(ih, iw);
+      for_each_channel(run, [&](int k) { sum[k] += to_acc(x(k, at)); });
+    }
+  }
+  const RunPlanes<T> y = out.planes(n, run);
+  for_each_channel(run, [&](int k) { y(k, out.offset(oh, ow)) = from_acc<T>(sum[k] / static_cast<acc>(divisor)); });
+}
+
 template <typename T, typename G>
 struct AvgPool2d {
   using Coord = G;
@@ -325,7 +359,6 @@ struct AvgPool2d {
         divisor_override(divisor_override) {}
 
   __device__ void operator()(int64_t n, const ChannelRun& run, G oh, G ow) const {
-    using acc = acc_t<T>;
     const G origin_h = oh * p.stride_h - p.pad_h, origin_w = ow * p.stride_w - p.pad_w;
     const G h0 = max(origin_h, G{0}), h1 = min(origin_h + p.kernel_h, p.in_h);
     const G w0 = max(origin_w, G{0}), w1 = min(origin_w + p.kernel_w, p.in_w);
@@ -336,16 +369,8 @@ struct AvgPool2d {
       for_each_channel(run, [&](int k) { y(k, out.offset(oh, ow)) = zero<T>(); });
       return;
     }
-    const RunPlanes<const T> x = in.planes(n, run);
-    acc sum[kChannels] = {};
-    for (G ih = h0; ih < h1; ++ih) {
-      for (G iw = w0; iw < w1; ++iw) {
-        const int64_t at = in.offset(ih, iw);
-        for_each_channel(run, [&](int k) { sum[k] += to_acc(x(k, at)); });
-      }
-    }
-    const auto divisor = static_cast<acc>(avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override));
-    for_each_channel(run, [&](int k) { y(k, out.offset(oh, ow)) = from_acc<T>(sum[k] / divisor); });
+    window_mean(run, n, in, h0, h1, w0, w1, avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override), out,
+                oh, ow);
   }
 };
 
@@ -402,20 +427,9 @@ struct AdaptiveAvgPool2d {
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)) {}
 
   __device__ void operator()(int64_t n, const ChannelRun& run, G oh, G ow) const {
-    using acc = acc_t<T>;
     const G h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
     const G w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
-    const RunPlanes<const T> x = in.planes(n, run);
-    acc sum[kChannels] = {};
-    for (G ih = h0; ih < h1; ++ih) {
-      for (G iw = w0; iw < w1; ++iw) {
-        const int64_t at = in.offset(ih, iw);
-        for_each_channel(run, [&](int k) { sum[k] += to_acc(x(k, at)); });
-      }
-    }
-    const auto area = static_cast<acc>((h1 - h0) * (w1 - w0));
-    const RunPlanes<T> y = out.planes(n, run);
-    for_each_channel(run, [&](int k) { y(k, out.offset(oh, ow)) = from_acc<T>(sum[k] / area); });
+    window_mean(run, n, in, h0, h1, w0, w1, int64_t{(h1 - h0) * (w1 - w0)}, out, oh, ow);
   }
 };
 
@@ -431,36 +445,9 @@ struct AdaptiveMaxPool2d {
       : p(p), in(view<const T>(t.input)), out(view<T>(t.output)), idx(view<int64_t>(t.indices)) {}
 
   __device__ void operator()(int64_t n, const ChannelRun& run, G oh, G ow) const {
-    using acc = acc_t<T>;
     const G h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
     const G w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
-    const RunPlanes<const T> x = in.planes(n, run);
-    acc best[kChannels];
-    G best_index[kChannels];
-#pragma unroll
-    for (int k = 0; k < kChannels; ++k) {
-      best[k] = negative_infinity<acc>();
-      best_index[k] = h0 * p.in_w + w0;
-    }
-    for (G ih = h0; ih < h1; ++ih) {
-      for (G iw = w0; iw < w1; ++iw) {
-        const int64_t at = in.offset(ih, iw);
-        const G here = ih * p.in_w + iw;
-        for_each_channel(run, [&](int k) {
-          const acc v = to_acc(x(k, at));
-          if (max_pool_takes(v, best[k])) {
-            best[k] = v;
-            best_index[k] = here;
-          }
-        });
-      }
-    }
-    const RunPlanes<T> y = out.planes(n, run);
-    const RunPlanes<int64_t> chosen = idx.planes(n, run);
-    for_each_channel(run, [&](int k) {
-      y(k, out.offset(oh, ow)) = from_acc<T>(best[k]);
-      chosen(k, idx.offset(oh, ow)) = best_index[k];
-    });
+    window_max(run, n, in, p.in_w, {h0, h1, G{1}}, {w0, w1, G{1}}, out, idx, oh, ow);
   }
 };
 
