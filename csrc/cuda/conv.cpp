@@ -82,9 +82,7 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
   if (grad_output.numel() == 0) return dw.zero_();
   // Split count from the shape alone (tiles of the nominal size), never from the device.
   const int64_t pixels = p.batch * p.out_h * p.out_w;
-  const int64_t tiles = ceil_div(p.out_per_group(), kGemmTileRows) * ceil_div(p.in_per_group(), kGemmTileCols) *
-                        p.groups * p.kernel_h * p.kernel_w;
-  const int64_t splits = reduction_splits(pixels, tiles);
+  const int64_t splits = reduction_splits(pixels, backward_weight_tiles(p));
   const int64_t chunk = ceil_div(pixels, splits);
   const at::Tensor partials =
       new_buffer({splits, dw.numel()}, grad_output.options().dtype(accumulator_type(grad_output)));

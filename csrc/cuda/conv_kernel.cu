@@ -7,7 +7,8 @@
 //   backward-input   per stride phase: A = grad_output at the phase's useful taps
 //                    (pixels x (tap, k)), B = weight (channels swapped), C = grad_input
 //   backward-weight  per tap and reduction chunk: A = grad_output^T (k x pixels),
-//                    B = input at the tap (pixels x c), C = a partial weight gradient
+//                    B = input at the tap (pixels x c), C = a partial weight gradient; with
+//                    few channels per group, per group: B = input (pixels x (c, tap))
 //
 // Index math is hoisted out of the element loads. Every operand element is
 //     ptr[row.off + k.off], read when 0 <= row.h + k.h < h_ext and 0 <= row.w + k.w < w_ext
@@ -237,24 +238,30 @@ struct BackwardWeightProblem {
   Conv2dParams p;
   Conv2dTensors t;
   int64_t chunk = 0;
+  // Columns are (channel, tap) pairs, taps innermost (backward_weight_taps_in_columns): then an
+  // instance is a group and r = s = 0; otherwise columns are channels and an instance one tap.
+  bool taps_in_columns = false;
   Index g = 0, r = 0, s = 0, split = 0, m_begin = 0, m_count = 0;
 
   template <typename X>
   __device__ static Index I(X v) {
     return static_cast<Index>(v);
   }
-  // Instance = (group, r, s); the third grid dimension picks the chunk of pixels.
+  // The taps a column spans: all of them, or the instance's one.
+  __device__ Index column_taps() const { return taps_in_columns ? I(p.kernel_h) * I(p.kernel_w) : Index{1}; }
+  // Instance = (group, r, s), or the group; the third grid dimension picks the chunk of pixels.
   __device__ void select(int64_t instance, int64_t split_index) {
-    s = I(instance % p.kernel_w);
-    r = I((instance / p.kernel_w) % p.kernel_h);
-    g = I(instance / (p.kernel_w * p.kernel_h));
+    const int64_t taps = taps_in_columns ? 1 : p.kernel_h * p.kernel_w;
+    s = taps_in_columns ? 0 : I(instance % p.kernel_w);
+    r = taps_in_columns ? 0 : I((instance / p.kernel_w) % p.kernel_h);
+    g = I(instance / taps);
     split = I(split_index);
     const int64_t pixels = p.batch * p.out_h * p.out_w, begin = split_index * chunk;
     m_begin = I(begin);
     m_count = I(begin < pixels ? (pixels - begin < chunk ? pixels - begin : chunk) : 0);
   }
   __device__ Index rows() const { return I(p.out_per_group()); }
-  __device__ Index cols() const { return I(p.in_per_group()); }
+  __device__ Index cols() const { return I(p.in_per_group()) * column_taps(); }
   __device__ Index depth() const { return m_count; }
 
   __device__ Operand<T, Index> a() const { return {static_cast<const T*>(t.output), 1, 1}; }
@@ -275,10 +282,15 @@ struct BackwardWeightProblem {
     return {px.n * I(st[0]) + px.oh * I(st[2]) + px.ow * I(st[3]), 0, 0};
   }
   __device__ Operand<T, Index> b() const { return {static_cast<const T*>(t.input), I(p.in_h), I(p.in_w)}; }
-  __device__ Desc<Index> b_row(Index c) const {
-    return {(g * I(p.in_per_group()) + c) * I(t.input_stride[1]), 0, 0};
+  // Column j = c * column_taps() + (tap r*S + s when taps are in the columns).
+  __device__ Desc<Index> b_row(Index j) const {
+    const int64_t* st = t.input_stride;
+    const Index c = j / column_taps(), tap = j % column_taps();
+    const Index dh = (tap / I(p.kernel_w)) * I(p.dilation_h), dw = (tap % I(p.kernel_w)) * I(p.dilation_w);
+    return {(g * I(p.in_per_group()) + c) * I(st[1]) + dh * I(st[2]) + dw * I(st[3]), dh, dw};
   }
-  // The pixel's input coordinate through the tap (r, s): bounds depend on the pixel only.
+  // The pixel's input coordinate through the tap (r, s) (the column adds its own tap when taps
+  // are in the columns).
   __device__ Desc<Index> b_k(Index j) const {
     const int64_t* st = t.input_stride;
     const Pixel px = pixel(j);
@@ -293,7 +305,8 @@ struct BackwardWeightProblem {
     const Index weight_numel = I(p.out_channels) * Cg * R * S;
     return split * weight_numel + (g * I(p.out_per_group()) + k) * Cg * R * S + r * S + s;
   }
-  __device__ Index out_col_stride() const { return I(p.kernel_h) * I(p.kernel_w); }
+  // Consecutive channels are R*S apart in [Cg][R][S]; consecutive (channel, tap) columns adjacent.
+  __device__ Index out_col_stride() const { return I(p.kernel_h) * I(p.kernel_w) / column_taps(); }
   __device__ acc_t<T> finish(Index, acc_t<T> v) const { return v; }
 };
 
@@ -823,13 +836,19 @@ cudaError_t backward_weight(const Conv2dParams& p, const Conv2dTensors& t, int64
                             cudaStream_t stream) {
   const int64_t* go = t.output_stride;
   const int64_t* x = t.input_stride;
+  const bool taps_in_columns = backward_weight_taps_in_columns(p);
+  const int64_t taps = p.kernel_h * p.kernel_w;
   GemmPlan plan;
   plan.index64 = needs_index64(p, t, splits, chunk);
   plan.a_vec = vectorisable<T>(t.output, go[1], {p.out_per_group(), go[0], go[2], go[3]});
-  plan.b_vec = vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
-  const GemmShape shape{p.out_per_group(), p.in_per_group(), p.groups * p.kernel_h * p.kernel_w, splits};
-  return run_gemm<T>([&](auto index) { return BackwardWeightProblem<T, decltype(index)>{p, t, chunk}; }, plan,
-                     shape, stream);
+  // B's vector runs go along the columns: channels, contiguous in channels_last; (channel, tap)
+  // pairs are not.
+  plan.b_vec = !taps_in_columns && vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
+  const GemmShape shape = taps_in_columns ? GemmShape{p.out_per_group(), p.in_per_group() * taps, p.groups, splits}
+                                          : GemmShape{p.out_per_group(), p.in_per_group(), p.groups * taps, splits};
+  return run_gemm<T>(
+      [&](auto index) { return BackwardWeightProblem<T, decltype(index)>{p, t, chunk, taps_in_columns}; }, plan,
+      shape, stream);
 }
 
 // ---- bias gradient -------------------------------------------------------------------------

@@ -46,6 +46,22 @@ inline int64_t reduction_splits(int64_t pixels, int64_t blocks_per_split) {
 constexpr int64_t kGemmTileRows = 128;
 constexpr int64_t kGemmTileCols = 128;
 
+// Backward-weight's GEMM columns are a group's input channels, one GEMM per tap. With fewer
+// channels per group than this (an RGB stem's 3, a depthwise layer's 1) most of a tile's columns
+// would be masked off, so a column is then a (channel, tap) pair instead: Cg*R*S columns, taps
+// innermost, in one GEMM per group. (The Triton kernels' FEW_CHANNELS makes the same choice.)
+constexpr int64_t kFewChannels = 16;
+inline bool backward_weight_taps_in_columns(const Conv2dParams& p) { return p.in_per_group() < kFewChannels; }
+
+// Output tiles of one backward-weight split (the count the split heuristic divides the work by).
+inline int64_t backward_weight_tiles(const Conv2dParams& p) {
+  const int64_t taps = p.kernel_h * p.kernel_w, row_tiles = (p.out_per_group() + kGemmTileRows - 1) / kGemmTileRows;
+  if (backward_weight_taps_in_columns(p)) {
+    return row_tiles * ((p.in_per_group() * taps + kGemmTileCols - 1) / kGemmTileCols) * p.groups;
+  }
+  return row_tiles * ((p.in_per_group() + kGemmTileCols - 1) / kGemmTileCols) * p.groups * taps;
+}
+
 cudaError_t launch_conv2d_forward(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
                                   cudaStream_t stream);
 cudaError_t launch_conv2d_backward_input(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
