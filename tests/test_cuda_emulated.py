@@ -144,19 +144,33 @@ def test_conv2d_dtypes(dtype, channels_last, emu):
     assert launched(emu, engine, "ForwardProblem", "true, true" if channels_last and dtype != torch.float64 else "false, false")
 
 
+@pytest.mark.parametrize("channels", [8, 16], ids=["channel_tap_columns", "channel_columns"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("path", ["large-tile", "small-tile", "index64"])
-def test_conv2d_test_hooks(path, dtype, emu):
-    """The paths a small problem does not take by itself: 128x128 tiles, 64-bit offsets."""
+@pytest.mark.parametrize("path", ["large-tile", "small-tile", "narrow-tile", "index64"])
+def test_conv2d_test_hooks(path, dtype, channels, emu):
+    """The paths a small problem does not take by itself: 128x128 tiles, 16-column tiles over
+    several column tiles, 64-bit offsets; each with backward-weight's columns as (channel, tap)
+    pairs (fewer than 16 channels) and as channels."""
     emu.set_conv_test_hooks(**{"large-tile": dict(force_tile=1), "small-tile": dict(force_tile=2),
-                               "index64": dict(index32_limit=1)}[path])
-    x, wt, b = conv_inputs(2, 8, 9, 7, 16, (3, 2), 1, dtype, channels_last=True)
+                               "narrow-tile": dict(force_tile=3), "index64": dict(index32_limit=1)}[path])
+    x, wt, b = conv_inputs(2, channels, 9, 7, 24, (3, 2), 1, dtype, channels_last=True)
     check_conv(x, wt, b, (2, 1), (1, 0, 1, 1), (1, 2), 1)
     engine = "WmmaEngine" if dtype in HALF else "SimtEngine"
-    size = {"large-tile": "128, 128", "small-tile": "64, 64", "index64": "64, 64"}[path]
+    narrow = "64, 16" if dtype in HALF else "64, 64"  # the SIMT engine has no narrow tile
+    size = {"large-tile": "128, 128", "small-tile": "64, 64", "narrow-tile": narrow, "index64": "64, 64"}[path]
     index = "long int>" if path == "index64" else "int>"
     for problem in ("ForwardProblem", "BackwardInputProblem", "BackwardWeightProblem"):
         assert launched(emu, engine, size, problem, index), (problem, list(emu.launches()))
+
+
+def test_conv2d_few_columns_take_the_narrow_tile(emu):
+    """fp16/bf16 GEMMs of at most 16 columns (here backward-input's 3 input channels, forward's
+    12 output channels) run 16-column tiles; wider ones do not."""
+    x, wt, b = conv_inputs(2, 3, 9, 8, 12, (3, 3), 1, torch.bfloat16, channels_last=True)
+    check_conv(x, wt, b, (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    for problem in ("ForwardProblem", "BackwardInputProblem"):
+        assert launched(emu, "WmmaEngine", "64, 16", problem), (problem, list(emu.launches()))
+    assert not launched(emu, "WmmaEngine", "64, 16", "BackwardWeightProblem")  # 27 (channel, tap) columns
 
 
 def test_conv2d_strided_operands():

@@ -29,7 +29,7 @@
 //
 // Two tile engines: SIMT in the accumulator type for fp32/fp64, and tensor cores (WMMA, fp32
 // accumulate) for fp16/bf16; each has a large tile and a small one the host picks for
-// problems too small to fill the GPU with large tiles.
+// problems too small to fill the GPU with large tiles, and WMMA a narrow one for few columns.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
@@ -48,7 +48,7 @@
 #ifndef CNNK_CONV_INDEX32_LIMIT
 #define CNNK_CONV_INDEX32_LIMIT (int64_t{1} << 31)
 #endif
-#ifndef CNNK_CONV_FORCE_TILE  // 0: by problem size, 1: large, 2: small
+#ifndef CNNK_CONV_FORCE_TILE  // 0: by problem size, 1: large, 2: small, 3: narrow
 #define CNNK_CONV_FORCE_TILE 0
 #endif
 
@@ -682,20 +682,27 @@ __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
 
 // ---- host side -----------------------------------------------------------------------------
 
+// Large and small tiles, and a narrow one for GEMMs of at most kNarrowTileCols columns (an RGB
+// stem's 3 input channels in backward-input, a grouped layer's few channels per group), which
+// on a 64-column tile would leave most of each MMA's columns masked off.
+constexpr int64_t kNarrowTileCols = 16;
 template <typename T>
 struct Engines {  // fp16 / bf16
   using Large = WmmaEngine<T, 128, 128, 2, 4>;
   using Small = WmmaEngine<T, 64, 64, 2, 2>;
+  using Narrow = WmmaEngine<T, 64, kNarrowTileCols, 2, 1>;
 };
 template <>
-struct Engines<float> {
+struct Engines<float> {  // the SIMT engine's 16 x 16 thread grid takes at least 64 columns
   using Large = SimtEngine<float, 128, 128, 8>;
   using Small = SimtEngine<float, 64, 64, 16>;
+  using Narrow = Small;
 };
 template <>
 struct Engines<double> {  // 8 x 8 doubles per thread would not leave registers to spare
   using Large = SimtEngine<double, 64, 64, 16>;
   using Small = SimtEngine<double, 64, 64, 16>;
+  using Narrow = Small;
 };
 static_assert(Engines<float>::Large::BM == kGemmTileRows && Engines<float>::Large::BN == kGemmTileCols &&
                   Engines<__half>::Large::BM == kGemmTileRows && Engines<__half>::Large::BN == kGemmTileCols,
@@ -715,10 +722,16 @@ struct GemmShape {
   int64_t max_rows, cols, instances, splits;
 };
 
-bool use_large_tile(const GemmShape& s) {
-  if (CNNK_CONV_FORCE_TILE != 0) return CNNK_CONV_FORCE_TILE == 1;
+enum class Tile { kLarge, kSmall, kNarrow };
+
+Tile pick_tile(const GemmShape& s) {
+  if (CNNK_CONV_FORCE_TILE != 0) {
+    return CNNK_CONV_FORCE_TILE == 1 ? Tile::kLarge : CNNK_CONV_FORCE_TILE == 2 ? Tile::kSmall : Tile::kNarrow;
+  }
+  if (s.cols <= kNarrowTileCols) return Tile::kNarrow;
   const int64_t blocks = ceil_div(s.max_rows, kGemmTileRows) * ceil_div(s.cols, kGemmTileCols) * s.instances * s.splits;
-  return s.max_rows > kGemmTileRows / 2 && s.cols > kGemmTileCols / 2 && blocks >= kLargeTileMinBlocks;
+  const bool large = s.max_rows > kGemmTileRows / 2 && s.cols > kGemmTileCols / 2 && blocks >= kLargeTileMinBlocks;
+  return large ? Tile::kLarge : Tile::kSmall;
 }
 
 // Whether an operand takes 16-byte runs: the run's dimension is unit-stride, the channel extent
@@ -801,8 +814,14 @@ cudaError_t run_gemm(Make make, GemmPlan plan, const GemmShape& s, cudaStream_t 
                                                                                            stream);
   }
   const auto prob = make(int32_t{});
-  if (use_large_tile(s)) return launch_vectorised<typename Engines<T>::Large>(prob, plan, s, stream);
-  return launch_vectorised<typename Engines<T>::Small>(prob, plan, s, stream);
+  switch (pick_tile(s)) {
+    case Tile::kLarge:
+      return launch_vectorised<typename Engines<T>::Large>(prob, plan, s, stream);
+    case Tile::kNarrow:
+      return launch_vectorised<typename Engines<T>::Narrow>(prob, plan, s, stream);
+    default:
+      return launch_vectorised<typename Engines<T>::Small>(prob, plan, s, stream);
+  }
 }
 
 template <typename T>

@@ -471,7 +471,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     emu::conv_index32_limit = index32_limit;
     emu::conv_force_tile = force_tile;
   }, pybind11::arg("index32_limit") = int64_t{1} << 31, pybind11::arg("force_tile") = 0,
-     "conv_kernel.cu's CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE (0: by size, 1: large, 2: small).");
+     "conv_kernel.cu's CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE (0: by size, 1: large, 2: small, "
+     "3: narrow).");
   m.def("set_pool_test_hooks", [](int64_t index32_limit) { emu::pool_index32_limit = index32_limit; },
         pybind11::arg("index32_limit") = int64_t{1} << 31, "pool_kernel.cu's CNNK_POOL_INDEX32_LIMIT.");
 }
