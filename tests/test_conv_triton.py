@@ -192,3 +192,26 @@ def test_autotuned_launch_matches_torch(monkeypatch):
                                    rtol=1e-4, atol=1e-3)
     finally:
         torch.backends.cudnn.allow_tf32 = True
+
+
+@pytest.mark.parametrize("kernel, columns_arg", [(T._conv2d_forward_kernel, "Kg"),
+                                                 (T._conv2d_backward_input_kernel, "Cg")], ids=["forward", "backward_input"])
+def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg):
+    """The autotuner tries the 16-column tiles on GEMMs with at most 32 columns (the group's
+    output channels in forward, input channels in backward-input) and the wider ones above 16,
+    and an untuned launch takes the first it would try."""
+    tuner = T._TUNED[kernel]
+    narrow = [i for i, c in enumerate(T.FORWARD_CONFIGS) if c.kwargs["BLOCK_N"] == T.NARROW_COLUMNS]
+    wide = [i for i in range(len(T.FORWARD_CONFIGS)) if i not in narrow]
+    assert narrow and wide
+
+    def tried(columns):
+        named = dict.fromkeys(kernel.arg_names, 7) | {columns_arg: columns}
+        return [T.FORWARD_CONFIGS.index(c) for c in tuner.early_config_prune(tuner.configs, named)]
+
+    assert tried(3) == tried(16) == narrow
+    assert tried(17) == tried(32) == wide + narrow
+    assert tried(33) == tried(512) == wide
+    x, w, g, conv = _problem("few_channels")  # 3 input and 5 output channels per group
+    assert T._forward_plan(x, w, False, *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
+    assert T._backward_input_plan(g, w, list(x.shape), *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]

@@ -42,6 +42,11 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _autotune, _cdiv
 # instructions, and every entry fits its pipeline stages into 227 KB of shared memory even in
 # fp32, (BLOCK_M + BLOCK_N) * BLOCK_K * 4 bytes * num_stages <= 196 KB. The small ones are for
 # late layers (7x7 at batch 32 is 1,568 pixels: a 128-pixel tile would leave most SMs idle).
+#
+# The last entries are narrow, 16 columns (the fewest tl.dot takes), for GEMMs with few columns:
+# an RGB stem's 3 input channels in backward-input, a grouped layer's few channels per group. On
+# 3 columns they waste 13 of 16 where the others waste at least 61 of 64. The autotuner tries
+# the narrow ones up to 32 columns and the others from 17 (_tiles_for).
 FORWARD_CONFIGS = [
     _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
     _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
@@ -50,10 +55,13 @@ FORWARD_CONFIGS = [
     _config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
     _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+    _config(BLOCK_M=128, BLOCK_N=16, BLOCK_K=64, num_warps=4, num_stages=4),
+    _config(BLOCK_M=256, BLOCK_N=16, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 # Backward-input tiles: rows over one phase's input pixels, columns over input channels,
 # reduction over output channels.
 BACKWARD_INPUT_CONFIGS = FORWARD_CONFIGS
+NARROW_COLUMNS = 16
 # Backward-weight tiles: rows over output channels, columns over input channels. The
 # reduction tile (BLOCK_M, pixels) is fixed, not tuned: it sets the summation order.
 BACKWARD_WEIGHT_CONFIGS = [
@@ -111,6 +119,23 @@ def _split(pixels: int, programs_per_split: int, block: int) -> tuple[int, int]:
                         _cdiv(pixels, MIN_PIXELS_PER_SPLIT)))
     chunk = max(1, _cdiv(_cdiv(pixels, splits), block)) * block
     return max(1, _cdiv(pixels, chunk)), chunk
+
+
+def _tiles_for(columns: int) -> list[triton.Config]:
+    """The forward / backward-input configs worth trying on a GEMM with this many columns (the
+    group's output channels, or input channels): the narrow ones up to 2 * NARROW_COLUMNS, the
+    others above NARROW_COLUMNS; in list order, so the first is the untuned default."""
+    return [c for c in FORWARD_CONFIGS
+            if (columns <= 2 * NARROW_COLUMNS if c.kwargs["BLOCK_N"] == NARROW_COLUMNS else columns > NARROW_COLUMNS)]
+
+
+def _prune_by_columns(columns_arg: str):
+    """The autotuner's early_config_prune for a kernel whose GEMM columns are the argument
+    `columns_arg`: _tiles_for's configs."""
+    def prune(configs, named_args, **kwargs):
+        kept = _tiles_for(named_args[columns_arg])
+        return [c for c in configs if any(c is k for k in kept)]
+    return prune
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
@@ -377,10 +402,12 @@ _SUM_BLOCK = 1024
 # Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
 _TUNED = {
     _conv2d_forward_kernel: triton.autotune(
-        FORWARD_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"]
+        FORWARD_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"],
+        prune_configs_by={"early_config_prune": _prune_by_columns("Kg")},
     )(_conv2d_forward_kernel),
     _conv2d_backward_input_kernel: triton.autotune(
-        BACKWARD_INPUT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"]
+        BACKWARD_INPUT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"],
+        prune_configs_by={"early_config_prune": _prune_by_columns("Cg")},
     )(_conv2d_backward_input_kernel),
     _conv2d_backward_weight_kernel: triton.autotune(
         BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"]
@@ -418,6 +445,7 @@ class _Plan(NamedTuple):
     scalars: tuple  # the kernel's arguments after its tensors
     constexprs: dict  # every compile-time argument but the TF32 choice (_precision), which can change
     splits: int = 1  # backward-weight and bias: how many chunks the N*P*Q reduction has
+    tiles: list | None = None  # forward and backward-input: the configs for the GEMM's columns (_tiles_for)
 
 
 def _meta(shape, memory_format) -> torch.Tensor:
@@ -441,7 +469,7 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
                *input.stride(), *weight.stride(), *y.stride())
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=has_bias, INDEX=_offset_dtype(input, weight, y),
-        ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)))
+        ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg))
 
 
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
@@ -452,7 +480,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     if y.numel() == 0:
         return y
     _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
-            config, FORWARD_CONFIGS, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
+            config, plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
     return y
 
 
@@ -475,7 +503,7 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
                *grad_output.stride(), *weight.stride(), *dx.stride())
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
-        UPCAST=_upcast_dot(grad_output.dtype)))
+        UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg))
 
 
 def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
@@ -486,7 +514,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     if done:
         return dx
     _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
-            BACKWARD_INPUT_CONFIGS, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
+            plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
     return dx
 
 
