@@ -25,6 +25,13 @@ def _config(**meta):
     return triton.Config(meta, num_warps=warps, num_stages=stages)
 
 
+def _among(configs: list[triton.Config], kept: list[triton.Config]) -> list[triton.Config]:
+    """The entries of `configs` that are in `kept`, in order, for an autotuner's
+    early_config_prune (by identity: the autotuner hands over the very objects of its list, and
+    triton.Config has no equality)."""
+    return [c for c in configs if any(c is k for k in kept)]
+
+
 def _cdiv(a: int, b: int) -> int:
     """ceil(a / b), as triton.cdiv, for the host's launch arithmetic: triton.cdiv is a
     constexpr function, and calling one from Python costs ~3 us."""

@@ -30,8 +30,8 @@ import triton.language as tl
 
 from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
-from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config,
-                                       launch, planned)
+from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotune, _cdiv, _check_device, _check_dtype,
+                                       _config, launch, planned)
 
 # ---- configurations ------------------------------------------------------------------------
 # On a GPU the launchers autotune over these lists; in the interpreter they use the first
@@ -47,6 +47,7 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _autotune, _cdiv
 # an RGB stem's 3 input channels in backward-input, a grouped layer's few channels per group. On
 # 3 columns they waste 13 of 16 where the others waste at least 61 of 64. The autotuner tries
 # the narrow ones up to 32 columns and the others from 17 (_tiles_for).
+NARROW_COLUMNS = 16
 FORWARD_CONFIGS = [
     _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
     _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
@@ -55,13 +56,12 @@ FORWARD_CONFIGS = [
     _config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
     _config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-    _config(BLOCK_M=128, BLOCK_N=16, BLOCK_K=64, num_warps=4, num_stages=4),
-    _config(BLOCK_M=256, BLOCK_N=16, BLOCK_K=64, num_warps=8, num_stages=3),
+    _config(BLOCK_M=128, BLOCK_N=NARROW_COLUMNS, BLOCK_K=64, num_warps=4, num_stages=4),
+    _config(BLOCK_M=256, BLOCK_N=NARROW_COLUMNS, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 # Backward-input tiles: rows over one phase's input pixels, columns over input channels,
 # reduction over output channels.
 BACKWARD_INPUT_CONFIGS = FORWARD_CONFIGS
-NARROW_COLUMNS = 16
 # Backward-weight tiles: rows over output channels, columns over input channels. The
 # reduction tile (BLOCK_M, pixels) is fixed, not tuned: it sets the summation order.
 BACKWARD_WEIGHT_CONFIGS = [
@@ -133,8 +133,7 @@ def _prune_by_columns(columns_arg: str):
     """The autotuner's early_config_prune for a kernel whose GEMM columns are the argument
     `columns_arg`: _tiles_for's configs."""
     def prune(configs, named_args, **kwargs):
-        kept = _tiles_for(named_args[columns_arg])
-        return [c for c in configs if any(c is k for k in kept)]
+        return _among(configs, _tiles_for(named_args[columns_arg]))
     return prune
 
 

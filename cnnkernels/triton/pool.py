@@ -49,8 +49,8 @@ import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels._pool_geometry import pool_out_size
-from cnnkernels.triton._common import (_acc_dtype, _autotune, _cdiv, _check_device, _check_dtype, _config, _index_dtype,
-                                       launch)
+from cnnkernels.triton._common import (_acc_dtype, _among, _autotune, _cdiv, _check_device, _check_dtype, _config,
+                                       _index_dtype, launch)
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
@@ -90,8 +90,7 @@ def _prune_by_layout(read: str, written: str):
         layouts = {_contiguous_along(named_args[f"{t}_c"], named_args[f"{t}_w"]) for t in (read, written)}
         if len(layouts) != 1 or None in layouts:
             return configs
-        kept = LAYOUT_CONFIGS[layouts.pop()]
-        return [c for c in configs if any(c is k for k in kept)]
+        return _among(configs, LAYOUT_CONFIGS[layouts.pop()])
     return prune
 
 

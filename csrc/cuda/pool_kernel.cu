@@ -116,8 +116,9 @@ struct Coverage {
 Coverage coverage(int64_t batch, int64_t channels, int64_t height, int64_t width, bool channels_last) {
   const int64_t lanes = channels_last ? std::min(channels, kChannelLanes) : 1;
   const int64_t groups = ceil_div<int64_t>(channels, lanes * kChannels);
-  // At most the element count (lanes <= channels, and groups * lanes <= channels / kChannels +
-  // lanes), so the thread index fits in G wherever the elements do.
+  // At most the element count, so the thread index fits in G wherever the elements do: groups *
+  // lanes <= channels, as lanes <= channels when there is one group, and with more groups
+  // (channels > 32 * kChannels) groups * lanes < channels / kChannels + lanes < channels.
   return {lanes, groups, batch * height * width * groups * lanes};
 }
 
