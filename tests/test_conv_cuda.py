@@ -30,7 +30,9 @@ def test_the_extension_has_its_cuda_kernels():
     assert "cuda" in GPU_BACKENDS
 
 
-# (N, C, H, W, K, kernel, stride, padding): ResNet-50 and VGG-16 layers at small batch.
+# (N, C, H, W, K, kernel, stride, padding[, groups]): ResNet-50, VGG-16 and MobileNet layers at
+# small batch. The stem's 3 channels and the depthwise layer's 1 per group take the narrow tiles
+# and backward-weight's (channel, tap) columns.
 NETWORK_LAYERS = {
     "resnet-stem-7x7/2": (4, 3, 224, 224, 64, 7, 2, 3),
     "resnet-1x1-reduce": (4, 256, 56, 56, 64, 1, 1, 0),
@@ -39,6 +41,7 @@ NETWORK_LAYERS = {
     "resnet-1x1/2-projection": (4, 1024, 14, 14, 2048, 1, 2, 0),
     "vgg-conv1_2": (2, 64, 224, 224, 64, 3, 1, 1),
     "vgg-conv5_3": (4, 512, 14, 14, 512, 3, 1, 1),
+    "mobilenet-depthwise-3x3/2": (4, 256, 28, 28, 256, 3, 2, 1, 256),
 }
 
 
@@ -46,17 +49,19 @@ NETWORK_LAYERS = {
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("layer", list(NETWORK_LAYERS))
 def test_network_layers(layer, dtype, backend):
-    n, c, h, w, k, r, s, p = NETWORK_LAYERS[layer]
+    n, c, h, w, k, r, s, p, *groups = NETWORK_LAYERS[layer]
+    groups = groups[0] if groups else 1
     fmt = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
     x = torch.randn(n, c, h, w, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-    wt = (torch.randn(k, c, r, r, device="cuda", dtype=dtype) / (c * r * r) ** 0.5).requires_grad_()
+    cg = c // groups
+    wt = (torch.randn(k, cg, r, r, device="cuda", dtype=dtype) / (cg * r * r) ** 0.5).requires_grad_()
     b = torch.randn(k, device="cuda", dtype=dtype).requires_grad_()
-    out = F.conv2d(x, wt, b, stride=s, padding=p, backend=backend)
+    out = F.conv2d(x, wt, b, stride=s, padding=p, groups=groups, backend=backend)
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (x, wt, b), g)
     # Reference: torch in fp32 on the same rounded inputs.
     xr, wr, br = (t.detach().float().requires_grad_() for t in (x, wt, b))
-    ref = TF.conv2d(xr, wr, br, stride=s, padding=p)
+    ref = TF.conv2d(xr, wr, br, stride=s, padding=p, groups=groups)
     ref_grads = torch.autograd.grad(ref, (xr, wr, br), g.float())
     assert out.is_contiguous(memory_format=fmt)
     rel = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
