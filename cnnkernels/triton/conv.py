@@ -506,10 +506,8 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
 
 
 def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
-    _check_device(grad_output, weight)
-    _check_dtype("cnnkernels_triton::conv2d_backward_input", grad_output)
-    plan = planned(_backward_input_plan, grad_output, weight, input_size, stride, padding, dilation, groups)
-    dx, done = _new_gradient(plan, grad_output)
+    plan, dx, done = _start_backward("cnnkernels_triton::conv2d_backward_input", _backward_input_plan, grad_output,
+                                     weight, input_size, stride, padding, dilation, groups)
     if done:
         return dx
     _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
@@ -543,10 +541,8 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
 
 
 def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
-    _check_device(grad_output, input)
-    _check_dtype("cnnkernels_triton::conv2d_backward_weight", grad_output)
-    plan = planned(_backward_weight_plan, grad_output, input, weight_size, stride, padding, dilation, groups)
-    dw, done = _new_gradient(plan, grad_output)
+    plan, dw, done = _start_backward("cnnkernels_triton::conv2d_backward_weight", _backward_weight_plan, grad_output,
+                                     input, weight_size, stride, padding, dilation, groups)
     if done:
         return dw
     out = _reduction_output(dw, plan.splits)
@@ -568,10 +564,7 @@ def _backward_bias_plan(grad_output) -> _Plan:
 
 
 def conv2d_backward_bias(grad_output):
-    _check_device(grad_output)
-    _check_dtype("cnnkernels_triton::conv2d_backward_bias", grad_output)
-    plan = planned(_backward_bias_plan, grad_output)
-    db, done = _new_gradient(plan, grad_output)
+    plan, db, done = _start_backward("cnnkernels_triton::conv2d_backward_bias", _backward_bias_plan, grad_output)
     if done:
         return db
     out = _reduction_output(db, plan.splits)
@@ -581,13 +574,18 @@ def conv2d_backward_bias(grad_output):
     return db
 
 
-def _new_gradient(plan: _Plan, grad_output: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """A backward launcher's output, and whether it is complete already: empty, or zero because
-    grad_output is empty (a reduction over no pixels)."""
+def _start_backward(op: str, make, grad_output: torch.Tensor, *problem) -> tuple[_Plan, torch.Tensor, bool]:
+    """What every backward launcher does first: checks grad_output and the problem's other tensor
+    operand (its first entry, where it has one), takes the plan make(grad_output, *problem)
+    (_common.planned), and allocates the gradient. Returns the plan, the gradient and whether it
+    is complete already: empty, or zero because grad_output is empty (a reduction over no pixels)."""
+    _check_device(grad_output, *problem[:1])
+    _check_dtype(op, grad_output)
+    plan = planned(make, grad_output, *problem)
     grad = new_buffer(plan.out_shape, grad_output, memory_format=plan.out_format)
     if grad.numel() == 0 or grad_output.numel() == 0:
-        return grad.zero_(), True
-    return grad, False
+        return plan, grad.zero_(), True
+    return plan, grad, False
 
 
 def _reduction_output(grad: torch.Tensor, splits: int) -> torch.Tensor:
