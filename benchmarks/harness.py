@@ -14,7 +14,8 @@
 - Output: ``<out>/<device>-<family>.json`` and ``.md``, rewritten after every case so that a run
   cut short (the GPU machine's per-command limit) still leaves its results behind
   (:func:`run_cases`), and ``--resume`` completes it in a later call (:func:`resumed`); every
-  measurement records its wall time ("wall_s", compiling and autotuning included); the Markdown sections every family has (:func:`report_head`,
+  measurement records its wall time ("wall_s", compiling and autotuning included); the
+  Markdown sections every family has (:func:`report_head`,
   :func:`summary_section`, :func:`results_sections`) and the per-case log lines (:func:`progress`).
 
 This module imports only torch at import time: ``scripts/gpu_check.sh`` uses :func:`device_name`
@@ -481,7 +482,6 @@ def autotuned(action: Callable[[], dict]) -> dict:
     return outcome | {"autotune": tuned} if tuned else outcome
 
 
-
 def timings(fn: Callable[[], object], device: torch.device) -> dict:
     """{"ms": time_ms(fn)}, and on a GPU "host_ms": the host's time to issue one fn() call
     (:func:`host_ms`). A case whose host_ms reaches its ms is bound by the host, not the GPU."""
@@ -611,11 +611,16 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def results_path(out_dir: Path, meta: dict, family: str) -> Path:
+    """<out_dir>/<device>-<family>.json, where a run's results go (and --resume finds them)."""
+    return out_dir / f"{meta['device']}-{family}.json"
+
+
 def write_results(out_dir: Path, family: str, meta: dict, data: dict, markdown: str) -> tuple[Path, Path]:
     """Writes <out_dir>/<device>-<family>.json ({"meta": meta, **data}) and .md; returns both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{meta['device']}-{family}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path = results_path(out_dir, meta, family)
+    md_path = json_path.with_suffix(".md")
     _write_atomically(json_path, json.dumps(_json_safe({"meta": meta, **data}), indent=1) + "\n")
     _write_atomically(md_path, markdown + "\n")
     return json_path, md_path
@@ -751,7 +756,7 @@ def resumed(out_dir: Path, family: str, meta: dict, cases: list[tuple]) -> tuple
     measurements failed other than as EXPECTED_ERRORS (a failed one runs again). The earlier run
     must have had the same device, code and versions (_RESUME_MATCH), or this raises; meta gets
     "resumed" (the earlier run's date and how many cases it gave)."""
-    path = out_dir / f"{meta['device']}-{family}.json"
+    path = results_path(out_dir, meta, family)
     if not path.exists():
         print(f"--resume: no earlier results at {path}; running every case")
         return [], cases
