@@ -1,8 +1,12 @@
 """Shared test helpers: tolerances and comparison against torch."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -69,3 +73,12 @@ def raises_like_torch(ours, theirs, match: str):
 def message_names(*words: str) -> str:
     """A regex that requires every word in the message, in any order."""
     return "".join(f"(?=[\\s\\S]*{re.escape(w)})" for w in words)
+
+
+def run_probe(script: Path) -> dict:
+    """The JSON object that a probe script (tests/*_probe.py: Triton compiling for sm_90 on a
+    stand-in driver, which needs a process of its own) prints on its last line."""
+    pytest.importorskip("triton")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

@@ -177,6 +177,23 @@ def test_matches_torch_on_a_strided_channels_last_layer():
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
 
 
+def test_size_one_dimensions_with_any_stride():
+    """A dimension of size 1 may have any stride (torch gives a 1x1 weight (C, 1, 1, 1)); the
+    launchers pass such strides as 0, which must not change the result of any operator."""
+    x = torch.randn(1, 16, 6, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    x = x.as_strided(x.shape, (481, 1, 5 * 16, 16)).requires_grad_()  # batch 1, an odd stride
+    w = torch.randn(24, 16, 1, 1, device=DEVICE)
+    w = w.as_strided(w.shape, (16, 1, 3, 5)).requires_grad_()
+    b = torch.randn(24, device=DEVICE, requires_grad=True)
+    out = cnnkernels.functional.conv2d(x, w, b, backend="triton")
+    ref = TF.conv2d(x, w, b)
+    tol = 1e-3 if DEVICE == "cpu" else 3e-2
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    g = torch.randn_like(ref)
+    for ours, theirs in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)):
+        torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
+
+
 @pytest.mark.cuda
 def test_autotuned_launch_matches_torch(monkeypatch):
     monkeypatch.setenv("CNNKERNELS_TRITON_AUTOTUNE", "1")

@@ -144,6 +144,32 @@ def test_conv2d_dtypes(dtype, channels_last, emu):
     assert launched(emu, engine, "ForwardProblem", "true, true" if channels_last and dtype != torch.float64 else "false, false")
 
 
+@pytest.mark.parametrize("channels", [8, 64, 96, 128, 160, 288])
+def test_conv2d_pipeline_depths(channels, emu):
+    """The four-stage cp.async pipeline (tensor cores, 16-byte loads for both operands) over
+    reductions of 1 to 9 slices of 32: fewer slices than stages, exactly as many, and more. The
+    emulator holds each copy group back until its wait retires it, so a stage multiplied before
+    its copies were waited for would hold stale data. The 1x1 weight has torch's strides
+    (C, 1, 1, 1), whose size-1 dimensions' strides do not stop its vector loads."""
+    x, wt, b = conv_inputs(2, channels, 5, 6, 24, (1, 1), 1, torch.bfloat16, channels_last=True)
+    assert wt.stride() == (channels, 1, 1, 1)
+    check_conv(x, wt, b, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    for problem in ("ForwardProblem", "BackwardInputProblem"):
+        assert launched(emu, "WmmaEngine", problem, "true, true"), (problem, list(emu.launches()))
+
+
+def test_conv2d_size_one_dimensions_with_any_stride(emu):
+    """A dimension of size 1 may have any stride; being indexed at 0 only, it does not stop the
+    16-byte loads (which the emulator faults on when misaligned) nor change the result."""
+    x = torch.randn(1, 16, 6, 5, dtype=torch.float16).contiguous(memory_format=CL)
+    x = x.as_strided(x.shape, (481, 1, 5 * 16, 16))  # batch 1, an odd stride
+    wt = torch.randn(24, 16, 1, 1, dtype=torch.float16)
+    wt = wt.as_strided(wt.shape, (16, 1, 3, 5))
+    check_conv(x, wt, None, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    for problem in ("ForwardProblem", "BackwardInputProblem"):
+        assert launched(emu, "WmmaEngine", problem, "true, true"), (problem, list(emu.launches()))
+
+
 @pytest.mark.parametrize("channels", [8, 16], ids=["channel_tap_columns", "channel_columns"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("path", ["large-tile", "small-tile", "narrow-tile", "index64"])

@@ -3,22 +3,16 @@ Triton's own launch path hands it, for the installed Triton (tests/triton_launch
 compiles for sm_90 in a fresh process and records every launch; no GPU needed)."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-PROBE = Path(__file__).with_name("triton_launch_probe.py")
+from helpers import run_probe
 
 
 @pytest.fixture(scope="module")
 def probe():
-    pytest.importorskip("triton")
-    run = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_probe(Path(__file__).with_name("triton_launch_probe.py"))
 
 
 def _by_call(launches):

@@ -105,6 +105,16 @@ def _offset_dtype(*tensors: torch.Tensor):
     return tl.int32
 
 
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    """t's strides for the kernels, with 0 for each dimension of size 1 (only ever indexed at 0).
+    Triton specializes an integer argument on whether it divides by 16 (0 does) and turns a 1
+    into a constant, and the loads' vector width follows from that: torch gives a 1x1 kernel's
+    weight the strides (C, 1, 1, 1) in either layout, whose 1s times a tap index (always 0, but
+    not known to be) make the weight loads 2-byte scalar ones instead of 16-byte asynchronous
+    copies (seen in the sm_90 PTX)."""
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot input precision: fp32 follows torch's cuDNN TF32 switch, as torch's convolution does."""
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
@@ -465,7 +475,7 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
         return (_cdiv(N * P * Q, meta["BLOCK_M"]), _cdiv(Kg, meta["BLOCK_N"]), groups)
 
     scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-               *input.stride(), *weight.stride(), *y.stride())
+               *_strides(input), *_strides(weight), *_strides(y))
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=has_bias, INDEX=_offset_dtype(input, weight, y),
         ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg))
@@ -499,7 +509,7 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
         return (_cdiv(phase_pixels, meta["BLOCK_M"]), _cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
 
     scalars = (N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2], dilation[0], dilation[1], step_h, step_w,
-               *grad_output.stride(), *weight.stride(), *dx.stride())
+               *_strides(grad_output), *_strides(weight), *_strides(dx))
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
         UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg))
@@ -533,7 +543,7 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
         return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
     scalars = (N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-               *grad_output.stride(), *input.stride(), *_split_strides(out, splits))
+               *_strides(grad_output), *_strides(input), *_split_strides(out, splits))
     return _Plan(list(weight_size), fmt, grid, scalars, dict(
         R=R, S=S, TAPS_IN_N=taps_in_n, INDEX=_offset_dtype(input, grad_output, out),
         ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK),
@@ -557,7 +567,7 @@ def _backward_bias_plan(grad_output) -> _Plan:
     N, K, P, Q = grad_output.shape
     splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
     out = _reduction_output(_meta([K], torch.contiguous_format), splits)
-    scalars = (N, K, P, Q, chunk, *grad_output.stride(), *_split_strides(out, splits))
+    scalars = (N, K, P, Q, chunk, *_strides(grad_output), *_split_strides(out, splits))
     return _Plan([K], torch.contiguous_format, (_cdiv(K, BIAS_BLOCK_K), splits), scalars, dict(
         INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(grad_output.dtype), BLOCK_K=BIAS_BLOCK_K,
         BLOCK_M=BIAS_BLOCK_M), splits)
@@ -599,7 +609,7 @@ def _reduction_output(grad: torch.Tensor, splits: int) -> torch.Tensor:
 
 def _split_strides(out: torch.Tensor, splits: int) -> tuple[int, ...]:
     """The strides a reduction kernel writes through: split first, then the gradient's dims."""
-    return out.stride() if splits > 1 else (0, *out.stride())
+    return _strides(out) if splits > 1 else (0, *_strides(out))
 
 
 def _gcd(a: int, b: int) -> int:

@@ -23,9 +23,10 @@
 // indices) or along the rows. Each operand has a vector mode, 16 bytes per load, for the
 // direction that is unit-stride in channels_last (host-checked: unit stride, extent and every
 // other stride a multiple of the vector, 16-byte aligned base), and a scalar mode in the
-// direction that coalesces for NCHW. The depth loop is double-buffered: the next slice is in
-// flight (cp.async for vector loads on tensor cores, registers otherwise) while the current
-// one is multiplied.
+// direction that coalesces for NCHW. The depth loop is pipelined through shared-memory stages:
+// on tensor cores with 16-byte loads for both operands, cp.async keeps the next three slices in
+// flight while one is multiplied (four stages); otherwise the next slice waits in registers
+// while the current one is multiplied (two stages).
 //
 // Two tile engines: SIMT in the accumulator type for fp32/fp64, and tensor cores (WMMA, fp32
 // accumulate) for fp16/bf16; each has a large tile and a small one the host picks for
@@ -35,9 +36,9 @@
 #include <mma.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <type_traits>
 
+#include "cnnkernels/async_copy.cuh"
 #include "cnnkernels/common.h"
 #include "cnnkernels/conv.h"
 #include "cnnkernels/cuda_types.cuh"
@@ -312,27 +313,6 @@ struct BackwardWeightProblem {
 
 // ---- global -> shared ----------------------------------------------------------------------
 
-// 16-byte asynchronous copy (sm_80+), zero-filled when !valid (src is then not read); a plain
-// copy elsewhere.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-#else
-  *static_cast<uint4*>(dst) = valid ? *static_cast<const uint4*>(src) : uint4{0, 0, 0, 0};
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 0;\n" ::);
-#endif
-}
-
 // Moves one operand's slice, kRows x kDepth, into a shared stage laid out k-major
 // (stage[i*kLd + kk]) or rows-major (stage[kk*kLd + i]). Element e of the slice's runs of kV
 // goes to thread e % kThreads, and consecutive runs follow kRun, so consecutive threads touch
@@ -429,6 +409,10 @@ struct WmmaEngine {
   static constexpr int kFragsM = BM / kWarpsM / 16, kFragsN = BN / kWarpsN / 16;
   static constexpr int kPad = 8;
   static constexpr bool kAsync = true;
+  // Stages when both operands are copied by cp.async: three slices in flight while one is
+  // multiplied, to keep global memory's latency behind the MMAs. The large tile's four stages
+  // take 80 KB of shared memory (dynamic: past the 48 KB a block gets without opting in).
+  static constexpr int kAsyncStages = 4;
   static constexpr int kMinBlocks = 1;
   __host__ __device__ static constexpr bool k_major(Run run) { return run == Run::K; }
   __host__ __device__ static constexpr int ld(Run run, int rows) { return run == Run::K ? BK + kPad : rows + kPad; }
@@ -576,23 +560,42 @@ struct SimtEngine {
 // Grid: x = (row tile, column tile), y = problem instance (counted from first_instance: see
 // launch_gemm), z = reduction split.
 
+// A tile kernel's pipeline: each operand's run direction, how it reaches shared memory, and the
+// stages. cp.async (tensor cores, 16-byte runs) lets both operands run the engine's kAsyncStages
+// deep; an operand staged through registers holds only the next slice, so that takes two.
+template <class Engine, class Problem, bool kAVec, bool kBVec>
+struct Pipeline {
+  using T = typename Problem::Elem;
+  static constexpr Run kARun = kAVec ? Problem::kAVecRun : Problem::kAScalarRun;
+  static constexpr Run kBRun = kBVec ? Problem::kBVecRun : Problem::kBScalarRun;
+  static constexpr bool kAAsync = kAVec && Engine::kAsync, kBAsync = kBVec && Engine::kAsync;
+  static constexpr int kStages = [] {
+    if constexpr (kAAsync && kBAsync) {
+      return Engine::kAsyncStages;
+    } else {
+      return 2;
+    }
+  }();
+  static_assert(kStages >= 2, "one stage in the math, at least one filling");
+  static constexpr int kAStage = Engine::stage_elems(kARun, Engine::BM), kBStage = Engine::stage_elems(kBRun, Engine::BN);
+  static constexpr int kStageBytes = kStages * (kAStage + kBStage) * static_cast<int>(sizeof(T));
+  // Dynamic shared memory: the stages, which the epilogue reuses.
+  static constexpr int kBytes = kStageBytes > Engine::kEpilogueBytes ? kStageBytes : Engine::kEpilogueBytes;
+};
+
 template <class Engine, class Problem, bool kAVec, bool kBVec>
 __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
     conv_gemm_kernel(Problem prob, int64_t first_instance) {
   using T = typename Problem::Elem;
   using Index = typename Problem::Index;
+  using Pipe = Pipeline<Engine, Problem, kAVec, kBVec>;
   constexpr int BM = Engine::BM, BN = Engine::BN, BK = Engine::BK, kThreads = Engine::kThreads;
-  constexpr int kVec = 16 / sizeof(T);
-  constexpr Run kARun = kAVec ? Problem::kAVecRun : Problem::kAScalarRun;
-  constexpr Run kBRun = kBVec ? Problem::kBVecRun : Problem::kBScalarRun;
+  constexpr int kVec = 16 / sizeof(T), kStages = Pipe::kStages;
+  constexpr Run kARun = Pipe::kARun, kBRun = Pipe::kBRun;
   using ALoader = Loader<T, Index, kARun, kAVec ? kVec : 1, BM, BK, kThreads, Engine::k_major(kARun),
                          Engine::ld(kARun, BM)>;
   using BLoader = Loader<T, Index, kBRun, kBVec ? kVec : 1, BN, BK, kThreads, Engine::k_major(kBRun),
                          Engine::ld(kBRun, BN)>;
-  constexpr bool kAAsync = kAVec && Engine::kAsync, kBAsync = kBVec && Engine::kAsync;
-  constexpr int kAStage = Engine::stage_elems(kARun, BM), kBStage = Engine::stage_elems(kBRun, BN);
-  constexpr int kPipeBytes = 2 * (kAStage + kBStage) * static_cast<int>(sizeof(T));
-  constexpr int kSmemBytes = kPipeBytes > Engine::kEpilogueBytes ? kPipeBytes : Engine::kEpilogueBytes;
   static_assert(BK <= kThreads / 2, "two thread groups decompose the reduction indices");
 
   prob.select(first_instance + blockIdx.y, blockIdx.z);
@@ -601,11 +604,10 @@ __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
   const Index m0 = static_cast<Index>(blockIdx.x) / tiles_n * BM, n0 = static_cast<Index>(blockIdx.x) % tiles_n * BN;
   if (m0 >= rows) return;  // instances differ in rows (stride phases); the grid fits the largest
 
-  // Stages for A and B, two each, reused by the epilogue.
-  __shared__ __align__(128) unsigned char smem[kSmemBytes];
-  T* const a_stage = reinterpret_cast<T*>(smem);
-  T* const b_stage = a_stage + 2 * kAStage;
-  __shared__ Desc<Index> a_rows[BM], b_rows[BN], a_ks[2][BK], b_ks[2][BK];
+  extern __shared__ __align__(128) unsigned char conv_stages[];
+  T* const a_stage = reinterpret_cast<T*>(conv_stages);
+  T* const b_stage = a_stage + kStages * Pipe::kAStage;
+  __shared__ Desc<Index> a_rows[BM], b_rows[BN], a_ks[kStages][BK], b_ks[kStages][BK];
   __shared__ Index out_rows[BM];
 
   for (int i = threadIdx.x; i < BM; i += kThreads) {
@@ -617,11 +619,13 @@ __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
     const Index n = n0 + i;
     b_rows[i] = n < cols ? prob.b_row(n) : Desc<Index>{0, Sentinel<Index>::kRow, 0};
   }
-  // Reduction indices of slice `slice` into buffer `buf`: A's by threads [0, BK), B's by [BK, 2 BK).
-  auto decompose = [&](Index slice, int buf) {
+  // Slice j (BK reduction indices) passes through index buffer and stage j % kStages.
+  const Index slices = ceil_div<Index>(depth, BK);
+  // The slice's reduction indices: A's by threads [0, BK), B's by [BK, 2 BK).
+  auto decompose = [&](Index slice) {
     const int tid = threadIdx.x;
-    if (tid < 2 * BK) {
-      const int kk = tid % BK;
+    if (slice < slices && tid < 2 * BK) {
+      const int kk = tid % BK, buf = static_cast<int>(slice % kStages);
       const Index k = slice * BK + kk;
       const Desc<Index> none{0, Sentinel<Index>::kDepth, 0};
       if (tid < BK) {
@@ -634,50 +638,59 @@ __global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
   const Operand<T, Index> a_op = prob.a(), b_op = prob.b();
   ALoader a_load;
   BLoader b_load;
-  // Start moving the slice whose indices are in buffer `buf` towards stage `buf`.
-  auto fetch = [&](int buf) {
-    if constexpr (kAAsync) {
-      ALoader::copy_async(a_op, a_rows, a_ks[buf], a_stage + buf * kAStage);
-    } else {
-      a_load.load(a_op, a_rows, a_ks[buf]);
-    }
-    if constexpr (kBAsync) {
-      BLoader::copy_async(b_op, b_rows, b_ks[buf], b_stage + buf * kBStage);
-    } else {
-      b_load.load(b_op, b_rows, b_ks[buf]);
+  // Starts moving the slice towards its stage; commits one cp.async group per call, empty past
+  // the last slice, so that group j is always slice j.
+  auto fetch = [&](Index slice) {
+    if (slice < slices) {
+      const int buf = static_cast<int>(slice % kStages);
+      if constexpr (Pipe::kAAsync) {
+        ALoader::copy_async(a_op, a_rows, a_ks[buf], a_stage + buf * Pipe::kAStage);
+      } else {
+        a_load.load(a_op, a_rows, a_ks[buf]);
+      }
+      if constexpr (Pipe::kBAsync) {
+        BLoader::copy_async(b_op, b_rows, b_ks[buf], b_stage + buf * Pipe::kBStage);
+      } else {
+        b_load.load(b_op, b_rows, b_ks[buf]);
+      }
     }
     cp_async_commit();
   };
-  // Complete the register-staged part of a fetch.
-  auto park = [&](int buf) {
-    if constexpr (!kAAsync) a_load.store(a_stage + buf * kAStage);
-    if constexpr (!kBAsync) b_load.store(b_stage + buf * kBStage);
+  // Completes the register-staged part of a fetch (two stages: registers hold one slice).
+  static_assert(kStages == 2 || (Pipe::kAAsync && Pipe::kBAsync), "register staging holds a single slice");
+  auto park = [&](Index slice) {
+    const int buf = static_cast<int>(slice % kStages);
+    if constexpr (!Pipe::kAAsync) {
+      if (slice < slices) a_load.store(a_stage + buf * Pipe::kAStage);
+    }
+    if constexpr (!Pipe::kBAsync) {
+      if (slice < slices) b_load.store(b_stage + buf * Pipe::kBStage);
+    }
   };
 
   Engine engine;
   engine.init();
-  const Index slices = ceil_div<Index>(depth, BK);
-  decompose(0, 0);
+  for (int j = 0; j < kStages; ++j) decompose(j);
   __syncthreads();
-  if (slices > 0) {
-    fetch(0);
-    park(0);
-    if (slices > 1) decompose(1, 1);
-  }
-  // Slice s lives in stage / index buffer s % 2. One barrier per slice: after it, stage s is
-  // complete, slice s+1's indices are visible, and every thread is done with slice s-1's
-  // stage and with slice s's indices (fetched last iteration), so both may be overwritten.
+  for (int j = 0; j + 1 < kStages; ++j) fetch(j);
+  park(0);
+  // One barrier per slice. After iteration s's: slice s is in its stage (each thread waited for
+  // its own copies: kStages - 1 + s groups are committed, and all but the newest kStages - 2
+  // have landed); every thread is done with stage s - 1 (multiplied last iteration), which the
+  // fetch of slice s + kStages - 1 refills; that slice's indices (decomposed last iteration)
+  // are visible; and index buffer s % kStages, last read by slice s's fetch, takes slice
+  // s + kStages.
   for (Index s = 0; s < slices; ++s) {
-    const int cur = static_cast<int>(s & 1), nxt = cur ^ 1;
-    cp_async_wait_all();
+    cp_async_wait<kStages - 2>();
     __syncthreads();
-    if (s + 1 < slices) fetch(nxt);
-    if (s + 2 < slices) decompose(s + 2, cur);
-    engine.template compute<kARun, kBRun>(a_stage + cur * kAStage, b_stage + cur * kBStage);
-    if (s + 1 < slices) park(nxt);
+    fetch(s + kStages - 1);
+    decompose(s + kStages);
+    const int cur = static_cast<int>(s % kStages);
+    engine.template compute<kARun, kBRun>(a_stage + cur * Pipe::kAStage, b_stage + cur * Pipe::kBStage);
+    park(s + kStages - 1);
   }
   __syncthreads();  // the epilogue may reuse the stages
-  engine.epilogue(prob, smem, out_rows, m0, n0, rows, cols);
+  engine.epilogue(prob, conv_stages, out_rows, m0, n0, rows, cols);
 }
 
 // ---- host side -----------------------------------------------------------------------------
@@ -709,6 +722,7 @@ static_assert(Engines<float>::Large::BM == kGemmTileRows && Engines<float>::Larg
               "the host sizes reduction splits by the large tile");
 
 constexpr int64_t kMaxGridY = 65535;  // the largest grid.y (and grid.z)
+constexpr int kDefaultDynamicSharedBytes = 48 * 1024;  // what a launch may take without opting in
 // Large tiles move half the operand bytes per flop of small ones but come 4x fewer; below about
 // two blocks per SM (an H100 has 132) the small tile keeps the GPU busier.
 constexpr int64_t kLargeTileMinBlocks = 256;
@@ -734,17 +748,21 @@ Tile pick_tile(const GemmShape& s) {
   return large ? Tile::kLarge : Tile::kSmall;
 }
 
-// Whether an operand takes 16-byte runs: the run's dimension is unit-stride, the channel extent
-// and every other stride are multiples of the vector (so runs never straddle a channel block or
-// start misaligned) and the base is 16-byte aligned. fp64 stays scalar (2-element vectors gain
+// Whether an operand takes 16-byte runs along its channels (dimension 1): they are unit-stride,
+// the channels per group and every other stride are multiples of the vector (so runs never
+// straddle a channel block or start misaligned) and the base is 16-byte aligned. A dimension of
+// extent 1 is only ever indexed at 0, so its stride does not count: torch gives a 1x1 kernel's
+// weight the strides (C, 1, 1, 1) in either layout. fp64 stays scalar (2-element vectors gain
 // little and would double its kernels).
 template <typename T>
-bool vectorisable(const void* base, int64_t unit_stride, std::initializer_list<int64_t> multiples) {
+bool vectorisable(const void* base, int64_t channels_per_group, const int64_t stride[4], int64_t extent0,
+                  int64_t extent2, int64_t extent3) {
   constexpr int64_t v = 16 / sizeof(T);
   if constexpr (sizeof(T) == 8) return false;
-  if (unit_stride != 1 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
-  for (const int64_t m : multiples)
-    if (m % v != 0) return false;
+  if (stride[1] != 1 || channels_per_group % v != 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  const int64_t others[3][2] = {{extent0, stride[0]}, {extent2, stride[2]}, {extent3, stride[3]}};
+  for (const auto& [extent, st] : others)
+    if (extent > 1 && st % v != 0) return false;
   return true;
 }
 
@@ -781,12 +799,20 @@ template <class Engine, class P, bool kAVec, bool kBVec>
 cudaError_t launch_gemm(const P& prob, const GemmShape& s, cudaStream_t stream) {
   const int64_t tiles = ceil_div<int64_t>(s.max_rows, Engine::BM) * ceil_div<int64_t>(s.cols, Engine::BN);
   if (tiles > 0x7fffffff || s.splits > kMaxGridY) return cudaErrorInvalidConfiguration;
+  using Pipe = Pipeline<Engine, P, kAVec, kBVec>;
+  if constexpr (Pipe::kBytes > kDefaultDynamicSharedBytes) {
+    // A kernel opts in to more; per device, so before every launch (a driver call on the host).
+    void (*const kernel)(P, int64_t) = conv_gemm_kernel<Engine, P, kAVec, kBVec>;
+    const cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, Pipe::kBytes);
+    if (err != cudaSuccess) return err;
+  }
   // grid.y holds at most 65535 instances; more (a depthwise backward-weight has groups*R*S, e.g.
   // 1536*7*7) take one launch per slice of instances.
   for (int64_t first = 0; first < s.instances; first += kMaxGridY) {
     const int64_t count = s.instances - first < kMaxGridY ? s.instances - first : kMaxGridY;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(count), static_cast<unsigned>(s.splits));
-    conv_gemm_kernel<Engine, P, kAVec, kBVec><<<grid, Engine::kThreads, 0, stream>>>(prob, first);
+    conv_gemm_kernel<Engine, P, kAVec, kBVec><<<grid, Engine::kThreads, Pipe::kBytes, stream>>>(prob, first);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -830,8 +856,8 @@ cudaError_t forward(const Conv2dParams& p, const Conv2dTensors& t, cudaStream_t 
   const int64_t* w = t.weight_stride;
   GemmPlan plan;
   plan.index64 = needs_index64(p, t, 1, 0);
-  plan.a_vec = vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
-  plan.b_vec = vectorisable<T>(t.weight, w[1], {p.in_per_group(), w[0], w[2], w[3]});
+  plan.a_vec = vectorisable<T>(t.input, p.in_per_group(), x, p.batch, p.in_h, p.in_w);
+  plan.b_vec = vectorisable<T>(t.weight, p.in_per_group(), w, p.out_channels, p.kernel_h, p.kernel_w);
   const GemmShape shape{p.batch * p.out_h * p.out_w, p.out_per_group(), p.groups, 1};
   return run_gemm<T>([&](auto index) { return ForwardProblem<T, decltype(index)>{p, t}; }, plan, shape, stream);
 }
@@ -842,8 +868,8 @@ cudaError_t backward_input(const Conv2dParams& p, const Conv2dTensors& t, cudaSt
   const int64_t* w = t.weight_stride;
   GemmPlan plan;
   plan.index64 = needs_index64(p, t, 1, 0);
-  plan.a_vec = vectorisable<T>(t.output, go[1], {p.out_per_group(), go[0], go[2], go[3]});
-  plan.b_vec = vectorisable<T>(t.weight, w[1], {p.in_per_group(), w[0], w[2], w[3]});
+  plan.a_vec = vectorisable<T>(t.output, p.out_per_group(), go, p.batch, p.out_h, p.out_w);
+  plan.b_vec = vectorisable<T>(t.weight, p.in_per_group(), w, p.out_channels, p.kernel_h, p.kernel_w);
   const int64_t largest_phase = p.batch * ceil_div(p.in_h, p.stride_h) * ceil_div(p.in_w, p.stride_w);
   const GemmShape shape{largest_phase, p.in_per_group(), p.groups * p.stride_h * p.stride_w, 1};
   return run_gemm<T>([&](auto index) { return BackwardInputProblem<T, decltype(index)>{p, t}; }, plan, shape,
@@ -859,10 +885,10 @@ cudaError_t backward_weight(const Conv2dParams& p, const Conv2dTensors& t, int64
   const int64_t taps = p.kernel_h * p.kernel_w;
   GemmPlan plan;
   plan.index64 = needs_index64(p, t, splits, chunk);
-  plan.a_vec = vectorisable<T>(t.output, go[1], {p.out_per_group(), go[0], go[2], go[3]});
+  plan.a_vec = vectorisable<T>(t.output, p.out_per_group(), go, p.batch, p.out_h, p.out_w);
   // B's vector runs go along the columns: channels, contiguous in channels_last; (channel, tap)
   // pairs are not.
-  plan.b_vec = !taps_in_columns && vectorisable<T>(t.input, x[1], {p.in_per_group(), x[0], x[2], x[3]});
+  plan.b_vec = !taps_in_columns && vectorisable<T>(t.input, p.in_per_group(), x, p.batch, p.in_h, p.in_w);
   const GemmShape shape = taps_in_columns ? GemmShape{p.out_per_group(), p.in_per_group() * taps, p.groups, splits}
                                           : GemmShape{p.out_per_group(), p.in_per_group(), p.groups * taps, splits};
   return run_gemm<T>(

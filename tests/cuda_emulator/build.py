@@ -11,7 +11,9 @@ compiler into one Python extension module.
   directive (diagnostics and barrier sites name the .cu's own lines) and the .cu's text with
   every `kernel<<<grid, block, shmem, stream>>>(args);` rewritten into
   `::emu::launch("kernel", ::emu::LaunchConfig(grid, block, shmem, stream), <thunk>, args);`
-  (the thunk, a lambda, calls the kernel), keeping the line count.
+  (the thunk, a lambda, calls the kernel), and every `extern __shared__ T name[];` into a pointer
+  `T* const name` to the launch's dynamic shared memory (emu::dynamic_shared), keeping the line
+  count.
 * conv_kernel.cu's test hooks CNNK_CONV_INDEX32_LIMIT and CNNK_CONV_FORCE_TILE and pool_kernel.cu's
   CNNK_POOL_INDEX32_LIMIT are expressions, so they are defined as the emulator's runtime
   variables: one build reaches the 64-bit index paths and both conv tile sizes on small problems
@@ -76,6 +78,8 @@ def missing_toolchain() -> str | None:
 
 
 _LAUNCH = re.compile(r"<<<(?P<config>.*?)>>>\s*\(", re.S)
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?(?P<type>[\w:]+(?:\s+[\w:]+)*?)\s+(?P<name>\w+)\s*\[\s*\]\s*;")
 
 
 def _callee_start(text: str, end: int) -> int:
@@ -123,13 +127,20 @@ def rewrite_launches(text: str) -> tuple[str, int]:
     return "".join(out), count
 
 
+def rewrite_dynamic_shared(text: str) -> str:
+    """The source with every `extern __shared__ T name[];` replaced by `T* const name = ...;`, a
+    pointer to the emulated launch's dynamic shared memory (one line for one)."""
+    return _DYNAMIC_SHARED.sub(lambda m: f"{m['type']}* const {m['name']} = static_cast<{m['type']}*>"
+                                         f"(::emu::dynamic_shared());", text)
+
+
 def generate_sources(build_dir: Path) -> list[Path]:
     """The generated kernel sources; a file is rewritten only when its text changes (ninja)."""
     generated = []
     for name in KERNELS:
         cu = CSRC / "cuda" / f"{name}.cu"
         text = cu.read_text()
-        body, count = rewrite_launches(text)
+        body, count = rewrite_launches(rewrite_dynamic_shared(text))
         if count != text.count("<<<") or "<<<" in body:
             raise RuntimeError(f"{cu}: rewrote {count} of {text.count('<<<')} kernel launches")
         target = build_dir / f"{name}.cpp"

@@ -13,6 +13,7 @@
 #include <csetjmp>
 #include <cstdarg>
 #include <cstdio>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,23 @@ namespace {
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Exited };
 
+// One 16-byte cp.async: its destination and the bytes it will write there.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char bytes[16];
+};
+// A thread's copies in flight: those not yet committed, and the committed groups, oldest first.
+struct AsyncCopies {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> groups;
+  long commits = 0;
+  size_t in_flight() const {
+    size_t n = open.size();
+    for (const auto& g : groups) n += g.size();
+    return n;
+  }
+};
+
 // A thread's fiber. Fibers are made once and reused by every block: fiber_main loops over
 // "run the kernel body, exit". Switches use _setjmp/_longjmp (no signal-mask system calls);
 // ucontext only enters a fresh fiber's stack. build.py compiles with -U_FORTIFY_SOURCE, whose
@@ -46,6 +64,7 @@ struct Fiber {
   jmp_buf context;
   ucontext_t entry;
   char* stack = nullptr;
+  AsyncCopies copies;  // reset for every block
 };
 
 constexpr size_t kStackBytes = 256 * 1024;
@@ -58,6 +77,9 @@ void (*kernel_body)(void*) = nullptr;
 void* kernel_params = nullptr;
 unsigned block_threads = 0;
 const char* kernel = "";
+// The block's dynamic shared memory (its size: the launch's), 128-byte aligned like a GPU's.
+std::vector<unsigned char> dynamic_shared_memory;
+size_t dynamic_shared_offset = 0;
 
 // Errors: the launch being aborted, the value cudaGetLastError() returns next (the first error
 // since it was last called), and the messages of the errors no cudaGetLastError() has returned.
@@ -116,6 +138,8 @@ void park() {
 void fiber_main() {
   for (;;) {
     kernel_body(kernel_params);
+    if (const size_t n = running->copies.in_flight(); n != 0)
+      fail("a thread exits with %zu cp.async copies in flight (never waited for)", n);
     running->state = State::Exited;
     park();
   }
@@ -217,6 +241,8 @@ bool run_block() {
                       i / 32, i % 32, 0, 0};
   }
   ++blocks_run;
+  std::fill(dynamic_shared_memory.begin(), dynamic_shared_memory.end(), 0xff);
+  for (unsigned i = 0; i < block_threads; ++i) fibers[i]->copies = AsyncCopies{};
   for (long pass = 0;; ++pass) {
     const bool descending = pass % 2 == 1;
     for (unsigned i = 0; i < block_threads; ++i) {
@@ -283,6 +309,39 @@ void fail(const char* fmt, ...) {
   _longjmp(scheduler, 1);  // abandons this fiber; run_grid restarts every fiber next launch
 }
 
+void async_copy16(void* dst, const void* src, bool valid) {
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
+    fail("a cp.async from %p to %p: both addresses must be 16-byte aligned", src, dst);
+  AsyncCopy copy{static_cast<unsigned char*>(dst), {}};
+  if (valid) std::memcpy(copy.bytes, src, 16);
+  AsyncCopies& copies = running->copies;
+  if (copies.commits % 2 == 1) {
+    std::memcpy(copy.dst, copy.bytes, 16);
+  } else {
+    copies.open.push_back(copy);
+  }
+}
+
+void async_commit() {
+  AsyncCopies& copies = running->copies;
+  copies.groups.push_back(std::move(copies.open));
+  copies.open.clear();
+  ++copies.commits;
+}
+
+void async_wait(int pending) {
+  AsyncCopies& copies = running->copies;
+  while (copies.groups.size() > static_cast<size_t>(pending)) {
+    for (const AsyncCopy& c : copies.groups.front()) std::memcpy(c.dst, c.bytes, 16);
+    copies.groups.pop_front();
+  }
+}
+
+void* dynamic_shared() {
+  if (dynamic_shared_memory.empty()) fail("extern __shared__ memory used by a launch that asked for none");
+  return dynamic_shared_memory.data() + dynamic_shared_offset;
+}
+
 void sync_block(const char* file, int line) {
   Fiber* f = running;
   f->state = State::AtBlockBarrier;
@@ -326,10 +385,14 @@ void run_grid(const LaunchConfig& cfg, const char* kernel_text, const char* laun
                  std::string("invalid launch configuration ") + config + " for " + kernel_str);
     return;
   }
-  if (cfg.shared_bytes != 0) {
-    record_error(cudaErrorInvalidConfiguration, "dynamic shared memory is not emulated (" + kernel_str + ")");
+  if (cfg.shared_bytes > kMaxDynamicSharedBytes) {
+    record_error(cudaErrorInvalidValue, "a launch asks for " + std::to_string(cfg.shared_bytes) +
+                                            " bytes of dynamic shared memory, past the device's " +
+                                            std::to_string(kMaxDynamicSharedBytes) + " (" + kernel_str + ")");
     return;
   }
+  dynamic_shared_memory.resize(cfg.shared_bytes + 128);
+  dynamic_shared_offset = (128 - reinterpret_cast<uintptr_t>(dynamic_shared_memory.data()) % 128) % 128;
   make_fibers(static_cast<unsigned>(threads));
   exchange_slots.resize((threads + 31) / 32);
   kernel = kernel_str.c_str();
@@ -403,6 +466,18 @@ cudaError_t CUDARTAPI cudaGetLastError(void) {
   if (e != cudaSuccess) emu::unreported.erase(emu::unreported.begin() + static_cast<long>(emu::last_error_entry));
   emu::last_error = cudaSuccess;
   return e;
+}
+
+// Checks the value of the one attribute the sources set; the grant itself is not tied to later
+// launches (see kMaxDynamicSharedBytes).
+cudaError_t CUDARTAPI cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (func == nullptr || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      static_cast<size_t>(value) > emu::kMaxDynamicSharedBytes) {
+    emu::fail("cudaFuncSetAttribute(%p, %d, %d): the emulator knows MaxDynamicSharedMemorySize up to %zu bytes", func,
+              static_cast<int>(attr), value, emu::kMaxDynamicSharedBytes);
+    return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
 }
 
 const char* CUDARTAPI cudaGetErrorString(cudaError_t error) {

@@ -11,12 +11,15 @@
 //  * __shared__ variables become function-local statics (one block runs at a time).
 //  * Warp operations (__shfl_*_sync, __syncwarp) are warp barriers that exchange values.
 //  * A WMMA fragment is the whole 16x16 matrix (as float), held by every lane of the warp.
+//  * cp.async copies wait in per-thread commit groups (see async_copy16 below); dynamic shared
+//    memory is one buffer per launch, poisoned for every block.
 //  * Faults end the launch and surface through cudaGetLastError() / cudaGetErrorString(), like a
 //    launch error on a GPU: invalid launch configurations, __syncthreads() reached by only part
 //    of a block or at different call sites, warp operations whose mask names lanes that exited
 //    or wait elsewhere, misaligned WMMA pointers / leading dimensions, lanes of a warp passing
-//    different fragments to mma_sync, and (through -fsanitize=alignment, see emulator.cpp)
-//    misaligned vector loads and stores.
+//    different fragments to mma_sync, misaligned cp.async, threads exiting with copies in
+//    flight, and (through -fsanitize=alignment, see emulator.cpp) misaligned vector loads and
+//    stores.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -74,6 +77,26 @@ void sync_warp(unsigned mask, const char* file, int line);
 // Publishes `size` bytes of this lane's value, waits for the lanes of `mask`, returns lane
 // `src`'s value.
 const void* warp_exchange(unsigned mask, int src, const void* value, size_t size, const char* file, int line);
+
+// cp.async, as fake_include/cnnkernels/async_copy.cuh forwards it: a thread's copies are held in
+// its commit groups. Even-numbered groups (0, 2, ...) land only when a wait retires them, so a
+// stage read before its wait reads stale data; odd-numbered ones land as they are issued, so a
+// copy into a stage that other threads still read lands while they read it (the alternating
+// thread order of the scheduler then shows the race). A thread that exits with copies in flight
+// is a fault.
+void async_copy16(void* dst, const void* src, bool valid);
+void async_commit();
+void async_wait(int pending);
+
+// The running block's dynamic shared memory: build.py rewrites `extern __shared__ T name[];` into
+// a pointer to it. Every block starts with it filled with 0xff bytes (NaN as any float type), so
+// a read of a byte the block never wrote shows in the results.
+void* dynamic_shared();
+// The most dynamic shared memory a launch may ask for (sm_90's 227 KB). Above 48 KB a GPU also
+// needs cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first;
+// the emulator checks that call's value but cannot tie it to the launch (a launch does not name
+// its kernel's address), so only a GPU run checks that it was made.
+constexpr size_t kMaxDynamicSharedBytes = 232448;
 
 struct LaunchConfig {
   dim3 grid, block;

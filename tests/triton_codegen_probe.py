@@ -1,0 +1,61 @@
+"""Run by tests/test_triton_codegen.py in a fresh process (it needs Triton compiling for a GPU,
+not interpreting): compiles the conv kernels of a few problems for sm_90 and prints, as JSON, how
+each kernel's PTX moves its operands from global memory. Needs no GPU: a stand-in driver makes
+Triton compile for sm_90 and the launch is stubbed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import torch  # noqa: E402
+from triton.compiler import CompiledKernel  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+from triton_aot_check import _CompileOnlyDriver  # noqa: E402
+
+COMPILED: list[CompiledKernel] = []
+
+
+def global_loads(ptx: str) -> dict[str, int]:
+    """Counts of the PTX instructions that read global memory: asynchronous copies into shared
+    memory by width in bytes ("cp.async 16"), and loads into registers by type ("ld.global.b16")."""
+    counts: dict[str, int] = {}
+    for width in re.findall(r"cp\.async\.c[ag]\.shared\.global(?:\.[a-z0-9]+)* \[[^\]]*\], \[[^\]]*\], (\w+)", ptx):
+        key = f"cp.async {int(width, 0)}"
+        counts[key] = counts.get(key, 0) + 1
+    for load in re.findall(r"\bld\.global(?:\.[a-z0-9]+)+", ptx):
+        counts[load] = counts.get(load, 0) + 1
+    return counts
+
+
+def main() -> None:
+    driver.set_active(_CompileOnlyDriver(90))
+    CompiledKernel._init_handles = lambda self: None  # no module to load: nothing runs
+    CompiledKernel.run = property(lambda self: lambda *launch: COMPILED.append(self))
+
+    from cnnkernels.triton import conv
+    conv._check_device = lambda *tensors: None
+    cl = torch.channels_last
+    results = {}
+    for name, kernel in (("1x1", 1), ("3x3", 3)):
+        x = torch.empty(8, 64, 14, 14, dtype=torch.bfloat16).contiguous(memory_format=cl)
+        # torch's own layout for a 1x1 kernel's weight, in either memory format: (C, 1, 1, 1).
+        w = torch.empty(128, 64, kernel, kernel, dtype=torch.bfloat16).contiguous(memory_format=cl)
+        geometry = ([1, 1], [kernel // 2] * 4, [1, 1], 1)
+        config = conv.FORWARD_CONFIGS[0]
+        y = conv.conv2d_forward(x, w, None, *geometry, config=config)
+        conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=config)
+        results[name] = {"weight_stride": list(w.stride()),
+                         **{k.name: global_loads(k.asm["ptx"]) for k in COMPILED}}
+        COMPILED.clear()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
