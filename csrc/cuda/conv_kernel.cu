@@ -21,12 +21,12 @@
 //
 // Loads run in one of two directions: along k (consecutive threads take consecutive reduction
 // indices) or along the rows. Each operand has a vector mode, 16 bytes per load, for the
-// direction that is unit-stride in channels_last (host-checked: unit stride, extent and every
-// other stride a multiple of the vector, 16-byte aligned base), and a scalar mode in the
-// direction that coalesces for NCHW. The depth loop is pipelined through shared-memory stages:
-// on tensor cores with 16-byte loads for both operands, cp.async keeps the next three slices in
-// flight while one is multiplied (four stages); otherwise the next slice waits in registers
-// while the current one is multiplied (two stages).
+// direction that is unit-stride in channels_last (host-checked: unit stride, extent and the
+// other strides of dimensions longer than 1 multiples of the vector, 16-byte aligned base), and
+// a scalar mode in the direction that coalesces for NCHW. The depth loop is pipelined through
+// shared-memory stages: on tensor cores with 16-byte loads for both operands, cp.async keeps the
+// next three slices in flight while one is multiplied (four stages); otherwise the next slice
+// waits in registers while the current one is multiplied (two stages).
 //
 // Two tile engines: SIMT in the accumulator type for fp32/fp64, and tensor cores (WMMA, fp32
 // accumulate) for fp16/bf16; each has a large tile and a small one the host picks for
