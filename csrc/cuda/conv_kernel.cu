@@ -398,6 +398,42 @@ __device__ __forceinline__ Out to_out(Acc v) {
 // An engine fixes the tile (BM x BN, depth slice BK, threads), the shared layout of each
 // operand stage, the math on a stage and the epilogue.
 
+// A WMMA fragment from a shared-memory stage. For __half, wmma::load_matrix_sync issues PTX's
+// wmma.load with the .shared state space, one ldmatrix per fragment in SASS; for __nv_bfloat16,
+// CUDA 13.0's mma.h issues the generic form, which nvcc lowers to four 32-bit generic loads per
+// fragment (the large tile's sm_90 SASS had 48 LD.E per slice where fp16 has 12 LDSM). Naming the
+// state space gives bf16 the single ldmatrix too. (The host emulator takes the portable call.)
+#define CNNK_WMMA_LOAD_SHARED_BF16(matrix, layout)                                                       \
+  asm volatile("wmma.load." matrix ".sync.aligned." layout ".m16n16k16.shared.bf16 {%0, %1, %2, %3}, [%4], %5;\n" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                                           \
+               : "r"(address), "r"(ldm)                                                                   \
+               : "memory")
+template <class Use, typename T, class Layout>
+__device__ __forceinline__ void load_stage_fragment(nvcuda::wmma::fragment<Use, 16, 16, 16, T, Layout>& f, const T* p,
+                                                    unsigned ldm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    unsigned* r = reinterpret_cast<unsigned*>(f.x);  // 8 elements: the instruction's 4 registers
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    constexpr bool kRow = std::is_same_v<Layout, nvcuda::wmma::row_major>;
+    if constexpr (std::is_same_v<Use, nvcuda::wmma::matrix_a>) {
+      if constexpr (kRow) {
+        CNNK_WMMA_LOAD_SHARED_BF16("a", "row");
+      } else {
+        CNNK_WMMA_LOAD_SHARED_BF16("a", "col");
+      }
+    } else if constexpr (kRow) {
+      CNNK_WMMA_LOAD_SHARED_BF16("b", "row");
+    } else {
+      CNNK_WMMA_LOAD_SHARED_BF16("b", "col");
+    }
+    return;
+  }
+#endif
+  nvcuda::wmma::load_matrix_sync(f, p, ldm);
+}
+#undef CNNK_WMMA_LOAD_SHARED_BF16
+
 // Tensor cores: kWarpsM x kWarpsN warps, each computing a (BM/kWarpsM) x (BN/kWarpsN) block as
 // 16x16x16 WMMA fragments with fp32 accumulators. A stage is laid out along its operand's run
 // (so cp.async writes 16-byte runs straight in) and read with the matching fragment layout;
@@ -447,13 +483,13 @@ struct WmmaEngine {
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j) {
         const int n = (wn * kFragsN + j) * 16;
-        wmma::load_matrix_sync(fb[j], kBRun == Run::K ? Bs + n * ldb + ks : Bs + ks * ldb + n, ldb);
+        load_stage_fragment(fb[j], kBRun == Run::K ? Bs + n * ldb + ks : Bs + ks * ldb + n, ldb);
       }
 #pragma unroll
       for (int i = 0; i < kFragsM; ++i) {
         const int m = (wm * kFragsM + i) * 16;
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, ALayout> fa;
-        wmma::load_matrix_sync(fa, kARun == Run::K ? As + m * lda + ks : As + ks * lda + m, lda);
+        load_stage_fragment(fa, kARun == Run::K ? As + m * lda + ks : As + ks * lda + m, lda);
 #pragma unroll
         for (int j = 0; j < kFragsN; ++j) wmma::mma_sync(acc[i][j], fa, fb[j], acc[i][j]);
       }
