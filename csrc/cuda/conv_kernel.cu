@@ -496,35 +496,66 @@ struct WmmaEngine {
     }
   }
 
-  // Each warp passes its fragments one at a time through a private 16x16 scratch; lanes then
-  // write along the output's contiguous direction (columns when the column stride is 1).
+  // Each warp passes its fragments one at a time through a private 16x16 scratch. Where the
+  // output's columns are contiguous (column stride 1), a lane writes 8 consecutive columns of one
+  // row: one or two 16-byte stores when the address allows, so a shallow GEMM (a 1x1 layer on 64
+  // channels is two slices) does not spend most of its time storing element by element.
+  // Otherwise (NCHW) lanes run down the rows, one element each, to coalesce along them.
   template <class P, typename Index>
   __device__ void epilogue(const P& prob, void* smem, const Index* out_rows, Index m0, Index n0, Index rows,
                            Index cols) {
     namespace wmma = nvcuda::wmma;
+    using Out = typename P::Out;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = warp / kWarpsN, wn = warp % kWarpsN;
     float* scratch = static_cast<float*>(smem) + warp * 16 * kScratchLd;
     const Index col_stride = prob.out_col_stride();
-    const bool along_cols = col_stride == 1;
-    auto* out = prob.out();
+    Out* out = prob.out();
 #pragma unroll
     for (int i = 0; i < kFragsM; ++i)
 #pragma unroll
       for (int j = 0; j < kFragsN; ++j) {
         wmma::store_matrix_sync(scratch, acc[i][j], kScratchLd, wmma::mem_row_major);
         __syncwarp();
+        const int tm0 = (wm * kFragsM + i) * 16, tn0 = (wn * kFragsN + j) * 16;
+        if (col_stride == 1) {
+          const int r = lane / 2, c = lane % 2 * kRun;
+          const Index m = m0 + tm0 + r, n = n0 + tn0 + c;
+          if (m < rows) store_run(prob, out + out_rows[tm0 + r] + n, scratch + r * kScratchLd + c, n, cols);
+        } else {
 #pragma unroll 1  // unrolled, the stores' predicates and addresses crowd out the accumulators
-        for (int x = 0; x < 8; ++x) {
-          const int r = along_cols ? lane / 16 + 2 * x : lane % 16, c = along_cols ? lane % 16 : lane / 16 + 2 * x;
-          const int tm = (wm * kFragsM + i) * 16 + r, tn = (wn * kFragsN + j) * 16 + c;
-          const Index m = m0 + tm, n = n0 + tn;
-          if (m < rows && n < cols) {
-            out[out_rows[tm] + n * col_stride] =
-                to_out<typename P::Out>(prob.finish(n, scratch[r * kScratchLd + c]));
+          for (int x = 0; x < 8; ++x) {
+            const int r = lane % 16, c = lane / 16 + 2 * x;
+            const Index m = m0 + tm0 + r, n = n0 + tn0 + c;
+            if (m < rows && n < cols) {
+              out[out_rows[tm0 + r] + n * col_stride] = to_out<Out>(prob.finish(n, scratch[r * kScratchLd + c]));
+            }
           }
         }
         __syncwarp();
       }
+  }
+
+  // Columns n.. n + kRun - 1 of one output row, from 8 consecutive scratch values (16-byte aligned
+  // in the scratch: its rows are 80 bytes, the run starts at column 0 or 8).
+  static constexpr int kRun = 8;
+  template <class P, typename Index>
+  __device__ static void store_run(const P& prob, typename P::Out* dst, const float* src, Index n, Index cols) {
+    using Out = typename P::Out;
+    const float4 lo = reinterpret_cast<const float4*>(src)[0], hi = reinterpret_cast<const float4*>(src)[1];
+    const float v[kRun] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    alignas(16) Out run[kRun];
+#pragma unroll
+    for (int e = 0; e < kRun; ++e) run[e] = n + e < cols ? to_out<Out>(prob.finish(n + e, v[e])) : Out{};
+    if (n + kRun <= cols && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(sizeof(run) / 16); ++k) {
+        reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(run)[k];
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < kRun; ++e)
+        if (n + e < cols) dst[e] = run[e];
+    }
   }
 };
 
@@ -613,7 +644,8 @@ struct Pipeline {
     }
   }();
   static_assert(kStages >= 2, "one stage in the math, at least one filling");
-  static constexpr int kAStage = Engine::stage_elems(kARun, Engine::BM), kBStage = Engine::stage_elems(kBRun, Engine::BN);
+  static constexpr int kAStage = Engine::stage_elems(kARun, Engine::BM);
+  static constexpr int kBStage = Engine::stage_elems(kBRun, Engine::BN);
   static constexpr int kStageBytes = kStages * (kAStage + kBStage) * static_cast<int>(sizeof(T));
   // Dynamic shared memory: the stages, which the epilogue reuses.
   static constexpr int kBytes = kStageBytes > Engine::kEpilogueBytes ? kStageBytes : Engine::kEpilogueBytes;
