@@ -166,6 +166,16 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _tile_of_program(columns, BLOCK_N: tl.constexpr):
+    """(row tile, column tile) of this program of a forward / backward-input grid, whose axis 0
+    runs over both with the column tiles fastest: the programs that read the same rows of the
+    activations (the large operand; the weights stay in L2) run together, so each row tile
+    comes from memory once however many column tiles there are."""
+    tiles_n = tl.cdiv(columns, BLOCK_N)
+    return tl.program_id(0) // tiles_n, tl.program_id(0) % tiles_n
+
+
+@triton.jit
 def _conv2d_forward_kernel(
     x, w, bias, y,
     N, H, W, P, Q, Cg, Kg,
@@ -175,9 +185,10 @@ def _conv2d_forward_kernel(
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    g = tl.program_id(2)
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
-    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
+    g = tl.program_id(1)
+    m_tile, n_tile = _tile_of_program(Kg, BLOCK_N)
+    m = m_tile.to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixels
+    k = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels within the group
     # tl.cast rather than N.to(): Triton passes an integer argument equal to 1 as a constant.
     m_ok = m < tl.cast(N, INDEX) * P * Q
     k_ok = k < Kg
@@ -253,7 +264,7 @@ def _conv2d_backward_input_kernel(
     R: tl.constexpr, S: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    z = tl.program_id(2)
+    z = tl.program_id(1)
     g = z // (stride_h * stride_w)
     phase_h = (z // stride_w) % stride_h  # = (ih + pad_h) mod stride_h for every row of this program
     phase_w = z % stride_w
@@ -271,8 +282,9 @@ def _conv2d_backward_input_kernel(
     taps_h = tl.cdiv(R - first_h, step_h)
     taps_w = tl.cdiv(S - first_w, step_w)
 
-    m = tl.program_id(0).to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
-    c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
+    m_tile, n_tile = _tile_of_program(Cg, BLOCK_N)
+    m = m_tile.to(INDEX) * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixels of this phase
+    c = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
     m_ok = m < tl.cast(N, INDEX) * Hp * Wp
     c_ok = c < Cg
     ih = ih0 + ((m // Wd) % Hd) * stride_h
@@ -472,7 +484,7 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
     Kg = K // groups
 
     def grid(meta):
-        return (_cdiv(N * P * Q, meta["BLOCK_M"]), _cdiv(Kg, meta["BLOCK_N"]), groups)
+        return (_cdiv(N * P * Q, meta["BLOCK_M"]) * _cdiv(Kg, meta["BLOCK_N"]), groups)
 
     scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(input), *_strides(weight), *_strides(y))
@@ -506,7 +518,7 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
     phase_pixels = N * _cdiv(H, sh) * _cdiv(W, sw)  # the largest phase
 
     def grid(meta):
-        return (_cdiv(phase_pixels, meta["BLOCK_M"]), _cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
+        return (_cdiv(phase_pixels, meta["BLOCK_M"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * sh * sw)
 
     scalars = (N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2], dilation[0], dilation[1], step_h, step_w,
                *_strides(grad_output), *_strides(weight), *_strides(dx))
