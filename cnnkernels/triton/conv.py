@@ -164,7 +164,6 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
 
 
-
 @triton.jit
 def _tile_of_program(columns, BLOCK_N: tl.constexpr):
     """(row tile, column tile) of this program of a forward / backward-input grid, whose axis 0
