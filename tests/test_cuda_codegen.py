@@ -1,6 +1,6 @@
-"""What the CUDA conv kernels compile to, read off nvcc's PTX for sm_90 (no GPU needed): a
-property of the generated code that decides their speed and that neither the host emulator nor
-a result comparison can show. Compiling conv_kernel.cu to PTX takes about a minute on 2 cores."""
+"""What the CUDA conv kernels compiled to, read off the sm_90 SASS in the built extension with
+cuobjdump (Triton ships one; no GPU needed): properties of the machine code that decide their
+speed and that neither the host emulator nor a comparison of results can show."""
 from __future__ import annotations
 
 import collections
@@ -11,32 +11,62 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# torch's CUDAExtension compiles with these (see setup.py); the kernels must build under them.
-FLAGS = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
-         "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+from cnnkernels._extension import build_info, load
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton.backends.nvidia as nvidia
+    except ImportError:
+        return shutil.which("cuobjdump")
+    bundled = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
+    return str(bundled) if bundled.is_file() else shutil.which("cuobjdump")
 
 
 @pytest.fixture(scope="module")
-def conv_ptx(tmp_path_factory) -> str:
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc is not on PATH")
-    out = tmp_path_factory.mktemp("ptx") / "conv_kernel.ptx"
-    subprocess.run([nvcc, *FLAGS, "-arch=sm_90", "-ptx", "-Icsrc/include", "-Icsrc/cuda", "csrc/cuda/conv_kernel.cu",
-                    "-o", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=900)
-    return out.read_text()
+def tile_kernels() -> dict[str, dict]:
+    """The sm_90 conv tile kernels on tensor cores: mangled name -> {"resources": the
+    cuobjdump resource line, "sass": the disassembly}."""
+    if not build_info()["cuda"] or "9.0" not in build_info()["cuda_archs"].split(";"):
+        pytest.skip("the extension was built without sm_90 CUDA kernels")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (Triton's nvidia backend ships one)")
+    library = load().__file__
+
+    def dump(*args):
+        return subprocess.run([tool, "-arch", "sm_90", *args, library], capture_output=True, text=True,
+                              check=True, timeout=600).stdout
+
+    resources = dict(re.findall(r"Function (\w*conv_gemm_kernel\w*WmmaEngine\w*):\s*\n\s*(.*)", dump("-res-usage")))
+    assert resources, "no tensor-core conv kernels in the extension"
+    # Disassembling is slow (about 40 s for the whole library): the large tile's kernels with
+    # 32-bit offsets (every problem, both load modes of each operand) stand for the others.
+    large = [name for name in resources if "Li128ELi128E" in name and "IS3_iEE" in name]
+    sass = {text.split("\n", 1)[0].strip(): text
+            for text in re.split(r"\n\s*Function : ", dump("-sass", "-fun", ",".join(large)))[1:]}
+    return {name: {"resources": line, "sass": sass.get(name)} for name, line in resources.items()}
 
 
-def test_tensor_core_fragments_load_from_shared_memory(conv_ptx):
-    """Every WMMA fragment load names the .shared state space (one ldmatrix each in SASS), in
-    bf16 as in fp16. CUDA 13.0's wmma::load_matrix_sync issues bf16's without it, which nvcc
-    lowers to four 32-bit generic loads per fragment."""
-    loads = re.findall(r"\bwmma\.load\.[a-z0-9.]+", conv_ptx)
-    assert loads, "no tensor-core kernels in the PTX"
-    assert all(".shared." in load for load in loads), sorted({load for load in loads if ".shared." not in load})
-    by_type = collections.defaultdict(collections.Counter)
-    for load in loads:
-        *shape, dtype = load.split(".")
-        by_type[dtype][".".join(shape)] += 1
-    assert set(by_type) == {"bf16", "f16"} and by_type["bf16"] == by_type["f16"], dict(by_type)
+def _shared_loads(sass: str) -> collections.Counter:
+    return collections.Counter(re.findall(r"\b(LD\.E\w*|LDSM[.\w]*)\b", sass))
+
+
+def test_tensor_core_fragments_load_with_ldmatrix(tile_kernels):
+    """Every WMMA fragment comes from shared memory in one ldmatrix (LDSM), in bf16 exactly as in
+    the fp16 twin kernel: CUDA 13.0's wmma::load_matrix_sync gives bf16 four generic 32-bit
+    loads (LD.E) per fragment instead, which conv_kernel.cu's load_stage_fragment avoids."""
+    fp16 = {name.replace("13__nv_bfloat16", "6__half"): name for name, kernel in tile_kernels.items()
+            if "13__nv_bfloat16" in name and kernel["sass"] is not None}
+    assert len(fp16) == 12 and all(tile_kernels[half]["sass"] for half in fp16), "3 problems x 4 load modes, and twins"
+    for half, bf16 in fp16.items():
+        loads = _shared_loads(tile_kernels[bf16]["sass"])
+        assert not any(op.startswith("LD.E") for op in loads), (bf16, loads)
+        assert loads == _shared_loads(tile_kernels[half]["sass"]), (bf16, loads)
+
+
+def test_tile_kernels_do_not_spill(tile_kernels):
+    """No tensor-core tile kernel keeps registers in local memory (a stack frame)."""
+    spilling = {name: line for name, kernel in tile_kernels.items() if (line := kernel["resources"])
+                and not re.search(r"\bSTACK:0\b", line)}
+    assert not spilling, spilling
