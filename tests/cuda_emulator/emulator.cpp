@@ -391,7 +391,7 @@ void run_grid(const LaunchConfig& cfg, const char* kernel_text, const char* laun
                                             std::to_string(kMaxDynamicSharedBytes) + " (" + kernel_str + ")");
     return;
   }
-  dynamic_shared_memory.resize(cfg.shared_bytes + 128);
+  dynamic_shared_memory.assign(cfg.shared_bytes == 0 ? 0 : cfg.shared_bytes + 128, 0xff);
   dynamic_shared_offset = (128 - reinterpret_cast<uintptr_t>(dynamic_shared_memory.data()) % 128) % 128;
   make_fibers(static_cast<unsigned>(threads));
   exchange_slots.resize((threads + 31) / 32);
