@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import CompiledKernel  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
@@ -60,6 +61,15 @@ class _CompileOnlyDriver:
 
     def get_active_torch_device(self):
         return torch.device("cpu")
+
+
+def stub_launches(arch: int, on_launch) -> None:
+    """Makes Triton compile for sm_<arch> (on the stand-in driver) and hand each launch of a
+    compiled kernel to on_launch(kernel, *launch_arguments) instead of running it: there is no
+    module to load. For scripts that inspect what the launchers compile and launch."""
+    driver.set_active(_CompileOnlyDriver(arch))
+    CompiledKernel._init_handles = lambda self: None
+    CompiledKernel.run = property(lambda self: lambda *launch: on_launch(self, *launch))
 
 
 class Report:

@@ -14,10 +14,8 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import torch  # noqa: E402
-from triton.compiler import CompiledKernel  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
-from triton.runtime.driver import driver  # noqa: E402
-from triton_aot_check import _CompileOnlyDriver  # noqa: E402
+from triton_aot_check import stub_launches  # noqa: E402
 
 LAUNCHES: list[dict] = []
 LAUNCHES_THROUGH_TRITON: list[int] = []  # for each launch through Triton's path, how many came before
@@ -37,9 +35,7 @@ def _record(kernel, grid_x, grid_y, grid_z, stream, function, packed_metadata, l
 
 
 def main() -> None:
-    driver.set_active(_CompileOnlyDriver(90))
-    CompiledKernel._init_handles = lambda self: None  # no module to load: nothing runs
-    CompiledKernel.run = property(lambda self: lambda *launch: _record(self, *launch))
+    stub_launches(90, _record)
     # Autotuning without timing: the first config wins (the probe compiles only what runs).
     Autotuner._bench = lambda self, *args, config, **kwargs: [float(self.configs.index(config))]
 

@@ -35,6 +35,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -869,11 +870,20 @@ cudaError_t launch_gemm(const P& prob, const GemmShape& s, cudaStream_t stream) 
   if (tiles > 0x7fffffff || s.splits > kMaxGridY) return cudaErrorInvalidConfiguration;
   using Pipe = Pipeline<Engine, P, kAVec, kBVec>;
   if constexpr (Pipe::kBytes > kDefaultDynamicSharedBytes) {
-    // A kernel opts in to more; per device, so before every launch (a driver call on the host).
-    void (*const kernel)(P, int64_t) = conv_gemm_kernel<Engine, P, kAVec, kBVec>;
-    const cudaError_t err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, Pipe::kBytes);
+    // A kernel opts in to more, once per device (the attribute belongs to the device's context):
+    // a driver call saved on every later launch. Devices past 64 opt in on every launch.
+    static std::atomic<uint64_t> opted_in{0};
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+    if ((opted_in.load(std::memory_order_relaxed) & bit) == 0) {
+      void (*const kernel)(P, int64_t) = conv_gemm_kernel<Engine, P, kAVec, kBVec>;
+      err = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 Pipe::kBytes);
+      if (err != cudaSuccess) return err;
+      opted_in.fetch_or(bit, std::memory_order_relaxed);
+    }
   }
   // grid.y holds at most 65535 instances; more (a depthwise backward-weight has groups*R*S, e.g.
   // 1536*7*7) take one launch per slice of instances.

@@ -391,7 +391,7 @@ void run_grid(const LaunchConfig& cfg, const char* kernel_text, const char* laun
                                             std::to_string(kMaxDynamicSharedBytes) + " (" + kernel_str + ")");
     return;
   }
-  dynamic_shared_memory.assign(cfg.shared_bytes == 0 ? 0 : cfg.shared_bytes + 128, 0xff);
+  dynamic_shared_memory.assign(cfg.shared_bytes == 0 ? 0 : cfg.shared_bytes + 128, 0);  // run_block poisons it
   dynamic_shared_offset = (128 - reinterpret_cast<uintptr_t>(dynamic_shared_memory.data()) % 128) % 128;
   make_fibers(static_cast<unsigned>(threads));
   exchange_slots.resize((threads + 31) / 32);
@@ -466,6 +466,12 @@ cudaError_t CUDARTAPI cudaGetLastError(void) {
   if (e != cudaSuccess) emu::unreported.erase(emu::unreported.begin() + static_cast<long>(emu::last_error_entry));
   emu::last_error = cudaSuccess;
   return e;
+}
+
+// One device, device 0.
+cudaError_t CUDARTAPI cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
 }
 
 // Checks the value of the one attribute the sources set; the grant itself is not tied to later
