@@ -14,6 +14,7 @@ from cnnkernels.ops import conv as conv_ops
 if "triton" not in conv_ops.IMPLEMENTED:
     pytest.skip("triton is not installed", allow_module_level=True)
 
+from cnnkernels.triton import _common as triton_common  # noqa: E402
 from cnnkernels.triton import conv as T  # noqa: E402
 
 DEVICE = "cpu" if triton_interpreted() else "cuda"
@@ -28,7 +29,9 @@ X_SHAPE, W_SHAPE = (3, 6, 11, 13), (10, 3, 3, 2)
 CONV = ([2, 1], [1, 2, 0, 1], [1, 2], 2)
 PROBLEMS = {
     "few_channels": (X_SHAPE, W_SHAPE, CONV),
-    "per_tap": ((2, 40, 9, 10), (12, 20, 3, 3), ([2, 1], [1, 2, 0, 1], [1, 2], 2)),
+    "per_tap": ((2, 40, 9, 10), (12, 20, 3, 2), ([2, 1], [1, 2, 0, 1], [1, 2], 2)),  # not square: R != S
+    # 1x1, stride 1, no padding: the backward-weight kernel reads the input by pixel index alone.
+    "pointwise": ((2, 24, 5, 7), (20, 24, 1, 1), ([1, 1], [0, 0, 0, 0], [1, 1], 1)),
 }
 
 
@@ -146,6 +149,62 @@ def test_weight_and_bias_gradients_with_one_split_and_several(batch, one_split, 
     tolerance = dict(rtol=2e-2, atol=2e-1) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(dw.double(), wd.grad, **tolerance)
     torch.testing.assert_close(db.double(), b.grad, **tolerance)
+
+
+def _pixel_layouts(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """t's values in layouts whose pixels (n, h, w) lie evenly spaced (channels_last) or not
+    (NCHW, whose images are C planes apart; a view into a wider and taller tensor)."""
+    wide = torch.zeros(t.shape[0], t.shape[1], t.shape[2] + 1, t.shape[3] + 3, device=t.device)
+    wide[:, :, 1:, 2:-1] = t
+    return {"nchw": t.contiguous(), "channels_last": t.contiguous(memory_format=torch.channels_last),
+            "view": wide[:, :, 1:, 2:-1]}
+
+
+@pytest.mark.parametrize("x_layout", ["nchw", "channels_last", "view"])
+@pytest.mark.parametrize("g_layout", ["nchw", "channels_last", "view", "expanded"])
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("image", [(6, 7), (3, 2)])
+def test_weight_and_bias_gradients_in_any_pixel_layout(image, kernel, g_layout, x_layout, monkeypatch):
+    """The backward-weight and bias kernels address a tensor's pixels by pixel index where they
+    lie evenly spaced, and by (n, p, q) otherwise; each path against torch's autograd. A 1x1
+    convolution with stride 1 and no padding reads its input by pixel index too. Reduction
+    blocks of 16 pixels, so (n, p, q) is carried from block to block across rows and, on the
+    3x2 images, across whole images, and the splits start inside images."""
+    monkeypatch.setattr(T, "WEIGHT_REDUCTION_BLOCK", 16)
+    monkeypatch.setattr(triton_common, "_PLANS", {})  # plans made with the usual block size kept apart
+    conv = ([1, 1], [kernel // 2] * 4, [1, 1], 1)
+    x = _pixel_layouts(torch.randn(5, 12, *image, device=DEVICE))[x_layout]
+    w = torch.randn(10, 12, kernel, kernel, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(10, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    xd = x.double().requires_grad_()
+    ref = TF.conv2d(xd, w, b, padding=kernel // 2)
+    g = (torch.ones(1, device=DEVICE).expand(ref.shape) if g_layout == "expanded"
+         else _pixel_layouts(torch.randn(ref.shape, device=DEVICE))[g_layout])
+    want_w, want_b = torch.autograd.grad(ref, (w, b), g.double())
+    flags = T._backward_weight_plan(g, x, list(w.shape), *conv).constexprs
+    assert flags["DY_FLAT"] == (g_layout in ("channels_last", "expanded"))
+    assert flags["X_FLAT"] == (kernel == 1 and x_layout == "channels_last")
+    assert T._backward_bias_plan(g).constexprs["DY_FLAT"] == flags["DY_FLAT"]
+    torch.testing.assert_close(T.conv2d_backward_weight(g, x, list(w.shape), *conv).double(), want_w,
+                               rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(T.conv2d_backward_bias(g).double(), want_b, rtol=1e-4, atol=1e-3)
+
+
+def test_pixel_stride_finds_evenly_spaced_pixels():
+    """_pixel_stride(t) = s means pixel (n, h, w) of t is at ((n*H + h)*W + w) * s; checked on
+    every element, for layouts with and without such an s (size-1 dimensions with odd strides)."""
+    base = torch.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    cases = {**_pixel_layouts(base.float()), "expanded": torch.zeros(1).expand(2, 3, 4, 5),
+             "one_row": torch.zeros(2, 3, 1, 5).as_strided((2, 3, 1, 5), (15, 1, 7, 3)),
+             "transposed_hw": base.transpose(2, 3)}
+    for name, t in cases.items():
+        stride = T._pixel_stride(t)
+        assert (stride is not None) == (name in ("channels_last", "expanded", "one_row")), name
+        if stride is None:
+            continue
+        n, h, w = torch.meshgrid(*(torch.arange(size) for size in (t.shape[0], t.shape[2], t.shape[3])), indexing="ij")
+        offsets = n * t.stride(0) + h * t.stride(2) + w * t.stride(3)
+        assert torch.equal(offsets, ((n * t.shape[2] + h) * t.shape[3] + w) * stride), name
 
 
 def test_reduction_split_covers_the_pixels_in_whole_blocks():

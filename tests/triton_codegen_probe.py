@@ -1,7 +1,8 @@
 """Run by tests/test_triton_codegen.py in a fresh process (it needs Triton compiling for a GPU,
 not interpreting): compiles the conv kernels of a few problems for sm_90 and prints, as JSON, how
-each kernel's PTX moves its operands from global memory. Needs no GPU: a stand-in driver makes
-Triton compile for sm_90 and the launch is stubbed.
+each kernel's PTX moves its operands from global memory and how many integer divisions its
+loops do. Needs no GPU: a stand-in driver makes Triton compile for sm_90 and the launch is
+stubbed.
 """
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ def global_loads(ptx: str) -> dict[str, int]:
     return counts
 
 
+def loop_divisions(ptx: str) -> int:
+    """Integer divisions and remainders by a runtime value (PTX div./rem.: about 20 instructions
+    each in sm_90 SASS) inside the kernel's loops, a loop being the lines from a label to a
+    branch back to it."""
+    lines = ptx.splitlines()
+    labels: dict[str, int] = {}
+    count = 0
+    for i, line in enumerate(lines):
+        label = re.match(r"\s*(\$L__\w+):", line)
+        if label:
+            labels[label.group(1)] = i
+        branch = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
+        if branch and branch.group(1) in labels:
+            body = lines[labels[branch.group(1)]:i]
+            count += sum(1 for op in body if re.match(r"\s*(?:@!?%p\d+\s+)?(?:div|rem)\.", op))
+    return count
+
+
 def main() -> None:
     stub_launches(90, lambda kernel, *launch: COMPILED.append(kernel))
 
@@ -40,16 +59,19 @@ def main() -> None:
     conv._check_device = lambda *tensors: None
     cl = torch.channels_last
     results = {}
-    for name, kernel in (("1x1", 1), ("3x3", 3)):
+    for name, kernel, stride in (("1x1", 1, 1), ("3x3", 3, 1), ("3x3/2", 3, 2)):
         x = torch.empty(8, 64, 14, 14, dtype=torch.bfloat16).contiguous(memory_format=cl)
         # torch's own layout for a 1x1 kernel's weight, in either memory format: (C, 1, 1, 1).
         w = torch.empty(128, 64, kernel, kernel, dtype=torch.bfloat16).contiguous(memory_format=cl)
-        geometry = ([1, 1], [kernel // 2] * 4, [1, 1], 1)
+        geometry = ([stride, stride], [kernel // 2] * 4, [1, 1], 1)
         config = conv.FORWARD_CONFIGS[0]
         y = conv.conv2d_forward(x, w, None, *geometry, config=config)
         conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=config)
+        conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
+        kernels = [k for k in COMPILED if k.name.startswith("_conv2d_")]  # not the partial sums'
         results[name] = {"weight_stride": list(w.stride()),
-                         **{k.name: global_loads(k.asm["ptx"]) for k in COMPILED}}
+                         "loads": {k.name: global_loads(k.asm["ptx"]) for k in kernels},
+                         "loop_divisions": {k.name: loop_divisions(k.asm["ptx"]) for k in kernels}}
         COMPILED.clear()
     print(json.dumps(results))
 

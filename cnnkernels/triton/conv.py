@@ -115,6 +115,22 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
 
 
+def _pixel_stride(t: torch.Tensor) -> int | None:
+    """The stride at which the pixels (n, h, w) of the 4-D tensor t lie, in their order
+    (n*H + h)*W + w, if they lie evenly spaced: true of a contiguous channels_last tensor (C) and
+    of autograd's expanded gradients (0), not of NCHW (its images are C planes apart); else None."""
+    pixel, span = None, 1
+    for size, stride in ((t.shape[3], t.stride(3)), (t.shape[2], t.stride(2)), (t.shape[0], t.stride(0))):
+        if size == 1:
+            continue
+        if pixel is None:
+            pixel = stride
+        elif stride != pixel * span:
+            return None
+        span *= size
+    return 0 if pixel is None else pixel
+
+
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot input precision: fp32 follows torch's cuDNN TF32 switch, as torch's convolution does."""
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRETED:
@@ -175,6 +191,31 @@ def _tile_of_program(columns, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _first_block():
+    """(tap row, tap column, first channel) of a reduction's first block (_next_block)."""
+    zero = tl.full((), 0, tl.int32)
+    return zero, zero, zero
+
+
+@triton.jit
+def _next_block(r, s, c0, taps_s, channels, BLOCK: tl.constexpr, ONE_TAP: tl.constexpr):
+    """The reduction block after channels c0 .. c0 + BLOCK - 1 of tap (r, s), in the order taps by
+    rows, then channel blocks, fastest (ONE_TAP: a 1x1 kernel, whose tap stays (0, 0)). A loop
+    carries these counters from one iteration to the next rather than dividing them out of its
+    iteration number: a division by a runtime value costs every thread about 20 instructions per
+    iteration (sm_90 SASS)."""
+    if ONE_TAP:
+        return r, s, c0 + BLOCK
+    c0 += BLOCK
+    next_tap = c0 >= channels
+    c0 = tl.where(next_tap, 0, c0)
+    s += next_tap.to(tl.int32)
+    next_row = s == taps_s
+    s = tl.where(next_row, 0, s)
+    return r + next_row.to(tl.int32), s, c0
+
+
+@triton.jit
 def _conv2d_forward_kernel(
     x, w, bias, y,
     N, H, W, P, Q, Cg, Kg,
@@ -221,21 +262,22 @@ def _conv2d_forward_kernel(
     else:
         # One flat loop over (tap, channel block): a single long loop is what Triton software-
         # pipelines (num_stages), also when a tap has only one or two channel blocks.
-        c_blocks = tl.cdiv(Cg, BLOCK_K)
-        for t in range(0, R * S * c_blocks):
-            rs = t // c_blocks
-            c = (t - rs * c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
-            r = rs // S
-            s = rs - r * S
+        x_win = x_img + ih0 * sx_h + iw0 * sx_w  # each row's window at tap (0, 0)
+        r, s, c0 = _first_block()
+        for _ in range(0, R * S * tl.cdiv(Cg, BLOCK_K)):
+            c = c0 + tl.arange(0, BLOCK_K)
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             c_ok = c < Cg
-            a = tl.load((x_img + ih * sx_h + iw * sx_w)[:, None] + tl.cast(c, INDEX)[None, :] * sx_c,
+            # The tap's offset is one number for the whole tile (uniform registers).
+            tap = tl.cast(r * dil_h, INDEX) * sx_h + tl.cast(s * dil_w, INDEX) * sx_w
+            a = tl.load((x_win + tap)[:, None] + tl.cast(c, INDEX)[None, :] * sx_c,
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load((w_out + r * sw_r + s * sw_s)[None, :] + tl.cast(c, INDEX)[:, None] * sw_c,
                         mask=c_ok[:, None] & k_ok[None, :], other=0.0)
             acc = _dot(a, b, acc, PRECISION, UPCAST)
+            r, s, c0 = _next_block(r, s, c0, S, Cg, BLOCK_K, R * S == 1)
     if HAS_BIAS:
         acc += tl.load(bias + g * Kg + k, mask=k_ok, other=0.0).to(ACC)[None, :]
     y_pix = y + n * sy_n + p * sy_p + q * sy_q
@@ -286,33 +328,56 @@ def _conv2d_backward_input_kernel(
     c = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)  # input channels within the group
     m_ok = m < tl.cast(N, INDEX) * Hp * Wp
     c_ok = c < Cg
-    ih = ih0 + ((m // Wd) % Hd) * stride_h
-    iw = iw0 + (m % Wd) * stride_w
+    row = (m // Wd) % Hd  # within the phase
+    col = m % Wd
+    ih = ih0 + row * stride_h
+    iw = iw0 + col * stride_w
     n = m // (Wd * Hd)
-    dy_img = dy + n * sd_n + tl.cast(g * Kg, INDEX) * sd_k
+    # The gradient row that input row ih meets through tap r is (ih + pad_h - r*dil_h) / stride_h,
+    # exactly (the phase makes it a multiple). Over the useful taps r = first_h + i*step_h that
+    # is oh_first - i*oh_step, with step_h*dil_h = lcm(stride_h, dil_h) a multiple of stride_h.
+    # So only these two divisions, not one per row and tap (likewise for columns).
+    oh_first = row + (ih0 + pad_h - first_h * dil_h) // stride_h
+    ow_first = col + (iw0 + pad_w - first_w * dil_w) // stride_w
+    oh_step = step_h * dil_h // stride_h
+    ow_step = step_w * dil_w // stride_w
+    dy_first = dy + n * sd_n + tl.cast(g * Kg, INDEX) * sd_k + oh_first * sd_p + ow_first * sd_q
     w_in = w + tl.cast(g * Kg, INDEX) * sw_k + tl.cast(c, INDEX) * sw_c
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    # One flat loop over (useful tap, output-channel block), pipelined like the forward's.
-    k_blocks = tl.cdiv(Kg, BLOCK_K)
-    for t in range(0, taps_h * taps_w * k_blocks):
-        tap = t // k_blocks
-        k = (t - tap * k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
-        r = first_h + (tap // taps_w) * step_h
-        s = first_w + (tap % taps_w) * step_w
-        oh = (ih + pad_h - r * dil_h) // stride_h  # exact: the phase makes it a multiple
-        ow = (iw + pad_w - s * dil_w) // stride_w
+    # One flat loop over (useful tap, output-channel block), pipelined like the forward's; the
+    # tap is (first_h + i*step_h, first_w + j*step_w).
+    i, j, k0 = _first_block()
+    for _ in range(0, taps_h * taps_w * tl.cdiv(Kg, BLOCK_K)):
+        k = k0 + tl.arange(0, BLOCK_K)
+        oh = oh_first - i * oh_step
+        ow = ow_first - j * ow_step
         pix_ok = m_ok & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
         k_ok = k < Kg
-        a = tl.load((dy_img + oh * sd_p + ow * sd_q)[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
+        tap = tl.cast(i * oh_step, INDEX) * sd_p + tl.cast(j * ow_step, INDEX) * sd_q
+        a = tl.load((dy_first - tap)[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                     mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
-        w_tap = w_in + tl.cast(r, INDEX) * sw_r + tl.cast(s, INDEX) * sw_s
+        w_tap = w_in + tl.cast(first_h + i * step_h, INDEX) * sw_r + tl.cast(first_w + j * step_w, INDEX) * sw_s
         b = tl.load(w_tap[None, :] + tl.cast(k, INDEX)[:, None] * sw_k,
                     mask=k_ok[:, None] & c_ok[None, :], other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
+        i, j, k0 = _next_block(i, j, k0, taps_w, Kg, BLOCK_K, R * S == 1)
     x_pix = dx + n * sx_n + ih * sx_h + iw * sx_w
     out = x_pix[:, None] + tl.cast(g * Cg + c, INDEX)[None, :] * sx_c
     tl.store(out, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit
+def _advance_pixels(n, p, q, P, Q, STEP: tl.constexpr):
+    """(n, p, q) of the pixels m + STEP, from those of pixels m (m = (n*P + p)*Q + q), without
+    dividing. q + STEP % Q < 2Q and p + (STEP // Q) % P + 1 < 2P, so each carry is 0 or 1."""
+    q += STEP % Q
+    carry = q >= Q
+    q = tl.where(carry, q - Q, q)
+    p += (STEP // Q) % P + carry
+    carry = p >= P
+    p = tl.where(carry, p - P, p)
+    return n + STEP // (Q * P) + carry, p, q
 
 
 @triton.jit
@@ -320,9 +385,9 @@ def _conv2d_backward_weight_kernel(
     dy, x, out,
     N, H, W, P, Q, Cg, Kg, chunk,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    sd_n, sd_k, sd_p, sd_q, sx_n, sx_c, sx_h, sx_w, so_split, so_k, so_c, so_r, so_s,
-    R: tl.constexpr, S: tl.constexpr, TAPS_IN_N: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    sd_n, sd_k, sd_p, sd_q, sd_pixel, sx_n, sx_c, sx_h, sx_w, sx_pixel, so_split, so_k, so_c, so_r, so_s,
+    R: tl.constexpr, S: tl.constexpr, TAPS_IN_N: tl.constexpr, DY_FLAT: tl.constexpr, X_FLAT: tl.constexpr,
+    INDEX: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     # Columns: the group's input channels of one tap (grid axis 1 = (group, r, s)), or with
@@ -352,20 +417,34 @@ def _conv2d_backward_weight_kernel(
     m_end = tl.minimum(m_begin + chunk, M)
 
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    # The reduction's pixels m = (n*P + p)*Q + q. Every thread holds several pixels of each
+    # operand tile, so finding (n, p, q) costs per pixel per iteration: carried forward
+    # (_advance_pixels), not divided out of m. A tensor whose pixels lie evenly spaced (DY_FLAT,
+    # and X_FLAT for a 1x1 convolution with stride 1 and no padding) needs none: pixel m is at
+    # m * its pixel stride.
+    m = m_begin + tl.arange(0, BLOCK_M)
+    q = m % Q
+    p = (m // Q) % P
+    n = m // (Q * P)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
-        q = m % Q
-        p = (m // Q) % P
-        n = m // (Q * P)
-        # (ih, iw) is (BLOCK_M, 1) with one tap per program, (BLOCK_M, BLOCK_N) with TAPS_IN_N.
-        ih = (p * stride_h - pad_h)[:, None] + r * dil_h
-        iw = (q * stride_w - pad_w)[:, None] + s * dil_w
-        x_ok = m_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & j_ok[None, :]
-        a = tl.load(dy_k[:, None] + (n * sd_n + p * sd_p + q * sd_q)[None, :],
-                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
-        b = tl.load(x_c[None, :] + (n * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=x_ok, other=0.0)
+        if DY_FLAT:
+            dy_pixel = m * sd_pixel
+        else:
+            dy_pixel = n * sd_n + p * sd_p + q * sd_q
+        a = tl.load(dy_k[:, None] + dy_pixel[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        if X_FLAT:
+            b = tl.load(x_c[None, :] + (m * sx_pixel)[:, None], mask=m_ok[:, None] & j_ok[None, :], other=0.0)
+        else:
+            # (ih, iw) is (BLOCK_M, 1) with one tap per program, (BLOCK_M, BLOCK_N) with TAPS_IN_N.
+            ih = (p * stride_h - pad_h)[:, None] + r * dil_h
+            iw = (q * stride_w - pad_w)[:, None] + s * dil_w
+            x_ok = m_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & j_ok[None, :]
+            b = tl.load(x_c[None, :] + (n * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=x_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
+        if not (DY_FLAT and X_FLAT):
+            n, p, q = _advance_pixels(n, p, q, P, Q, BLOCK_M)
     # out[split, k, c, r, s]: the fp32 partials, or the weight gradient itself (one split).
     dst = (out + split * so_split + tl.cast(g * Kg + k, INDEX)[:, None] * so_k
            + (tl.cast(c, INDEX) * so_c + r * so_r + s * so_s)[None, :])
@@ -375,8 +454,8 @@ def _conv2d_backward_weight_kernel(
 @triton.jit
 def _bias_grad_kernel(
     dy, out, N, K, P, Q, chunk,
-    sd_n, sd_k, sd_p, sd_q, so_split, so_k,
-    INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    sd_n, sd_k, sd_p, sd_q, sd_pixel, so_split, so_k,
+    DY_FLAT: tl.constexpr, INDEX: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     split = tl.program_id(1).to(INDEX)
@@ -388,7 +467,10 @@ def _bias_grad_kernel(
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
-        off = (m // (Q * P)) * sd_n + ((m // Q) % P) * sd_p + (m % Q) * sd_q
+        if DY_FLAT:  # (as in the backward-weight kernel)
+            off = m * sd_pixel
+        else:
+            off = (m // (Q * P)) * sd_n + ((m // Q) % P) * sd_p + (m % Q) * sd_q
         acc += tl.load(dy + off[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                        mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
     # out[split, k]: the fp32 partials, or the bias gradient itself (one split).
@@ -553,10 +635,14 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
             return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(R * S * Cg, meta["BLOCK_N"]), groups, splits)
         return (_cdiv(Kg, meta["BLOCK_K"]) * _cdiv(Cg, meta["BLOCK_N"]), groups * R * S, splits)
 
+    dy_pixel = _pixel_stride(grad_output)
+    # A 1x1 convolution with stride 1 and no padding reads input pixel m for output pixel m.
+    x_pixel = _pixel_stride(input) if R == S == 1 and tuple(stride) == (1, 1) and not any(padding) else None
     scalars = (N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-               *_strides(grad_output), *_strides(input), *_split_strides(out, splits))
+               *_strides(grad_output), dy_pixel or 0, *_strides(input), x_pixel or 0, *_split_strides(out, splits))
     return _Plan(list(weight_size), fmt, grid, scalars, dict(
-        R=R, S=S, TAPS_IN_N=taps_in_n, INDEX=_offset_dtype(input, grad_output, out),
+        R=R, S=S, TAPS_IN_N=taps_in_n, DY_FLAT=dy_pixel is not None, X_FLAT=x_pixel is not None,
+        INDEX=_offset_dtype(input, grad_output, out),
         ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK),
         splits)
 
@@ -578,10 +664,11 @@ def _backward_bias_plan(grad_output) -> _Plan:
     N, K, P, Q = grad_output.shape
     splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
     out = _reduction_output(_meta([K], torch.contiguous_format), splits)
-    scalars = (N, K, P, Q, chunk, *_strides(grad_output), *_split_strides(out, splits))
+    dy_pixel = _pixel_stride(grad_output)
+    scalars = (N, K, P, Q, chunk, *_strides(grad_output), dy_pixel or 0, *_split_strides(out, splits))
     return _Plan([K], torch.contiguous_format, (_cdiv(K, BIAS_BLOCK_K), splits), scalars, dict(
-        INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(grad_output.dtype), BLOCK_K=BIAS_BLOCK_K,
-        BLOCK_M=BIAS_BLOCK_M), splits)
+        DY_FLAT=dy_pixel is not None, INDEX=_offset_dtype(grad_output, out), ACC=_acc_dtype(grad_output.dtype),
+        BLOCK_K=BIAS_BLOCK_K, BLOCK_M=BIAS_BLOCK_M), splits)
 
 
 def conv2d_backward_bias(grad_output):
