@@ -39,3 +39,11 @@ def test_main_loops_do_not_divide(probe, size, kernel):
     an index: every thread would pay about 20 instructions per division per iteration, in loops
     of 120-270 (sm_90 SASS, 8 warps sharing 4 schedulers against a 512-cycle tensor-core step)."""
     assert probe[size]["loop_divisions"][kernel] == 0
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_max_pool_backward_loops_do_not_divide(probe, layout):
+    """The max-pooling backward finds the outputs an element meets through its taps by stepping,
+    not by a division per tap: a kernel that moves a few bytes per element has few
+    instructions per element to spend."""
+    assert probe[f"max_pool2d_backward {layout}"]["loop_divisions"] == 0

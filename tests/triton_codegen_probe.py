@@ -1,7 +1,7 @@
 """Run by tests/test_triton_codegen.py in a fresh process (it needs Triton compiling for a GPU,
-not interpreting): compiles the conv kernels of a few problems for sm_90 and prints, as JSON, how
-each kernel's PTX moves its operands from global memory and how many integer divisions its
-loops do. Needs no GPU: a stand-in driver makes Triton compile for sm_90 and the launch is
+not interpreting): compiles the conv kernels of a few problems (and the max-pooling backward) for sm_90 and
+prints, as JSON, how each kernel's PTX moves its operands from global memory and how many
+integer divisions its loops do. Needs no GPU: a stand-in driver makes Triton compile for sm_90 and the launch is
 stubbed.
 """
 from __future__ import annotations
@@ -72,6 +72,17 @@ def main() -> None:
         results[name] = {"weight_stride": list(w.stride()),
                          "loads": {k.name: global_loads(k.asm["ptx"]) for k in kernels},
                          "loop_divisions": {k.name: loop_divisions(k.asm["ptx"]) for k in kernels}}
+        COMPILED.clear()
+    # The max-pooling backward (3x3 stride 2, ResNet's): a gather whose loops run over the taps.
+    from cnnkernels.triton import pool
+    pool._check_device = lambda *tensors: None
+    for name, memory_format in (("nchw", torch.contiguous_format), ("channels_last", cl)):
+        x = torch.empty(8, 64, 28, 28, dtype=torch.bfloat16).contiguous(memory_format=memory_format)
+        window = ([3, 3], [2, 2], [1, 1], [1, 1])
+        y, indices = pool.max_pool2d_forward(x, *window, False, config=pool.TILE_CONFIGS[0])
+        COMPILED.clear()
+        pool.max_pool2d_backward(y, indices, list(x.shape), *window, config=pool.TILE_CONFIGS[0])
+        results[f"max_pool2d_backward {name}"] = {"loop_divisions": loop_divisions(COMPILED[0].asm["ptx"])}
         COMPILED.clear()
     print(json.dumps(results))
 
