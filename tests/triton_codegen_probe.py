@@ -1,8 +1,8 @@
 """Run by tests/test_triton_codegen.py in a fresh process (it needs Triton compiling for a GPU,
-not interpreting): compiles the conv kernels of a few problems (and the max-pooling backward) for sm_90 and
-prints, as JSON, how each kernel's PTX moves its operands from global memory and how many
-integer divisions its loops do. Needs no GPU: a stand-in driver makes Triton compile for sm_90 and the launch is
-stubbed.
+not interpreting): compiles the conv kernels of a few problems, and the max-pooling backward,
+for sm_90 and prints, as JSON, how each kernel's PTX moves its operands from global memory and
+how many integer divisions its loops do. Needs no GPU: a stand-in driver makes Triton compile
+for sm_90 and the launch is stubbed.
 """
 from __future__ import annotations
 
