@@ -199,11 +199,11 @@ def _first_block():
 
 @triton.jit
 def _next_block(r, s, c0, taps_s, channels, BLOCK: tl.constexpr, ONE_TAP: tl.constexpr):
-    """The reduction block after channels c0 .. c0 + BLOCK - 1 of tap (r, s), in the order taps by
-    rows, then channel blocks, fastest (ONE_TAP: a 1x1 kernel, whose tap stays (0, 0)). A loop
-    carries these counters from one iteration to the next rather than dividing them out of its
-    iteration number: a division by a runtime value costs every thread about 20 instructions per
-    iteration (sm_90 SASS)."""
+    """The reduction block after channels c0 .. c0 + BLOCK - 1 of tap (r, s), in the order
+    (r, s, channel block) with channel blocks fastest (ONE_TAP: a 1x1 kernel, whose tap stays
+    (0, 0)). A loop carries these counters from one iteration to the next rather than dividing
+    them out of its iteration number: a division by a runtime value costs every thread about 20
+    instructions per iteration (sm_90 SASS)."""
     if ONE_TAP:
         return r, s, c0 + BLOCK
     c0 += BLOCK
@@ -368,6 +368,22 @@ def _conv2d_backward_input_kernel(
 
 
 @triton.jit
+def _pixels(m, P, Q):
+    """(n, p, q) of pixels m = (n*P + p)*Q + q: divided out once, before a loop over the pixels
+    that then carries them (_advance_pixels)."""
+    return m // (Q * P), (m // Q) % P, m % Q
+
+
+@triton.jit
+def _pixel_offsets(m, n, p, q, s_n, s_p, s_q, s_pixel, FLAT: tl.constexpr):
+    """Where pixels m = (n, p, q) of a tensor lie: m * s_pixel where its pixels lie evenly
+    spaced (FLAT, _pixel_stride), otherwise through its three strides."""
+    if FLAT:
+        return m * s_pixel
+    return n * s_n + p * s_p + q * s_q
+
+
+@triton.jit
 def _advance_pixels(n, p, q, P, Q, STEP: tl.constexpr):
     """(n, p, q) of the pixels m + STEP, from those of pixels m (m = (n*P + p)*Q + q), without
     dividing. q + STEP % Q < 2Q and p + (STEP // Q) % P + 1 < 2P, so each carry is 0 or 1."""
@@ -422,17 +438,11 @@ def _conv2d_backward_weight_kernel(
     # (_advance_pixels), not divided out of m. A tensor whose pixels lie evenly spaced (DY_FLAT,
     # and X_FLAT for a 1x1 convolution with stride 1 and no padding) needs none: pixel m is at
     # m * its pixel stride.
-    m = m_begin + tl.arange(0, BLOCK_M)
-    q = m % Q
-    p = (m // Q) % P
-    n = m // (Q * P)
+    n, p, q = _pixels(m_begin + tl.arange(0, BLOCK_M), P, Q)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
-        if DY_FLAT:
-            dy_pixel = m * sd_pixel
-        else:
-            dy_pixel = n * sd_n + p * sd_p + q * sd_q
+        dy_pixel = _pixel_offsets(m, n, p, q, sd_n, sd_p, sd_q, sd_pixel, DY_FLAT)
         a = tl.load(dy_k[:, None] + dy_pixel[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
         if X_FLAT:
             b = tl.load(x_c[None, :] + (m * sx_pixel)[:, None], mask=m_ok[:, None] & j_ok[None, :], other=0.0)
@@ -464,15 +474,17 @@ def _bias_grad_kernel(
     m_begin = split * chunk
     m_end = tl.minimum(m_begin + chunk, M)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+    # The pixels as in the backward-weight kernel: by index where they lie evenly spaced,
+    # otherwise through (n, p, q) carried from block to block.
+    n, p, q = _pixels(m_begin + tl.arange(0, BLOCK_M), P, Q)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
-        if DY_FLAT:  # (as in the backward-weight kernel)
-            off = m * sd_pixel
-        else:
-            off = (m // (Q * P)) * sd_n + ((m // Q) % P) * sd_p + (m % Q) * sd_q
+        off = _pixel_offsets(m, n, p, q, sd_n, sd_p, sd_q, sd_pixel, DY_FLAT)
         acc += tl.load(dy + off[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                        mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
+        if not DY_FLAT:
+            n, p, q = _advance_pixels(n, p, q, P, Q, BLOCK_M)
     # out[split, k]: the fp32 partials, or the bias gradient itself (one split).
     tl.store(out + split * so_split + k * so_k, tl.sum(acc, axis=0).to(out.dtype.element_ty), mask=k_ok)
 
