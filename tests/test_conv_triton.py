@@ -270,20 +270,28 @@ def test_autotuned_launch_matches_torch(monkeypatch):
         torch.backends.cudnn.allow_tf32 = True
 
 
-@pytest.mark.parametrize("kernel, columns_arg", [(T._conv2d_forward_kernel, "Kg"),
-                                                 (T._conv2d_backward_input_kernel, "Cg")], ids=["forward", "backward_input"])
-def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg):
+GEMM_KERNELS = [(T._conv2d_forward_kernel, "Kg", "x"), (T._conv2d_backward_input_kernel, "Cg", "dy")]
+
+
+def _tried(kernel, dtype, **named):
+    """Indices into the kernel's config list of the configs its autotuner tries, for GEMM
+    operands of `dtype` and the other arguments `named` (7 where not given)."""
+    tuner = T._TUNED[kernel]
+    args = dict.fromkeys(kernel.arg_names, 7) | dict.fromkeys(["x", "dy"], torch.empty(0, dtype=dtype)) | named
+    return [tuner.configs.index(c) for c in tuner.early_config_prune(tuner.configs, args)]
+
+
+@pytest.mark.parametrize("kernel, columns_arg, operand_arg", GEMM_KERNELS, ids=["forward", "backward_input"])
+def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg, operand_arg):
     """The autotuner tries the 16-column tiles on GEMMs with at most 32 columns (the group's
     output channels in forward, input channels in backward-input) and the wider ones above 16,
     and an untuned launch takes the first it would try."""
-    tuner = T._TUNED[kernel]
     narrow = [i for i, c in enumerate(T.FORWARD_CONFIGS) if c.kwargs["BLOCK_N"] == T.NARROW_COLUMNS]
     wide = [i for i in range(len(T.FORWARD_CONFIGS)) if i not in narrow]
     assert narrow and wide
 
     def tried(columns):
-        named = dict.fromkeys(kernel.arg_names, 7) | {columns_arg: columns}
-        return [T.FORWARD_CONFIGS.index(c) for c in tuner.early_config_prune(tuner.configs, named)]
+        return _tried(kernel, torch.bfloat16, **{columns_arg: columns})
 
     assert tried(3) == tried(16) == narrow
     assert tried(17) == tried(32) == wide + narrow
@@ -291,3 +299,22 @@ def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg):
     x, w, g, conv = _problem("few_channels")  # 3 input and 5 output channels per group
     assert T._forward_plan(x, w, False, *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
     assert T._backward_input_plan(g, w, list(x.shape), *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
+
+
+@pytest.mark.parametrize("kernel", [T._conv2d_forward_kernel, T._conv2d_backward_input_kernel,
+                                    T._conv2d_backward_weight_kernel], ids=["forward", "backward_input", "backward_weight"])
+def test_autotune_tries_register_capped_tiles_on_16_bit_operands_only(kernel):
+    """The configs whose registers are capped (so that two programs share an SM) are tried on
+    fp16 and bf16 operands, which fit the cap without spilling, and never on fp32 or fp64, which
+    would spill; every other config is tried on all of them (a wide GEMM's configs here). An
+    untuned launch takes an uncapped config."""
+    configs = T._TUNED[kernel].configs
+    capped = {i for i, c in enumerate(configs) if c.maxnreg is not None}
+    assert capped == {1} and configs[1].maxnreg == T.TWO_PROGRAMS_PER_SM
+    assert all(c.maxnreg is None or c.num_warps * 32 * c.maxnreg * 2 <= 65536 for c in configs)
+    wide = dict(Kg=512, Cg=512)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert capped <= set(_tried(kernel, dtype, **wide))
+    for dtype in (torch.float32, torch.float64):
+        assert set(_tried(kernel, dtype, **wide)) == set(_tried(kernel, torch.bfloat16, **wide)) - capped
+    assert configs[0].maxnreg is None

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported
@@ -52,6 +54,20 @@ def loop_divisions(ptx: str) -> int:
     return count
 
 
+def register_use(ptx: str) -> dict[str, int]:
+    """Registers per thread and bytes spilled to local memory, as Triton's ptxas reports them
+    when it assembles the PTX for sm_90a."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp, "kernel.ptx")
+        source.write_text(ptx)
+        report = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", str(source), "-o", str(source.with_suffix(".cubin"))],
+                                capture_output=True, text=True, check=True).stderr
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    return {"registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+            "spill_bytes": int(spills.group(1)) + int(spills.group(2))}
+
+
 def main() -> None:
     stub_launches(90, lambda kernel, *launch: COMPILED.append(kernel))
 
@@ -72,6 +88,15 @@ def main() -> None:
         results[name] = {"weight_stride": list(w.stride()),
                          "loads": {k.name: global_loads(k.asm["ptx"]) for k in kernels},
                          "loop_divisions": {k.name: loop_divisions(k.asm["ptx"]) for k in kernels}}
+        COMPILED.clear()
+        # The same tiles with their registers capped (the configs tried on 16-bit operands).
+        capped = next(c for c in conv.FORWARD_CONFIGS if c.maxnreg is not None)
+        conv.conv2d_forward(x, w, None, *geometry, config=capped)
+        conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=capped)
+        conv.conv2d_backward_weight(y, x, list(w.shape), *geometry,
+                                    config=next(c for c in conv.BACKWARD_WEIGHT_CONFIGS if c.maxnreg is not None))
+        results[name]["capped"] = {k.name: register_use(k.asm["ptx"]) | {"maxnreg": k.metadata.maxnreg}
+                                   for k in COMPILED if k.name.startswith("_conv2d_")}
         COMPILED.clear()
     # The max-pooling backward (3x3 stride 2, ResNet's): a gather whose loops run over the taps.
     from cnnkernels.triton import pool

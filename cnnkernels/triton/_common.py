@@ -21,8 +21,8 @@ INTERPRETED = triton_interpreted()
 
 
 def _config(**meta):
-    warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-    return triton.Config(meta, num_warps=warps, num_stages=stages)
+    warps, stages, maxnreg = meta.pop("num_warps"), meta.pop("num_stages"), meta.pop("maxnreg", None)
+    return triton.Config(meta, num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
 def _among(configs: list[triton.Config], kept: list[triton.Config]) -> list[triton.Config]:
@@ -148,7 +148,6 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
 
 def _launch_through_triton(kernel, grid, args, constexprs, config, tuned):
     """Triton's own launch; returns the compiled kernel it ran (None in the interpreter)."""
-    if config is not None:
-        return kernel[grid(config.kwargs) if callable(grid) else grid](
-            *args, **constexprs, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    if config is not None:  # its meta-parameters and compile options (warps, stages, register cap), as the autotuner passes them
+        return kernel[grid(config.kwargs) if callable(grid) else grid](*args, **constexprs, **config.all_kwargs())
     return (tuned if tuned is not None else kernel)[grid](*args, **constexprs)

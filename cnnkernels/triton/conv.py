@@ -47,9 +47,19 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotun
 # an RGB stem's 3 input channels in backward-input, a grouped layer's few channels per group. On
 # 3 columns they waste 13 of 16 where the others waste at least 61 of 64. The autotuner tries
 # the narrow ones up to 32 columns and the others from 17 (_tiles_for).
+#
+# The second entry of each list is the first one with its registers capped at 128 per thread
+# (ptxas's .maxnreg), for 16-bit operands only (_prune_by_dtype). Uncapped, that 8-warp tile takes
+# 133 registers in the forward and 150-160 in backward-weight on 3x3 layers (sm_90 SASS, Triton
+# 3.6 and 3.8), so one program fills an SM's 64K registers and each program's epilogue and
+# pipeline fill leave the tensor cores idle. At 128 two programs share an SM (2 x 96 KB of shared
+# memory fits too), and ptxas spills nothing and adds no instruction to the loops
+# (tests/test_triton_codegen.py). fp32 operands do not fit: capped, they spill.
 NARROW_COLUMNS = 16
+TWO_PROGRAMS_PER_SM = 128  # registers per thread: 2 programs x 256 threads x 128 = 64K
 FORWARD_CONFIGS = [
     _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    _config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, maxnreg=TWO_PROGRAMS_PER_SM),
     _config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
     _config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
     _config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
@@ -66,6 +76,7 @@ BACKWARD_INPUT_CONFIGS = FORWARD_CONFIGS
 # reduction tile (BLOCK_M, pixels) is fixed, not tuned: it sets the summation order.
 BACKWARD_WEIGHT_CONFIGS = [
     _config(BLOCK_K=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    _config(BLOCK_K=128, BLOCK_N=128, num_warps=8, num_stages=3, maxnreg=TWO_PROGRAMS_PER_SM),
     _config(BLOCK_K=32, BLOCK_N=32, num_warps=4, num_stages=2),
     _config(BLOCK_K=64, BLOCK_N=64, num_warps=4, num_stages=4),
     _config(BLOCK_K=128, BLOCK_N=64, num_warps=4, num_stages=4),
@@ -155,11 +166,25 @@ def _tiles_for(columns: int) -> list[triton.Config]:
             if (columns <= 2 * NARROW_COLUMNS if c.kwargs["BLOCK_N"] == NARROW_COLUMNS else columns > NARROW_COLUMNS)]
 
 
-def _prune_by_columns(columns_arg: str):
-    """The autotuner's early_config_prune for a kernel whose GEMM columns are the argument
-    `columns_arg`: _tiles_for's configs."""
+def _for_dtype(configs: list[triton.Config], dtype: torch.dtype) -> list[triton.Config]:
+    """The configs worth trying on operands of this dtype: the register-capped ones only for
+    16-bit operands (fp32 operands spill under the cap)."""
+    return [c for c in configs if c.maxnreg is None or dtype in (torch.float16, torch.bfloat16)]
+
+
+def _prune_by_dtype(operand_arg: str):
+    """The autotuner's early_config_prune for a kernel whose GEMM operands have the dtype of the
+    argument `operand_arg`: _for_dtype's configs."""
     def prune(configs, named_args, **kwargs):
-        return _among(configs, _tiles_for(named_args[columns_arg]))
+        return _for_dtype(configs, named_args[operand_arg].dtype)
+    return prune
+
+
+def _prune_by_columns(columns_arg: str, operand_arg: str):
+    """The autotuner's early_config_prune for a kernel whose GEMM columns are the argument
+    `columns_arg`: _tiles_for's configs, by _for_dtype for `operand_arg`'s dtype."""
+    def prune(configs, named_args, **kwargs):
+        return _for_dtype(_among(configs, _tiles_for(named_args[columns_arg])), named_args[operand_arg].dtype)
     return prune
 
 
@@ -517,14 +542,15 @@ _SUM_BLOCK = 1024
 _TUNED = {
     _conv2d_forward_kernel: triton.autotune(
         FORWARD_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"],
-        prune_configs_by={"early_config_prune": _prune_by_columns("Kg")},
+        prune_configs_by={"early_config_prune": _prune_by_columns("Kg", "x")},
     )(_conv2d_forward_kernel),
     _conv2d_backward_input_kernel: triton.autotune(
         BACKWARD_INPUT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "stride_h", "stride_w"],
-        prune_configs_by={"early_config_prune": _prune_by_columns("Cg")},
+        prune_configs_by={"early_config_prune": _prune_by_columns("Cg", "dy")},
     )(_conv2d_backward_input_kernel),
     _conv2d_backward_weight_kernel: triton.autotune(
-        BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"]
+        BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"],
+        prune_configs_by={"early_config_prune": _prune_by_dtype("dy")},
     )(_conv2d_backward_weight_kernel),
 }
 

@@ -450,7 +450,13 @@ struct WmmaEngine {
   // multiplied, to keep global memory's latency behind the MMAs. The large tile's four stages
   // take 80 KB of shared memory (dynamic: past the 48 KB a block gets without opting in).
   static constexpr int kAsyncStages = 4;
+  // Blocks per SM that ptxas must fit in registers (__launch_bounds__). With both operands on
+  // cp.async, two: the large tile's 256 threads then get 128 registers each, which they fit in
+  // without spilling (124-126; uncapped they take 136-148, and one block fills an SM's 64K
+  // registers; sm_90, nvcc 13.0). An operand staged through registers needs more and spills at
+  // 128, so there one.
   static constexpr int kMinBlocks = 1;
+  static constexpr int kAsyncMinBlocks = 2;
   __host__ __device__ static constexpr bool k_major(Run run) { return run == Run::K; }
   __host__ __device__ static constexpr int ld(Run run, int rows) { return run == Run::K ? BK + kPad : rows + kPad; }
   __host__ __device__ static constexpr int stage_elems(Run run, int rows) {
@@ -645,6 +651,13 @@ struct Pipeline {
     }
   }();
   static_assert(kStages >= 2, "one stage in the math, at least one filling");
+  static constexpr int kMinBlocks = [] {
+    if constexpr (kAAsync && kBAsync) {
+      return Engine::kAsyncMinBlocks;
+    } else {
+      return Engine::kMinBlocks;
+    }
+  }();
   static constexpr int kAStage = Engine::stage_elems(kARun, Engine::BM);
   static constexpr int kBStage = Engine::stage_elems(kBRun, Engine::BN);
   static constexpr int kStageBytes = kStages * (kAStage + kBStage) * static_cast<int>(sizeof(T));
@@ -653,7 +666,7 @@ struct Pipeline {
 };
 
 template <class Engine, class Problem, bool kAVec, bool kBVec>
-__global__ void __launch_bounds__(Engine::kThreads, Engine::kMinBlocks)
+__global__ void __launch_bounds__(Engine::kThreads, (Pipeline<Engine, Problem, kAVec, kBVec>::kMinBlocks))
     conv_gemm_kernel(Problem prob, int64_t first_instance) {
   using T = typename Problem::Elem;
   using Index = typename Problem::Index;
