@@ -151,6 +151,38 @@ def test_weight_and_bias_gradients_with_one_split_and_several(batch, one_split, 
     torch.testing.assert_close(db.double(), b.grad, **tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nchw_operands_reach_the_kernels_channels_last(dtype, monkeypatch):
+    """NCHW activations and weights with at least FEW_CHANNELS channels per group reach the GEMM
+    kernels as channels_last copies (_channels_innermost), and what the three launchers return
+    keeps the callers' layout (NCHW) and matches torch's autograd; a few-channel operand (the
+    input of a layer with 6 input channels) goes as it is."""
+    launched = []
+    launch = T._launch
+    monkeypatch.setattr(T, "_launch", lambda kernel, grid, args, *rest, **kw: (
+        launched.append([a for a in args if isinstance(a, torch.Tensor)]), launch(kernel, grid, args, *rest, **kw)))
+    for channels in (T.FEW_CHANNELS, 6):
+        x = torch.randn(2, channels, 7, 6, device=DEVICE).to(dtype)
+        w = torch.randn(T.FEW_CHANNELS + 3, channels, 3, 3, device=DEVICE).to(dtype)
+        conv = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+        xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+        ref = TF.conv2d(xd, wd, padding=1)
+        g = torch.randn(ref.shape, device=DEVICE).to(dtype)
+        want_x, want_w = torch.autograd.grad(ref, (xd, wd), g.double())
+        launched.clear()
+        got = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
+               T.conv2d_backward_weight(g, x, list(w.shape), *conv))
+        tolerance = dict(rtol=2e-2, atol=2e-1) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-3)
+        for out, want in zip(got, (ref, want_x, want_w)):
+            assert out.is_contiguous() and out.dtype == dtype
+            torch.testing.assert_close(out.double(), want.detach(), **tolerance)
+        forward, backward_input, backward_weight = (operands[:2] for operands in launched[:3])
+        few = channels < T.FEW_CHANNELS  # the input (forward, backward-weight) and weight stay NCHW
+        assert [t.stride(1) == 1 for t in forward] == [not few, not few]
+        assert [t.stride(1) == 1 for t in backward_input] == [True, not few]  # grad_output: 19 channels
+        assert [t.stride(1) == 1 for t in backward_weight] == [True, not few]
+
+
 def _pixel_layouts(t: torch.Tensor) -> dict[str, torch.Tensor]:
     """t's values in layouts whose pixels (n, h, w) lie evenly spaced (channels_last) or not
     (NCHW, whose images are C planes apart; a view into a wider and taller tensor)."""

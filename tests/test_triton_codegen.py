@@ -33,6 +33,16 @@ def test_operands_move_in_16_byte_asynchronous_copies(probe, size, kernel):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("size", ["1x1", "3x3", "3x3/2"])
+def test_nchw_operands_move_in_16_byte_asynchronous_copies_too(probe, size, kernel):
+    """bf16, every tensor NCHW (64 and 128 channels): the launchers hand the kernels channels_last
+    copies (_channels_innermost), so the operands still arrive as 16-byte cp.async; taken as
+    they are, NCHW activations and weights would be 2-byte loads through registers."""
+    loads = probe[size]["nchw_loads"][kernel]
+    assert set(loads) == {"cp.async 16"}, loads
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("size", ["1x1", "3x3", "3x3/2"])
 def test_main_loops_do_not_divide(probe, size, kernel):
     """The tap and channel block of an iteration (forward, backward-input) and the pixels'
     (n, p, q) (backward-weight) are carried from one iteration to the next, not divided out of

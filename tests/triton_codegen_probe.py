@@ -98,6 +98,13 @@ def main() -> None:
         results[name]["capped"] = {k.name: register_use(k.asm["ptx"]) | {"maxnreg": k.metadata.maxnreg}
                                    for k in COMPILED if k.name.startswith("_conv2d_")}
         COMPILED.clear()
+        # The same problem with every tensor NCHW (torch's default layout).
+        x, w, y = (t.contiguous() for t in (x, w, y))
+        conv.conv2d_forward(x, w, None, *geometry, config=config)
+        conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=config)
+        conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
+        results[name]["nchw_loads"] = {k.name: global_loads(k.asm["ptx"]) for k in COMPILED if k.name.startswith("_conv2d_")}
+        COMPILED.clear()
     # The max-pooling backward (3x3 stride 2, ResNet's): a gather whose loops run over the taps.
     from cnnkernels.triton import pool
     pool._check_device = lambda *tensors: None
