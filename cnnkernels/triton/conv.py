@@ -49,7 +49,7 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotun
 # the narrow ones up to 32 columns and the others from 17 (_tiles_for).
 #
 # The second entry of each list is the first one with its registers capped at 128 per thread
-# (ptxas's .maxnreg), for 16-bit operands only (_prune_by_dtype). Uncapped, that 8-warp tile takes
+# (ptxas's .maxnreg), tried on 16-bit operands only (_for_dtype). Uncapped, that 8-warp tile takes
 # 133 registers in the forward and 150-160 in backward-weight on 3x3 layers (sm_90 SASS, Triton
 # 3.6 and 3.8), so one program fills an SM's 64K registers and each program's epilogue and
 # pipeline fill leave the tensor cores idle. At 128 two programs share an SM (2 x 96 KB of shared

@@ -651,6 +651,7 @@ struct Pipeline {
     }
   }();
   static_assert(kStages >= 2, "one stage in the math, at least one filling");
+  // Blocks per SM for the kernel's __launch_bounds__: the engine's figure for this pipeline.
   static constexpr int kMinBlocks = [] {
     if constexpr (kAAsync && kBAsync) {
       return Engine::kAsyncMinBlocks;
