@@ -126,10 +126,12 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
 
 
-def _channels_innermost(t: torch.Tensor, channels_per_group: int) -> torch.Tensor:
-    """t, or a channels_last copy of it where its channels are not contiguous (NCHW) and a GEMM
-    takes them in blocks (at least FEW_CHANNELS per group: not the few-channel path, whose tiles
-    mix taps and channels, nor a depthwise layer, whose NCHW pixels are the contiguous ones).
+def _channels_innermost(t: torch.Tensor, channels_per_group: int) -> tuple[torch.Tensor, bool]:
+    """For a plan: (t, False), or, where the launcher is to give the kernel a channels_last copy of
+    t, (a storage-less stand-in with the copy's strides, True). That is where t's channels are
+    not contiguous (NCHW) and a GEMM takes them in blocks (at least FEW_CHANNELS per group: not
+    the few-channel path, whose tiles mix taps and channels, nor a depthwise layer, whose NCHW
+    pixels are the contiguous ones).
     The kernels take any strides, but along an NCHW tensor's pixels Triton cannot prove runs
     (a window's rows wrap at row ends and meet padding), so every element gets its own 64-bit
     address and 2-byte load: with an NCHW activation the sm_90 loops of a bf16 3x3 layer take
@@ -137,8 +139,14 @@ def _channels_innermost(t: torch.Tensor, channels_per_group: int) -> torch.Tenso
     warp and 250-255 registers, against 171, 197 and 273 channels_last (Triton 3.8); an NCHW
     weight, 370 and 371. One copy, a pass over the tensor, buys the 16-byte asynchronous copies."""
     if t.stride(1) == 1 or t.shape[1] == 1 or channels_per_group < FEW_CHANNELS:
-        return t
-    return t.contiguous(memory_format=torch.channels_last)
+        return t, False
+    return torch.empty(t.shape, dtype=t.dtype, device="meta", memory_format=torch.channels_last), True
+
+
+def _as_planned(plan, *operands: torch.Tensor) -> list[torch.Tensor]:
+    """The launcher's GEMM operands as its plan laid them out: channels_last copies where
+    _channels_innermost asked for them (plan.copies, in the order the plan took them)."""
+    return [t.contiguous(memory_format=torch.channels_last) if copy else t for t, copy in zip(operands, plan.copies)]
 
 
 def _pixel_stride(t: torch.Tensor) -> int | None:
@@ -601,6 +609,7 @@ class _Plan(NamedTuple):
     constexprs: dict  # every compile-time argument but the TF32 choice (_precision), which can change
     splits: int = 1  # backward-weight and bias: how many chunks the N*P*Q reduction has
     tiles: list | None = None  # forward and backward-input: the configs for the GEMM's columns (_tiles_for)
+    copies: tuple[bool, bool] = (False, False)  # GEMM operands the launcher copies channels_last (_as_planned)
 
 
 def _meta(shape, memory_format) -> torch.Tensor:
@@ -608,12 +617,13 @@ def _meta(shape, memory_format) -> torch.Tensor:
     return torch.empty(shape, device="meta", memory_format=memory_format)
 
 
-def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups, fmt=None) -> _Plan:
+def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input.shape
     K, Cg, R, S = weight.shape
     shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
     P, Q = shape[2:]
-    fmt = fmt or memory_format_of(input, weight)
+    fmt = memory_format_of(input, weight)
+    (input, copy_input), (weight, copy_weight) = _channels_innermost(input, Cg), _channels_innermost(weight, Cg)
     y = _meta(shape, fmt)
     Kg = K // groups
 
@@ -624,29 +634,30 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups, fm
                *_strides(input), *_strides(weight), *_strides(y))
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, TAPS_IN_K=Cg < FEW_CHANNELS, HAS_BIAS=has_bias, INDEX=_offset_dtype(input, weight, y),
-        ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg))
+        ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg),
+        copies=(copy_input, copy_weight))
 
 
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
     _check_device(input, weight)
     _check_dtype("cnnkernels_triton::conv2d", input)
-    fmt = memory_format_of(input, weight)
-    Cg = weight.shape[1]
-    input, weight = _channels_innermost(input, Cg), _channels_innermost(weight, Cg)
-    plan = planned(_forward_plan, input, weight, bias is not None, stride, padding, dilation, groups, fmt)
+    plan = planned(_forward_plan, input, weight, bias is not None, stride, padding, dilation, groups)
     y = new_buffer(plan.out_shape, input, memory_format=plan.out_format)
     if y.numel() == 0:
         return y
+    input, weight = _as_planned(plan, input, weight)
     _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
             config, plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
     return y
 
 
-def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilation, groups, fmt=None) -> _Plan:
+def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input_size
     K, Cg, R, S = weight.shape
     _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
-    fmt = fmt or memory_format_of(grad_output, weight)
+    fmt = memory_format_of(grad_output, weight)
+    grad_output, copy_dy = _channels_innermost(grad_output, K // groups)
+    weight, copy_weight = _channels_innermost(weight, Cg)
     dx = _meta(input_size, fmt)
     Kg = K // groups
     sh, sw = stride
@@ -661,28 +672,27 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
                *_strides(grad_output), *_strides(weight), *_strides(dx))
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
-        UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg))
+        UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg), copies=(copy_dy, copy_weight))
 
 
 def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
-    fmt = memory_format_of(grad_output, weight)
-    grad_output = _channels_innermost(grad_output, weight.shape[0] // groups)
-    weight = _channels_innermost(weight, weight.shape[1])
     plan, dx, done = _start_backward("cnnkernels_triton::conv2d_backward_input", _backward_input_plan, grad_output,
-                                     weight, input_size, stride, padding, dilation, groups, fmt)
+                                     weight, input_size, stride, padding, dilation, groups)
     if done:
         return dx
+    grad_output, weight = _as_planned(plan, grad_output, weight)
     _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
             plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
     return dx
 
 
-def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dilation, groups, fmt=None) -> _Plan:
+def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dilation, groups) -> _Plan:
     N, C, H, W = input.shape
     K, Cg, R, S = weight_size
     _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
-    fmt = fmt or memory_format_of(grad_output, input)
+    fmt = memory_format_of(grad_output, input)
     Kg = K // groups
+    (grad_output, copy_dy), (input, copy_input) = _channels_innermost(grad_output, Kg), _channels_innermost(input, Cg)
     taps_in_n = Cg < FEW_CHANNELS
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
     tiles = _cdiv(Kg, 64) * (_cdiv(R * S * Cg, 64) if taps_in_n else _cdiv(Cg, 64) * R * S) * groups
@@ -703,17 +713,15 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
         R=R, S=S, TAPS_IN_N=taps_in_n, DY_FLAT=dy_pixel is not None, X_FLAT=x_pixel is not None,
         INDEX=_offset_dtype(input, grad_output, out),
         ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK),
-        splits)
+        splits, copies=(copy_dy, copy_input))
 
 
 def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
-    fmt = memory_format_of(grad_output, input)
-    grad_output = _channels_innermost(grad_output, weight_size[0] // groups)
-    input = _channels_innermost(input, weight_size[1])
     plan, dw, done = _start_backward("cnnkernels_triton::conv2d_backward_weight", _backward_weight_plan, grad_output,
-                                     input, weight_size, stride, padding, dilation, groups, fmt)
+                                     input, weight_size, stride, padding, dilation, groups)
     if done:
         return dw
+    grad_output, input = _as_planned(plan, grad_output, input)
     out = _reduction_output(dw, plan.splits)
     _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), config,
             BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype), **plan.constexprs)
