@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as TF
 
 import cnnkernels
+from cnnkernels._conv_geometry import conv2d_output_shape
 from cnnkernels.backend import triton_interpreted
 from cnnkernels.ops import conv as conv_ops
 
@@ -83,7 +84,7 @@ def test_every_backward_weight_config(index, problem):
 def test_64_bit_offsets(problem, monkeypatch):
     """The int64 offset path, which real tensors take only past 2^31 elements (the GPU test
     test_conv_cuda.py::test_more_than_2_pow_31_elements covers that size), forced on small ones."""
-    monkeypatch.setattr(T, "_offset_dtype", lambda *tensors: T.tl.int64)
+    monkeypatch.setattr(T, "_offset_dtype", lambda *tensors, extent=0: T.tl.int64)
     x, w, g, conv = _problem(problem)
     ref = _reference(x, w, g, conv)
     out = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
@@ -237,6 +238,23 @@ def test_pixel_stride_finds_evenly_spaced_pixels():
         n, h, w = torch.meshgrid(*(torch.arange(size) for size in (t.shape[0], t.shape[2], t.shape[3])), indexing="ij")
         offsets = n * t.stride(0) + h * t.stride(2) + w * t.stride(3)
         assert torch.equal(offsets, ((n * t.shape[2] + h) * t.shape[3] + w) * stride), name
+
+
+@pytest.mark.parametrize("extent", ["tall", "padded", "small"])
+def test_window_coordinates_past_2_pow_29_take_64_bit_indices(extent):
+    """The forward and backward-weight kernels mask a window row or tap off by moving its
+    coordinate by 2^30 (_outside), which real coordinates must stay well below: an input
+    2^29 rows tall, or padded by 2^28, takes the int64 path although its tensors hold fewer
+    than 2^31 elements. Plans only (on storage-less tensors): such problems would take 1-2 GB."""
+    H, pad = {"tall": (2**29, 1), "padded": (4, 2**28), "small": (2**20, 1)}[extent]
+    x = torch.empty(1, 3, H, 1, device="meta")
+    w = torch.empty(2, 3, 1, 1, device="meta")
+    geometry = ([1, 1], [pad, pad, 0, 0], [1, 1], 1)
+    y = torch.empty(conv2d_output_shape(x.shape, w.shape, *geometry), device="meta")
+    assert max(t.numel() for t in (x, y)) < 2**31 - 2**16
+    want = T.tl.int32 if extent == "small" else T.tl.int64
+    assert T._forward_plan(x, w, False, *geometry).constexprs["INDEX"] == want
+    assert T._backward_weight_plan(y, x, list(w.shape), *geometry).constexprs["INDEX"] == want
 
 
 def test_reduction_split_covers_the_pixels_in_whole_blocks():

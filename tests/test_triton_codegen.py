@@ -62,6 +62,18 @@ def test_register_capped_tiles_fit_two_programs_per_sm_without_spilling(probe, s
     assert use["registers"] <= 128 and use["spill_bytes"] == 0, use
 
 
+@pytest.mark.parametrize("kernel", ["_conv2d_forward_kernel", "_conv2d_backward_weight_kernel"])
+def test_few_channel_loops_neither_divide_nor_spill(probe, kernel):
+    """An RGB stem (bf16 channels_last, 3 channels, 7x7 stride 2), whose forward and
+    backward-weight tiles run over taps and channels together: splitting a reduction index into
+    (tap, channel) is multiplications by constants (the channel count is a compile-time one),
+    and each element's bounds check one compare per coordinate, so the 8-warp tiles fit their
+    registers. With runtime divisions the forward's loop divided 66 times and spilled; the
+    backward-weight kernel spilled 132 bytes."""
+    stem = probe["stem"][kernel]
+    assert stem["loop_divisions"] == 0 and stem["spill_bytes"] == 0, stem
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_max_pool_backward_loops_do_not_divide(probe, layout):
     """The max-pooling backward finds the outputs an element meets through its taps by stepping,

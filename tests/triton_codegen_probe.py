@@ -105,6 +105,15 @@ def main() -> None:
         conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
         results[name]["nchw_loads"] = {k.name: global_loads(k.asm["ptx"]) for k in COMPILED if k.name.startswith("_conv2d_")}
         COMPILED.clear()
+    # An RGB stem (3 channels, 7x7 stride 2): the few-channel loops over taps and channels together.
+    x = torch.empty(8, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=cl)
+    w = torch.empty(64, 3, 7, 7, dtype=torch.bfloat16).contiguous(memory_format=cl)
+    geometry = ([2, 2], [3] * 4, [1, 1], 1)
+    y = conv.conv2d_forward(x, w, None, *geometry, config=conv.FORWARD_CONFIGS[0])
+    conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
+    results["stem"] = {k.name: {"loop_divisions": loop_divisions(k.asm["ptx"])} | register_use(k.asm["ptx"])
+                       for k in COMPILED if k.name.startswith("_conv2d_")}
+    COMPILED.clear()
     # The max-pooling backward (3x3 stride 2, ResNet's): a gather whose loops run over the taps.
     from cnnkernels.triton import pool
     pool._check_device = lambda *tensors: None
