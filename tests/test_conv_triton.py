@@ -83,12 +83,17 @@ def test_every_backward_weight_config(index, problem):
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_64_bit_offsets(problem, monkeypatch):
     """The int64 offset path, which real tensors take only past 2^31 elements (the GPU test
-    test_conv_cuda.py::test_more_than_2_pow_31_elements covers that size), forced on small ones."""
-    monkeypatch.setattr(T, "_offset_dtype", lambda *tensors, extent=0: T.tl.int64)
+    test_conv_cuda.py::test_more_than_2_pow_31_elements covers that size), forced on small ones.
+    The plans the other tests made for these problems hold int32: set aside, or this would
+    test those again."""
+    asked = []
+    monkeypatch.setattr(T, "_offset_dtype", lambda *tensors, extent=0: asked.append(extent) or T.tl.int64)
+    monkeypatch.setattr(triton_common, "_PLANS", {})
     x, w, g, conv = _problem(problem)
     ref = _reference(x, w, g, conv)
     out = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
            T.conv2d_backward_weight(g, x, list(w.shape), *conv))
+    assert len(asked) == 3  # a plan per operator
     for got, want in zip(out, ref):
         torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-3)
 

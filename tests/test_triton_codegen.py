@@ -74,6 +74,16 @@ def test_few_channel_loops_neither_divide_nor_spill(probe, kernel):
     assert stem["loop_divisions"] == 0 and stem["spill_bytes"] == 0, stem
 
 
+def test_64_bit_few_channel_kernels_compile(probe):
+    """The stem's three kernels with 64-bit offsets compile for sm_90, and their loops do not
+    divide either. The interpreter runs the kernels as Python, so only a compile shows what
+    Triton makes of them: a helper that returned from inside a constexpr `if` failed here."""
+    stem = probe["stem 64-bit"]
+    assert stem["errors"] == {}, stem["errors"]
+    assert sorted(stem["loop_divisions"]) == sorted(KERNELS)
+    assert set(stem["loop_divisions"].values()) == {0}, stem["loop_divisions"]
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_max_pool_backward_loops_do_not_divide(probe, layout):
     """The max-pooling backward finds the outputs an element meets through its taps by stepping,

@@ -18,6 +18,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
 from triton.compiler import CompiledKernel  # noqa: E402
 from triton_aot_check import stub_launches  # noqa: E402
 
@@ -113,6 +114,26 @@ def main() -> None:
     conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
     results["stem"] = {k.name: {"loop_divisions": loop_divisions(k.asm["ptx"])} | register_use(k.asm["ptx"])
                        for k in COMPILED if k.name.startswith("_conv2d_")}
+    COMPILED.clear()
+    # The stem again with 64-bit offsets, which tensors past 2^31 elements (or windows past 2^29
+    # in coordinate) take: the int64 forms of the coordinate helpers, which the interpreter
+    # cannot check, since it runs them as Python.
+    from cnnkernels.triton import _common
+    conv._offset_dtype = lambda *tensors, extent=0: triton.language.int64
+    _common._PLANS.clear()
+    errors = {}
+    for operator, run in (
+            ("forward", lambda: conv.conv2d_forward(x, w, None, *geometry, config=conv.FORWARD_CONFIGS[0])),
+            ("backward_input", lambda: conv.conv2d_backward_input(y, w, list(x.shape), *geometry,
+                                                                  config=conv.BACKWARD_INPUT_CONFIGS[0])),
+            ("backward_weight", lambda: conv.conv2d_backward_weight(y, x, list(w.shape), *geometry,
+                                                                    config=conv.BACKWARD_WEIGHT_CONFIGS[0]))):
+        try:
+            run()
+        except Exception as error:  # noqa: BLE001  (reported to the test)
+            errors[operator] = str(error.__cause__ or error)[-500:]
+    results["stem 64-bit"] = {"errors": errors, "loop_divisions": {
+        k.name: loop_divisions(k.asm["ptx"]) for k in COMPILED if k.name.startswith("_conv2d_")}}
     COMPILED.clear()
     # The max-pooling backward (3x3 stride 2, ResNet's): a gather whose loops run over the taps.
     from cnnkernels.triton import pool

@@ -244,9 +244,12 @@ def _outside(INDEX: tl.constexpr):
     a masked-off pixel or reduction index carries it, so that _inside alone masks the loads.
     Real coordinates stay below a quarter of its magnitude (_offset_dtype's `extent`), so the
     sum of two, or of one and a real coordinate, stays negative without wrapping."""
+    # One return: Triton compiles the statements after a constexpr `if` that returns too.
     if INDEX == tl.int64:
-        return tl.full((), -(1 << 62), tl.int64)
-    return tl.full((), -(1 << 30), tl.int32)
+        offset = tl.full((), -(1 << 62), tl.int64)
+    else:
+        offset = tl.full((), -(1 << 30), tl.int32)
+    return offset
 
 
 @triton.jit
@@ -254,9 +257,11 @@ def _inside(ih, iw, H, W):
     """0 <= ih < H and 0 <= iw < W, elementwise, as one unsigned compare per coordinate (a
     negative coordinate reads as a huge unsigned one): a few-channel tile computes its mask per
     element, not per row, and that is 2 instructions per element fewer in sm_90 SASS."""
-    if ih.dtype.primitive_bitwidth == 64:
-        return (ih.to(tl.uint64, bitcast=True) < tl.cast(H, tl.uint64)) & (iw.to(tl.uint64, bitcast=True) < tl.cast(W, tl.uint64))
-    return (ih.to(tl.uint32, bitcast=True) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32, bitcast=True) < tl.cast(W, tl.uint32))
+    if ih.dtype.primitive_bitwidth == 64:  # one return, as in _outside
+        inside = (ih.to(tl.uint64, bitcast=True) < tl.cast(H, tl.uint64)) & (iw.to(tl.uint64, bitcast=True) < tl.cast(W, tl.uint64))
+    else:
+        inside = (ih.to(tl.uint32, bitcast=True) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32, bitcast=True) < tl.cast(W, tl.uint32))
+    return inside
 
 
 @triton.jit
@@ -469,16 +474,25 @@ def _pixel_offsets(m, n, p, q, s_n, s_p, s_q, s_pixel, FLAT: tl.constexpr):
 
 
 @triton.jit
-def _advance_pixels(n, p, q, P, Q, STEP: tl.constexpr):
-    """(n, p, q) of the pixels m + STEP, from those of pixels m (m = (n*P + p)*Q + q), without
-    dividing. q + STEP % Q < 2Q and p + (STEP // Q) % P + 1 < 2P, so each carry is 0 or 1."""
-    q += STEP % Q
+def _pixel_step(P, Q, STEP: tl.constexpr):
+    """STEP pixels as (n, p, q) increments, for _advance_pixels: divided once, before a loop.
+    (Left in the loop, the compiler hoists these divisions only sometimes: with 64-bit (n, p,
+    q) it did not, and they cost about 20 instructions each per iteration.)"""
+    return STEP // (Q * P), (STEP // Q) % P, STEP % Q
+
+
+@triton.jit
+def _advance_pixels(n, p, q, P, Q, step_n, step_p, step_q):
+    """(n, p, q) of the pixels m + STEP, from those of pixels m (m = (n*P + p)*Q + q) and STEP's
+    increments (_pixel_step), without dividing. q + step_q < 2Q and p + step_p + 1 < 2P, so
+    each carry is 0 or 1."""
+    q += step_q
     carry = q >= Q
     q = tl.where(carry, q - Q, q)
-    p += (STEP // Q) % P + carry
+    p += step_p + carry
     carry = p >= P
     p = tl.where(carry, p - P, p)
-    return n + STEP // (Q * P) + carry, p, q
+    return n + step_n + carry, p, q
 
 
 @triton.jit
@@ -531,6 +545,7 @@ def _conv2d_backward_weight_kernel(
     # and X_FLAT for a 1x1 convolution with stride 1 and no padding) needs none: pixel m is at
     # m * its pixel stride.
     n, p, q = _pixels(m_begin + tl.arange(0, BLOCK_M), P, Q)
+    step_n, step_p, step_q = _pixel_step(P, Q, BLOCK_M)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
@@ -550,7 +565,7 @@ def _conv2d_backward_weight_kernel(
             b = tl.load(x_tap[None, :] + (n * sx_n + ih0 * sx_h + iw0 * sx_w)[:, None], mask=x_ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
         if not (DY_FLAT and X_FLAT):
-            n, p, q = _advance_pixels(n, p, q, P, Q, BLOCK_M)
+            n, p, q = _advance_pixels(n, p, q, P, Q, step_n, step_p, step_q)
     # out[split, k, c, r, s]: the fp32 partials, or the weight gradient itself (one split).
     dst = (out + split * so_split + tl.cast(g * Kg + k, INDEX)[:, None] * so_k
            + (tl.cast(c, INDEX) * so_c + r * so_r + s * so_s)[None, :])
@@ -573,6 +588,7 @@ def _bias_grad_kernel(
     # The pixels as in the backward-weight kernel: by index where they lie evenly spaced,
     # otherwise through (n, p, q) carried from block to block.
     n, p, q = _pixels(m_begin + tl.arange(0, BLOCK_M), P, Q)
+    step_n, step_p, step_q = _pixel_step(P, Q, BLOCK_M)
     for m0 in range(m_begin, m_end, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_end
@@ -580,7 +596,7 @@ def _bias_grad_kernel(
         acc += tl.load(dy + off[:, None] + tl.cast(k, INDEX)[None, :] * sd_k,
                        mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
         if not DY_FLAT:
-            n, p, q = _advance_pixels(n, p, q, P, Q, BLOCK_M)
+            n, p, q = _advance_pixels(n, p, q, P, Q, step_n, step_p, step_q)
     # out[split, k]: the fp32 partials, or the bias gradient itself (one split).
     tl.store(out + split * so_split + k * so_k, tl.sum(acc, axis=0).to(out.dtype.element_ty), mask=k_ok)
 
