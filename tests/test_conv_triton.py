@@ -145,8 +145,8 @@ def test_weight_and_bias_gradients_with_one_split_and_several(batch, one_split, 
     w = torch.randn(16, 8, 3, 3, device=DEVICE).to(dtype, memory_format=torch.channels_last)
     g = torch.randn(batch, 16, 12, 12, device=DEVICE).to(dtype, memory_format=torch.channels_last)
     conv = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
-    tiles = 9  # one 64x64 tile per tap: what the launcher splits by
-    assert (T._split(batch * 144, tiles, T.WEIGHT_REDUCTION_BLOCK)[0] == 1) == one_split
+    assert (T._backward_weight_plan(g, x, [16, 8, 3, 3], *conv).splits == 1) == one_split
+    assert (T._backward_bias_plan(g).splits == 1) == one_split
     xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
     b = torch.zeros(16, dtype=torch.float64, device=DEVICE, requires_grad=True)
     TF.conv2d(xd, wd, b, padding=1).backward(g.double())
@@ -345,8 +345,8 @@ def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg, operan
     wide = [i for i in range(len(T.FORWARD_CONFIGS)) if i not in narrow]
     assert narrow and wide
 
-    def tried(columns):
-        return _tried(kernel, torch.bfloat16, **{columns_arg: columns})
+    def tried(columns):  # many input channels in the forward: the capped tile is tried among the wide
+        return _tried(kernel, torch.bfloat16, **{"Cg": 512, columns_arg: columns})
 
     assert tried(3) == tried(16) == narrow
     assert tried(17) == tried(32) == wide + narrow
@@ -360,9 +360,9 @@ def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg, operan
                                     T._conv2d_backward_weight_kernel], ids=["forward", "backward_input", "backward_weight"])
 def test_autotune_tries_register_capped_tiles_on_16_bit_operands_only(kernel):
     """The configs whose registers are capped (so that two programs share an SM) are tried on
-    fp16 and bf16 operands, which fit the cap without spilling, and never on fp32 or fp64, which
-    would spill; every other config is tried on all of them (a wide GEMM's configs here). An
-    untuned launch takes an uncapped config."""
+    fp16 and bf16 operands, which fit the cap without spilling, and never on fp32 or fp64, nor on
+    few-channel layers (an RGB stem), which would spill; every other config is tried on all of
+    them (a wide GEMM's configs here). An untuned launch takes an uncapped config."""
     configs = T._TUNED[kernel].configs
     capped = {i for i, c in enumerate(configs) if c.maxnreg is not None}
     assert capped == {1} and configs[1].maxnreg == T.TWO_PROGRAMS_PER_SM
@@ -372,4 +372,8 @@ def test_autotune_tries_register_capped_tiles_on_16_bit_operands_only(kernel):
         assert capped <= set(_tried(kernel, dtype, **wide))
     for dtype in (torch.float32, torch.float64):
         assert set(_tried(kernel, dtype, **wide)) == set(_tried(kernel, torch.bfloat16, **wide)) - capped
+    for channels in (3, T.FEW_CHANNELS - 1):
+        few = dict(Kg=512, Cg=channels)
+        assert not capped & set(_tried(kernel, torch.bfloat16, **few)), channels
+        assert set(_tried(kernel, torch.bfloat16, **few)) == set(_tried(kernel, torch.float32, **few))
     assert configs[0].maxnreg is None

@@ -49,12 +49,12 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotun
 # the narrow ones up to 32 columns and the others from 17 (_tiles_for).
 #
 # The second entry of each list is the first one with its registers capped at 128 per thread
-# (ptxas's .maxnreg), tried on 16-bit operands only (_for_dtype). Uncapped, that 8-warp tile takes
+# (ptxas's .maxnreg), tried on 16-bit operands of many-channel layers only (_for_operands). Uncapped, that 8-warp tile takes
 # 133 registers in the forward and 150-160 in backward-weight on 3x3 layers (sm_90 SASS, Triton
 # 3.6 and 3.8), so one program fills an SM's 64K registers and each program's epilogue and
 # pipeline fill leave the tensor cores idle. At 128 two programs share an SM (2 x 96 KB of shared
 # memory fits too), and ptxas spills nothing and adds no instruction to the loops
-# (tests/test_triton_codegen.py). fp32 operands do not fit: capped, they spill.
+# (tests/test_triton_codegen.py). fp32 operands and few-channel tiles do not fit: capped, they spill.
 NARROW_COLUMNS = 16
 TWO_PROGRAMS_PER_SM = 128  # registers per thread: 2 programs x 256 threads x 128 = 64K
 FORWARD_CONFIGS = [
@@ -199,25 +199,31 @@ def _tiles_for(columns: int) -> list[triton.Config]:
             if (columns <= 2 * NARROW_COLUMNS if c.kwargs["BLOCK_N"] == NARROW_COLUMNS else columns > NARROW_COLUMNS)]
 
 
-def _for_dtype(configs: list[triton.Config], dtype: torch.dtype) -> list[triton.Config]:
-    """The configs worth trying on operands of this dtype: the register-capped ones only for
-    16-bit operands (fp32 operands spill under the cap)."""
-    return [c for c in configs if c.maxnreg is None or dtype in (torch.float16, torch.bfloat16)]
+def _for_operands(configs: list[triton.Config], dtype: torch.dtype, channels_per_group: int) -> list[triton.Config]:
+    """The configs worth trying on GEMM operands of this dtype, in a layer with this many input
+    channels per group: the register-capped ones only for 16-bit operands of many-channel
+    layers. Under the cap fp32 operands spill, and so do few-channel tiles (FEW_CHANNELS), whose
+    input elements are gathered one by one, each with an address and a mask in registers: an RGB
+    stem's spilled 292-388 bytes in the forward, 232-960 in backward-weight (sm_90, Triton 3.6
+    and 3.8)."""
+    return [c for c in configs if c.maxnreg is None
+            or (dtype in (torch.float16, torch.bfloat16) and channels_per_group >= FEW_CHANNELS)]
 
 
-def _prune_by_dtype(operand_arg: str):
+def _prune_by_operands(operand_arg: str):
     """The autotuner's early_config_prune for a kernel whose GEMM operands have the dtype of the
-    argument `operand_arg`: _for_dtype's configs."""
+    argument `operand_arg`: _for_operands's configs."""
     def prune(configs, named_args, **kwargs):
-        return _for_dtype(configs, named_args[operand_arg].dtype)
+        return _for_operands(configs, named_args[operand_arg].dtype, named_args["Cg"])
     return prune
 
 
 def _prune_by_columns(columns_arg: str, operand_arg: str):
     """The autotuner's early_config_prune for a kernel whose GEMM columns are the argument
-    `columns_arg`: _tiles_for's configs, by _for_dtype for `operand_arg`'s dtype."""
+    `columns_arg`: _tiles_for's configs, by _for_operands for `operand_arg`'s dtype."""
     def prune(configs, named_args, **kwargs):
-        return _for_dtype(_among(configs, _tiles_for(named_args[columns_arg])), named_args[operand_arg].dtype)
+        return _for_operands(_among(configs, _tiles_for(named_args[columns_arg])), named_args[operand_arg].dtype,
+                             named_args["Cg"])
     return prune
 
 
@@ -637,7 +643,7 @@ _TUNED = {
     )(_conv2d_backward_input_kernel),
     _conv2d_backward_weight_kernel: triton.autotune(
         BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"],
-        prune_configs_by={"early_config_prune": _prune_by_dtype("dy")},
+        prune_configs_by={"early_config_prune": _prune_by_operands("dy")},
     )(_conv2d_backward_weight_kernel),
 }
 
@@ -759,9 +765,15 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
     Kg = K // groups
     (grad_output, copy_dy), (input, copy_input) = _channels_innermost(grad_output, Kg), _channels_innermost(input, Cg)
     few_cg = Cg if Cg < FEW_CHANNELS else 0
+    # A few-channel tile gathers its input elements one by one, each with an address and a mask
+    # in registers, so it takes half as many pixels a step (tl.dot's 16 at least). With 64, an
+    # RGB stem's 8-warp tile used 255 registers and spilled (sm_90, Triton 3.6); with 32, it and
+    # every other uncapped tile but one in 3.6 (60 bytes, was 624) spill nothing, at about the
+    # same instructions per pixel.
+    block = max(16, WEIGHT_REDUCTION_BLOCK // 2) if few_cg else WEIGHT_REDUCTION_BLOCK
     # Split count from the shape alone (a nominal 64x64 tile), so every config sums alike.
     tiles = _cdiv(Kg, 64) * (_cdiv(R * S * Cg, 64) if few_cg else _cdiv(Cg, 64) * R * S) * groups
-    splits, chunk = _split(N * P * Q, tiles, WEIGHT_REDUCTION_BLOCK)
+    splits, chunk = _split(N * P * Q, tiles, block)
     out = _reduction_output(_meta(weight_size, fmt), splits)
 
     def grid(meta):
@@ -777,7 +789,7 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
     return _Plan(list(weight_size), fmt, grid, scalars, dict(
         R=R, S=S, FEW_CG=few_cg, DY_FLAT=dy_pixel is not None, X_FLAT=x_pixel is not None,
         INDEX=_offset_dtype(input, grad_output, out, extent=_window_extent(H, W, padding)),
-        ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=WEIGHT_REDUCTION_BLOCK),
+        ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=block),
         splits, copies=(copy_dy, copy_input))
 
 
