@@ -49,12 +49,14 @@ from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotun
 # the narrow ones up to 32 columns and the others from 17 (_tiles_for).
 #
 # The second entry of each list is the first one with its registers capped at 128 per thread
-# (ptxas's .maxnreg), tried on 16-bit operands of many-channel layers only (_for_operands). Uncapped, that 8-warp tile takes
-# 133 registers in the forward and 150-160 in backward-weight on 3x3 layers (sm_90 SASS, Triton
-# 3.6 and 3.8), so one program fills an SM's 64K registers and each program's epilogue and
-# pipeline fill leave the tensor cores idle. At 128 two programs share an SM (2 x 96 KB of shared
-# memory fits too), and ptxas spills nothing and adds no instruction to the loops
-# (tests/test_triton_codegen.py). fp32 operands and few-channel tiles do not fit: capped, they spill.
+# (ptxas's .maxnreg), tried on 16-bit operands of many-channel layers only (_for_operands).
+# Uncapped, the forward's 8-warp tile takes 133 registers on 3x3 layers (sm_90 SASS, Triton 3.6
+# and 3.8), so one program fills an SM's 64K registers and its epilogue and pipeline fill leave
+# the tensor cores idle; backward-input and backward-weight take 120-128 and need the cap only
+# where a layer pushes them past it. At 128 two programs share an SM (2 x 96 KB of shared memory
+# fits too), and ptxas spills nothing and adds no instruction to the loops
+# (tests/test_triton_codegen.py). fp32 operands and few-channel tiles do not fit: capped, they
+# spill.
 NARROW_COLUMNS = 16
 TWO_PROGRAMS_PER_SM = 128  # registers per thread: 2 programs x 256 threads x 128 = 64K
 FORWARD_CONFIGS = [
