@@ -265,11 +265,11 @@ def _inside(ih, iw, H, W):
     """0 <= ih < H and 0 <= iw < W, elementwise, as one unsigned compare per coordinate (a
     negative coordinate reads as a huge unsigned one): a few-channel tile computes its mask per
     element, not per row, and that is 2 instructions per element fewer in sm_90 SASS."""
-    if ih.dtype.primitive_bitwidth == 64:  # one return, as in _outside
-        inside = (ih.to(tl.uint64, bitcast=True) < tl.cast(H, tl.uint64)) & (iw.to(tl.uint64, bitcast=True) < tl.cast(W, tl.uint64))
+    if ih.dtype.primitive_bitwidth == 64:
+        unsigned: tl.constexpr = tl.uint64
     else:
-        inside = (ih.to(tl.uint32, bitcast=True) < tl.cast(H, tl.uint32)) & (iw.to(tl.uint32, bitcast=True) < tl.cast(W, tl.uint32))
-    return inside
+        unsigned: tl.constexpr = tl.uint32
+    return (ih.to(unsigned, bitcast=True) < tl.cast(H, unsigned)) & (iw.to(unsigned, bitcast=True) < tl.cast(W, unsigned))
 
 
 @triton.jit
