@@ -133,15 +133,48 @@ def test_conv2d(case, channels_last):
     check_conv(x, wt, b, stride, padding, dilation, groups)
 
 
-# Channels in multiples of 8: channels_last takes the 16-byte vector loads (cp.async on the
-# tensor-core engine), NCHW the scalar ones; fp16/bf16 run on WMMA, fp32/fp64 on the SIMT engine.
+# Channels in multiples of 8: both layouts take the 16-byte vector loads (cp.async on the
+# tensor-core engine; NCHW operands through channels_last copies), fp64 the scalar ones; fp16/bf16
+# run on WMMA, fp32/fp64 on the SIMT engine.
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_conv2d_dtypes(dtype, channels_last, emu):
     x, wt, b = conv_inputs(2, 16, 8, 8, 24, (3, 3), 1, dtype, channels_last=channels_last)
     check_conv(x, wt, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     engine = "WmmaEngine" if dtype in HALF else "SimtEngine"
-    assert launched(emu, engine, "ForwardProblem", "true, true" if channels_last and dtype != torch.float64 else "false, false")
+    assert launched(emu, engine, "ForwardProblem", "false, false" if dtype == torch.float64 else "true, true")
+
+
+# (dtype, channels = output channels, groups) -> the load modes (A, B) each problem launches with.
+# NCHW operands whose channels per group fill 16-byte runs (8 fp16/bf16 elements, 4 fp32) reach the
+# kernels as channels_last copies; the others, and backward-weight's input when its columns are
+# (channel, tap) pairs (fewer than 16 channels per group), are read as they are.
+RUNS, SCALAR = "true, true", "false, false"
+NCHW_COPY_CASES = {
+    "bf16-16": (torch.bfloat16, 16, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS, BackwardWeightProblem=RUNS)),
+    "bf16-20": (torch.bfloat16, 20, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                            BackwardWeightProblem=SCALAR)),
+    "fp32-20": (torch.float32, 20, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS, BackwardWeightProblem=RUNS)),
+    "fp32-18": (torch.float32, 18, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                           BackwardWeightProblem=SCALAR)),
+    "bf16-8-few-channels": (torch.bfloat16, 8, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                       BackwardWeightProblem="true, false")),
+    "bf16-32-groups-2": (torch.bfloat16, 32, 2, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                     BackwardWeightProblem=RUNS)),
+    "bf16-24-groups-2": (torch.bfloat16, 24, 2, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                                     BackwardWeightProblem=SCALAR)),
+}
+
+
+@pytest.mark.parametrize("case", NCHW_COPY_CASES.values(), ids=NCHW_COPY_CASES.keys())
+def test_conv2d_nchw_operands_load_runs_where_their_channels_fill_them(case, emu):
+    """NCHW operands in, NCHW results out (check_conv checks the layouts), and each GEMM operand
+    loaded in the mode its channels per group allow."""
+    dtype, channels, groups, modes = case
+    x, wt, b = conv_inputs(2, channels, 7, 6, channels, (3, 3), groups, dtype)
+    check_conv(x, wt, b, (2, 1), (1, 1, 0, 1), (1, 1), groups)
+    for problem, mode in modes.items():
+        assert launched(emu, problem, mode), (problem, mode, list(emu.launches()))
 
 
 @pytest.mark.parametrize("channels", [8, 64, 96, 128, 160, 288])

@@ -1,6 +1,7 @@
 // conv2d on CUDA, host side: argument checks, allocation, device guard, current stream; the
 // kernels are in conv_kernel.cu. Tensors are passed by pointer and element strides, so any
-// layout works (NCHW, channels_last, expanded or transposed gradients).
+// layout works (NCHW, channels_last, expanded or transposed gradients); where an operand's
+// layout is all that keeps the kernels from 16-byte loads, they get a channels_last copy.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,6 +25,17 @@ at::ScalarType accumulator_type(const at::Tensor& t) {
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
+// A GEMM operand as the kernels had best read it. With its channels H*W apart (NCHW) every
+// element is a scalar load with its own address and mask; where the channels per group fill
+// 16-byte runs, a channels_last copy (one pass over the tensor, on the current stream) lets the
+// kernels load runs instead, through cp.async on tensor cores. The operator's result keeps the
+// caller's layout (the buffer is allocated before, from the original operands). The Triton
+// backend makes the same choice (_channels_innermost in cnnkernels/triton/conv.py).
+at::Tensor channels_innermost(const at::Tensor& t, int64_t channels_per_group) {
+  if (t.stride(1) == 1 || t.size(1) == 1 || !channel_runs_fit(t.element_size(), channels_per_group)) return t;
+  return t.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "cnnkernels::conv2d";
@@ -33,11 +45,13 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   at::Tensor out = new_buffer({p.batch, p.out_channels, p.out_h, p.out_w}, input.options(),
                               conv2d_memory_format(input, weight));
   if (out.numel() == 0) return out;
+  const at::Tensor x = channels_innermost(input, p.in_per_group());
+  const at::Tensor w = channels_innermost(weight, p.in_per_group());
   Conv2dTensors t;
-  t.input = const_cast<void*>(input.const_data_ptr());
-  copy_strides(input, t.input_stride);
-  t.weight = const_cast<void*>(weight.const_data_ptr());
-  copy_strides(weight, t.weight_stride);
+  t.input = const_cast<void*>(x.const_data_ptr());
+  copy_strides(x, t.input_stride);
+  t.weight = const_cast<void*>(w.const_data_ptr());
+  copy_strides(w, t.weight_stride);
   t.output = out.mutable_data_ptr();
   copy_strides(out, t.output_stride);
   // A bias is read with unit stride.
@@ -58,13 +72,15 @@ at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::T
   at::Tensor dx = new_buffer(input_size, grad_output.options(), conv2d_memory_format(grad_output, weight));
   if (dx.numel() == 0) return dx;
   // Every element of dx is written: positions no tap reaches get an empty sum, 0.
+  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group());
+  const at::Tensor w = channels_innermost(weight, p.in_per_group());
   Conv2dTensors t;
   t.input = dx.mutable_data_ptr();
   copy_strides(dx, t.input_stride);
-  t.weight = const_cast<void*>(weight.const_data_ptr());
-  copy_strides(weight, t.weight_stride);
-  t.output = const_cast<void*>(grad_output.const_data_ptr());
-  copy_strides(grad_output, t.output_stride);
+  t.weight = const_cast<void*>(w.const_data_ptr());
+  copy_strides(w, t.weight_stride);
+  t.output = const_cast<void*>(dy.const_data_ptr());
+  copy_strides(dy, t.output_stride);
   check_launch(op, launch_conv2d_backward_input(dtype, p, t, current_stream()));
   return dx;
 }
@@ -86,11 +102,15 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
   const int64_t chunk = ceil_div(pixels, splits);
   const at::Tensor partials =
       new_buffer({splits, dw.numel()}, grad_output.options().dtype(accumulator_type(grad_output)));
+  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group());
+  // With (channel, tap) pairs as its GEMM columns, the input is read element by element in any
+  // layout: a copy would buy nothing.
+  const at::Tensor x = backward_weight_taps_in_columns(p) ? input : channels_innermost(input, p.in_per_group());
   Conv2dTensors t;
-  t.input = const_cast<void*>(input.const_data_ptr());
-  copy_strides(input, t.input_stride);
-  t.output = const_cast<void*>(grad_output.const_data_ptr());
-  copy_strides(grad_output, t.output_stride);
+  t.input = const_cast<void*>(x.const_data_ptr());
+  copy_strides(x, t.input_stride);
+  t.output = const_cast<void*>(dy.const_data_ptr());
+  copy_strides(dy, t.output_stride);
   t.partials = partials.mutable_data_ptr();
   const cudaStream_t stream = current_stream();
   check_launch(op, launch_conv2d_backward_weight(dtype, p, t, splits, chunk, stream));

@@ -23,7 +23,9 @@
 // indices) or along the rows. Each operand has a vector mode, 16 bytes per load, for the
 // direction that is unit-stride in channels_last (host-checked: unit stride, extent and the
 // other strides of dimensions longer than 1 multiples of the vector, 16-byte aligned base), and
-// a scalar mode in the direction that coalesces for NCHW. The depth loop is pipelined through
+// a scalar mode in the direction that coalesces for NCHW. (An NCHW operand whose channels per
+// group fill whole runs arrives as a channels_last copy the host made, so the scalar mode is
+// left to other channel counts, unaligned or odd views and fp64.) The depth loop is pipelined through
 // shared-memory stages: on tensor cores with 16-byte loads for both operands, cp.async keeps the
 // next three slices in flight while one is multiplied (four stages); otherwise the next slice
 // waits in registers while the current one is multiplied (two stages).
@@ -832,17 +834,16 @@ Tile pick_tile(const GemmShape& s) {
 }
 
 // Whether an operand takes 16-byte runs along its channels (dimension 1): they are unit-stride,
-// the channels per group and every other stride are multiples of the vector (so runs never
-// straddle a channel block or start misaligned) and the base is 16-byte aligned. A dimension of
-// extent 1 is only ever indexed at 0, so its stride does not count: torch gives a 1x1 kernel's
-// weight the strides (C, 1, 1, 1) in either layout. fp64 stays scalar (2-element vectors gain
-// little and would double its kernels).
+// the channels per group fill whole runs (channel_runs_fit) and every other stride is a multiple
+// of the run (so runs never straddle a channel block or start misaligned) and the base is
+// 16-byte aligned. A dimension of extent 1 is only ever indexed at 0, so its stride does not
+// count: torch gives a 1x1 kernel's weight the strides (C, 1, 1, 1) in either layout.
 template <typename T>
 bool vectorisable(const void* base, int64_t channels_per_group, const int64_t stride[4], int64_t extent0,
                   int64_t extent2, int64_t extent3) {
-  constexpr int64_t v = 16 / sizeof(T);
-  if constexpr (sizeof(T) == 8) return false;
-  if (stride[1] != 1 || channels_per_group % v != 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  constexpr int64_t v = kVectorBytes / sizeof(T);
+  if (!channel_runs_fit(sizeof(T), channels_per_group)) return false;
+  if (stride[1] != 1 || reinterpret_cast<uintptr_t>(base) % kVectorBytes != 0) return false;
   const int64_t others[3][2] = {{extent0, stride[0]}, {extent2, stride[2]}, {extent3, stride[3]}};
   for (const auto& [extent, st] : others)
     if (extent > 1 && st % v != 0) return false;

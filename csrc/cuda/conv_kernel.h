@@ -41,6 +41,15 @@ inline int64_t reduction_splits(int64_t pixels, int64_t blocks_per_split) {
   return splits < 1 ? 1 : splits;
 }
 
+// An operand's channels (dimension 1) are read in 16-byte runs where its layout allows (unit
+// stride, aligned: vectorisable() in conv_kernel.cu) and its channels per group fill whole runs.
+// fp64 is always read element by element (2-element runs gain little and would double its
+// kernels).
+constexpr int64_t kVectorBytes = 16;
+inline bool channel_runs_fit(int64_t element_bytes, int64_t channels_per_group) {
+  return element_bytes < 8 && channels_per_group % (kVectorBytes / element_bytes) == 0;
+}
+
 // The large output tile of the implicit-GEMM kernels (rows x columns); the backward-weight split
 // count is sized with it (the kernels may pick a smaller tile for small problems).
 constexpr int64_t kGemmTileRows = 128;
