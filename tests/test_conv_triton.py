@@ -157,36 +157,47 @@ def test_weight_and_bias_gradients_with_one_split_and_several(batch, one_split, 
     torch.testing.assert_close(db.double(), b.grad, **tolerance)
 
 
+# (input channels, kernel size) -> whether each launch's two GEMM operands reach the kernel with
+# their channels innermost: (input, weight) forward, (grad_output, weight) backward-input,
+# (grad_output, input) backward-weight. NCHW operands are copied where they have at least
+# FEW_CHANNELS channels per group and the kernel reads each element at least COPY_MIN_READS
+# times: a 3x3 layer's activations nine times; a 1x1 layer's once (its weight is
+# channel-contiguous in NCHW anyway); the few-channel backward-weight's grad_output once per
+# tile of (channel, tap) columns, here one.
+NCHW_CASES = {
+    "3x3": (T.FEW_CHANNELS, 3, ([True, True], [True, True], [True, True])),
+    "3x3-few-channels": (6, 3, ([False, False], [True, False], [False, False])),
+    "1x1": (T.FEW_CHANNELS, 1, ([False, True], [False, True], [False, False])),
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_nchw_operands_reach_the_kernels_channels_last(dtype, monkeypatch):
-    """NCHW activations and weights with at least FEW_CHANNELS channels per group reach the GEMM
-    kernels as channels_last copies (_channels_innermost), and what the three launchers return
-    keeps the callers' layout (NCHW) and matches torch's autograd; a few-channel operand (the
-    input of a layer with 6 input channels) goes as it is."""
+@pytest.mark.parametrize("case", NCHW_CASES.values(), ids=NCHW_CASES.keys())
+def test_nchw_operands_reach_the_kernels_channels_last_where_read_often(case, dtype, monkeypatch):
+    """NCHW activations and weights reach the GEMM kernels as channels_last copies where
+    _channels_innermost asks for them, and what the three launchers return keeps the callers'
+    layout (NCHW) and matches torch's autograd either way."""
+    channels, kernel, innermost = case
     launched = []
     launch = T._launch
     monkeypatch.setattr(T, "_launch", lambda kernel, grid, args, *rest, **kw: (
         launched.append([a for a in args if isinstance(a, torch.Tensor)]), launch(kernel, grid, args, *rest, **kw)))
-    for channels in (T.FEW_CHANNELS, 6):
-        x = torch.randn(2, channels, 7, 6, device=DEVICE).to(dtype)
-        w = torch.randn(T.FEW_CHANNELS + 3, channels, 3, 3, device=DEVICE).to(dtype)
-        conv = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
-        xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
-        ref = TF.conv2d(xd, wd, padding=1)
-        g = torch.randn(ref.shape, device=DEVICE).to(dtype)
-        want_x, want_w = torch.autograd.grad(ref, (xd, wd), g.double())
-        launched.clear()
-        got = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
-               T.conv2d_backward_weight(g, x, list(w.shape), *conv))
-        tolerance = dict(rtol=2e-2, atol=2e-1) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-3)
-        for out, want in zip(got, (ref, want_x, want_w)):
-            assert out.is_contiguous() and out.dtype == dtype
-            torch.testing.assert_close(out.double(), want.detach(), **tolerance)
-        forward, backward_input, backward_weight = (operands[:2] for operands in launched[:3])
-        few = channels < T.FEW_CHANNELS  # the input (forward, backward-weight) and weight stay NCHW
-        assert [t.stride(1) == 1 for t in forward] == [not few, not few]
-        assert [t.stride(1) == 1 for t in backward_input] == [True, not few]  # grad_output: 19 channels
-        assert [t.stride(1) == 1 for t in backward_weight] == [True, not few]
+    # 8*7*6 output pixels: the weight is read once per 128 of them, 3 times (COPY_MIN_READS).
+    x = torch.randn(8, channels, 7, 6, device=DEVICE).to(dtype)
+    w = torch.randn(T.FEW_CHANNELS + 3, channels, kernel, kernel, device=DEVICE).to(dtype)
+    conv = ([1, 1], [kernel // 2] * 4, [1, 1], 1)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = TF.conv2d(xd, wd, padding=kernel // 2)
+    g = torch.randn(ref.shape, device=DEVICE).to(dtype)
+    want_x, want_w = torch.autograd.grad(ref, (xd, wd), g.double())
+    got = (T.conv2d_forward(x, w, None, *conv), T.conv2d_backward_input(g, w, list(x.shape), *conv),
+           T.conv2d_backward_weight(g, x, list(w.shape), *conv))
+    tolerance = dict(rtol=2e-2, atol=2e-1) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-3)
+    for out, want in zip(got, (ref, want_x, want_w)):
+        assert out.is_contiguous() and out.dtype == dtype
+        torch.testing.assert_close(out.double(), want.detach(), **tolerance)
+    operands = [[t.stride(1) == 1 for t in tensors[:2]] for tensors in launched[:3]]
+    assert operands == list(innermost)
 
 
 def _pixel_layouts(t: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -134,45 +134,56 @@ def test_conv2d(case, channels_last):
 
 
 # Channels in multiples of 8: both layouts take the 16-byte vector loads (cp.async on the
-# tensor-core engine; NCHW operands through channels_last copies), fp64 the scalar ones; fp16/bf16
-# run on WMMA, fp32/fp64 on the SIMT engine.
+# tensor-core engine; NCHW operands through channels_last copies, see NCHW_COPY_CASES), fp64 the
+# scalar ones; fp16/bf16 run on WMMA, fp32/fp64 on the SIMT engine.
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_conv2d_dtypes(dtype, channels_last, emu):
-    x, wt, b = conv_inputs(2, 16, 8, 8, 24, (3, 3), 1, dtype, channels_last=channels_last)
+    x, wt, b = conv_inputs(2, 16, 12, 12, 24, (3, 3), 1, dtype, channels_last=channels_last)
     check_conv(x, wt, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     engine = "WmmaEngine" if dtype in HALF else "SimtEngine"
     assert launched(emu, engine, "ForwardProblem", "false, false" if dtype == torch.float64 else "true, true")
 
 
-# (dtype, channels = output channels, groups) -> the load modes (A, B) each problem launches with.
-# NCHW operands whose channels per group fill 16-byte runs (8 fp16/bf16 elements, 4 fp32) reach the
-# kernels as channels_last copies; the others, and backward-weight's input when its columns are
-# (channel, tap) pairs (fewer than 16 channels per group), are read as they are.
+# (dtype, channels = output channels, kernel, stride, groups) -> the load modes (A, B) each problem
+# launches with, on a 12x11 NCHW input (264 output pixels at stride 1: the weight is read by 3 row
+# tiles). NCHW operands reach the kernels as channels_last copies where their channels per group
+# fill 16-byte runs (8 fp16/bf16 elements, 4 fp32) and the kernels read each element at least
+# kCopyMinReads = 3 times (conv_kernel.h): a 3x3 layer's activations 9 times, a 1x1 stride-2
+# layer's input a quarter of a time and its grad_output once. Backward-weight's input is never
+# copied when its columns are (channel, tap) pairs (fewer than 16 channels per group): it is read
+# element by element there in any layout.
 RUNS, SCALAR = "true, true", "false, false"
 NCHW_COPY_CASES = {
-    "bf16-16": (torch.bfloat16, 16, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS, BackwardWeightProblem=RUNS)),
-    "bf16-20": (torch.bfloat16, 20, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                            BackwardWeightProblem=SCALAR)),
-    "fp32-20": (torch.float32, 20, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS, BackwardWeightProblem=RUNS)),
-    "fp32-18": (torch.float32, 18, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                           BackwardWeightProblem=SCALAR)),
-    "bf16-8-few-channels": (torch.bfloat16, 8, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                       BackwardWeightProblem="true, false")),
-    "bf16-32-groups-2": (torch.bfloat16, 32, 2, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                     BackwardWeightProblem=RUNS)),
-    "bf16-24-groups-2": (torch.bfloat16, 24, 2, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                                     BackwardWeightProblem=SCALAR)),
+    "bf16-16": (torch.bfloat16, 16, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                  BackwardWeightProblem=RUNS)),
+    "bf16-20": (torch.bfloat16, 20, 3, 1, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                                  BackwardWeightProblem=SCALAR)),
+    "fp32-20": (torch.float32, 20, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                 BackwardWeightProblem=RUNS)),
+    "fp32-18": (torch.float32, 18, 3, 1, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                                 BackwardWeightProblem=SCALAR)),
+    # Backward-weight reads grad_output once per tile of (channel, tap) columns, here 72: once.
+    "bf16-8-few-channels": (torch.bfloat16, 8, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                             BackwardWeightProblem=SCALAR)),
+    "bf16-32-groups-2": (torch.bfloat16, 32, 3, 1, 2, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
+                                                           BackwardWeightProblem=RUNS)),
+    "bf16-24-groups-2": (torch.bfloat16, 24, 3, 1, 2, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
+                                                           BackwardWeightProblem=SCALAR)),
+    # The 1x1 weight (K, C, 1, 1) is channel-contiguous in NCHW already.
+    "bf16-16-1x1-stride-2": (torch.bfloat16, 16, 1, 2, 1, dict(ForwardProblem="false, true",
+                                                               BackwardInputProblem="false, true",
+                                                               BackwardWeightProblem=SCALAR)),
 }
 
 
 @pytest.mark.parametrize("case", NCHW_COPY_CASES.values(), ids=NCHW_COPY_CASES.keys())
-def test_conv2d_nchw_operands_load_runs_where_their_channels_fill_them(case, emu):
+def test_conv2d_nchw_operands_load_runs_where_copies_pay(case, emu):
     """NCHW operands in, NCHW results out (check_conv checks the layouts), and each GEMM operand
-    loaded in the mode its channels per group allow."""
-    dtype, channels, groups, modes = case
-    x, wt, b = conv_inputs(2, channels, 7, 6, channels, (3, 3), groups, dtype)
-    check_conv(x, wt, b, (2, 1), (1, 1, 0, 1), (1, 1), groups)
+    loaded in the mode the copy rule gives it."""
+    dtype, channels, kernel, stride, groups, modes = case
+    x, wt, b = conv_inputs(2, channels, 12, 11, channels, (kernel, kernel), groups, dtype)
+    check_conv(x, wt, b, (stride, stride), (kernel // 2,) * 4, (1, 1), groups)
     for problem, mode in modes.items():
         assert launched(emu, problem, mode), (problem, mode, list(emu.launches()))
 

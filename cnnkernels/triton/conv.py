@@ -138,19 +138,44 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
 
 
-def _channels_innermost(t: torch.Tensor, channels_per_group: int) -> tuple[torch.Tensor, bool]:
+# A channels_last copy of an NCHW operand costs two passes over it, once; the loads it speeds up
+# come once per read of the tensor. So the launchers copy only where the kernels read each element
+# at least COPY_MIN_READS times: about once per (pixel, tap) pair and tile of the other GEMM
+# dimension (NOMINAL_TILE wide). Read element by element, an NCHW activation costs the loops 0.16
+# (1x1 forward) to 0.76 (3x3 forward) more warp instructions per element (sm_90, Triton 3.8, bf16,
+# per warp and 128x128x64 step: 1x1 forward 279 against 115 channels_last, 3x3 forward 950 against
+# 171, 1x1 backward-weight with both activations NCHW 1,201 against 124); on an H100 (about 900 G
+# warp instructions/s, 2.5-3 TB/s) one read's saving is worth a tenth to a half of the copy's
+# time: an estimate, not a measurement. A stride-1 3x3 layer (nine reads) takes the copy, a 1x1
+# one (one read per 128 output channels; a quarter at stride 2) does not. The CUDA backend uses
+# the same rule (kCopyMinReads in csrc/cuda/conv_kernel.h).
+COPY_MIN_READS = 3
+NOMINAL_TILE = 128
+
+
+def _input_reads(H, W, P, Q, R, S, Kg) -> int:
+    """Reads of each input element (forward's A, backward-weight's B): per (output pixel, tap)
+    pair that reaches it and tile of the group's output channels."""
+    return P * Q * R * S * _cdiv(Kg, NOMINAL_TILE) // (H * W)
+
+
+def _grad_output_reads(R, S, Cg, taps_in_columns=False) -> int:
+    """Reads of each grad_output element (backward-input's and backward-weight's A): per tap and
+    tile of the group's input channels, or, with (channel, tap) pairs as columns, per tile of those."""
+    return _cdiv(Cg * R * S, NOMINAL_TILE) if taps_in_columns else R * S * _cdiv(Cg, NOMINAL_TILE)
+
+
+def _channels_innermost(t: torch.Tensor, channels_per_group: int, reads: int) -> tuple[torch.Tensor, bool]:
     """For a plan: (t, False), or, where the launcher is to give the kernel a channels_last copy of
     t, (a storage-less stand-in with the copy's strides, True). That is where t's channels are
-    not contiguous (NCHW) and a GEMM takes them in blocks (at least FEW_CHANNELS per group: not
+    not contiguous (NCHW), a GEMM takes them in blocks (at least FEW_CHANNELS per group: not
     the few-channel path, whose tiles mix taps and channels, nor a depthwise layer, whose NCHW
-    pixels are the contiguous ones).
+    pixels are the contiguous ones) and the kernel reads each element at least COPY_MIN_READS
+    times (`reads`).
     The kernels take any strides, but along an NCHW tensor's pixels Triton cannot prove runs
     (a window's rows wrap at row ends and meet padding), so every element gets its own 64-bit
-    address and 2-byte load: with an NCHW activation the sm_90 loops of a bf16 3x3 layer take
-    631 (forward), 645 (backward-input) and 1431 (backward-weight, spilling) instructions per
-    warp and 250-255 registers, against 171, 197 and 273 channels_last (Triton 3.8); an NCHW
-    weight, 370 and 371. One copy, a pass over the tensor, buys the 16-byte asynchronous copies."""
-    if t.stride(1) == 1 or t.shape[1] == 1 or channels_per_group < FEW_CHANNELS:
+    address and 2-byte load, where a copy buys 16-byte asynchronous copies."""
+    if t.stride(1) == 1 or t.shape[1] == 1 or channels_per_group < FEW_CHANNELS or reads < COPY_MIN_READS:
         return t, False
     return torch.empty(t.shape, dtype=t.dtype, device="meta", memory_format=torch.channels_last), True
 
@@ -695,9 +720,10 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
     shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
     P, Q = shape[2:]
     fmt = memory_format_of(input, weight)
-    (input, copy_input), (weight, copy_weight) = _channels_innermost(input, Cg), _channels_innermost(weight, Cg)
-    y = _meta(shape, fmt)
     Kg = K // groups
+    input, copy_input = _channels_innermost(input, Cg, _input_reads(H, W, P, Q, R, S, Kg))
+    weight, copy_weight = _channels_innermost(weight, Cg, _cdiv(N * P * Q, NOMINAL_TILE))
+    y = _meta(shape, fmt)
 
     def grid(meta):
         return (_cdiv(N * P * Q, meta["BLOCK_M"]) * _cdiv(Kg, meta["BLOCK_N"]), groups)
@@ -729,8 +755,8 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
     K, Cg, R, S = weight.shape
     _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
     fmt = memory_format_of(grad_output, weight)
-    grad_output, copy_dy = _channels_innermost(grad_output, K // groups)
-    weight, copy_weight = _channels_innermost(weight, Cg)
+    grad_output, copy_dy = _channels_innermost(grad_output, K // groups, _grad_output_reads(R, S, Cg))
+    weight, copy_weight = _channels_innermost(weight, Cg, _cdiv(N * P * Q, NOMINAL_TILE))
     dx = _meta(input_size, fmt)
     Kg = K // groups
     sh, sw = stride
@@ -765,8 +791,9 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
     _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
     fmt = memory_format_of(grad_output, input)
     Kg = K // groups
-    (grad_output, copy_dy), (input, copy_input) = _channels_innermost(grad_output, Kg), _channels_innermost(input, Cg)
     few_cg = Cg if Cg < FEW_CHANNELS else 0
+    grad_output, copy_dy = _channels_innermost(grad_output, Kg, _grad_output_reads(R, S, Cg, bool(few_cg)))
+    input, copy_input = _channels_innermost(input, Cg, _input_reads(H, W, P, Q, R, S, Kg))
     # A few-channel tile gathers its input elements one by one, each with an address and a mask
     # in registers, so it takes half as many pixels a step (tl.dot's 16 at least). With 64, an
     # RGB stem's 8-warp tile used 255 registers and spilled (sm_90, Triton 3.6); with 32, it and

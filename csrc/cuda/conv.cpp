@@ -27,12 +27,16 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 
 // A GEMM operand as the kernels had best read it. With its channels H*W apart (NCHW) every
 // element is a scalar load with its own address and mask; where the channels per group fill
-// 16-byte runs, a channels_last copy (one pass over the tensor, on the current stream) lets the
-// kernels load runs instead, through cp.async on tensor cores. The operator's result keeps the
-// caller's layout (the buffer is allocated before, from the original operands). The Triton
-// backend makes the same choice (_channels_innermost in cnnkernels/triton/conv.py).
-at::Tensor channels_innermost(const at::Tensor& t, int64_t channels_per_group) {
-  if (t.stride(1) == 1 || t.size(1) == 1 || !channel_runs_fit(t.element_size(), channels_per_group)) return t;
+// 16-byte runs and the kernels read each element often enough to repay the copy (`reads`, see
+// kCopyMinReads), a channels_last copy (on the current stream) lets them load runs instead,
+// through cp.async on tensor cores. The operator's result keeps the caller's layout (its buffer
+// is allocated before, from the original operands). The Triton backend makes the same choice
+// (_channels_innermost in cnnkernels/triton/conv.py).
+at::Tensor channels_innermost(const at::Tensor& t, int64_t channels_per_group, int64_t reads) {
+  if (t.stride(1) == 1 || t.size(1) == 1 || !channel_runs_fit(t.element_size(), channels_per_group) ||
+      reads < kCopyMinReads) {
+    return t;
+  }
   return t.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
@@ -45,8 +49,8 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   at::Tensor out = new_buffer({p.batch, p.out_channels, p.out_h, p.out_w}, input.options(),
                               conv2d_memory_format(input, weight));
   if (out.numel() == 0) return out;
-  const at::Tensor x = channels_innermost(input, p.in_per_group());
-  const at::Tensor w = channels_innermost(weight, p.in_per_group());
+  const at::Tensor x = channels_innermost(input, p.in_per_group(), input_reads(p));
+  const at::Tensor w = channels_innermost(weight, p.in_per_group(), weight_reads(p));
   Conv2dTensors t;
   t.input = const_cast<void*>(x.const_data_ptr());
   copy_strides(x, t.input_stride);
@@ -72,8 +76,8 @@ at::Tensor conv2d_backward_input_cuda(const at::Tensor& grad_output, const at::T
   at::Tensor dx = new_buffer(input_size, grad_output.options(), conv2d_memory_format(grad_output, weight));
   if (dx.numel() == 0) return dx;
   // Every element of dx is written: positions no tap reaches get an empty sum, 0.
-  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group());
-  const at::Tensor w = channels_innermost(weight, p.in_per_group());
+  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group(), grad_output_reads(p, false));
+  const at::Tensor w = channels_innermost(weight, p.in_per_group(), weight_reads(p));
   Conv2dTensors t;
   t.input = dx.mutable_data_ptr();
   copy_strides(dx, t.input_stride);
@@ -102,10 +106,11 @@ at::Tensor conv2d_backward_weight_cuda(const at::Tensor& grad_output, const at::
   const int64_t chunk = ceil_div(pixels, splits);
   const at::Tensor partials =
       new_buffer({splits, dw.numel()}, grad_output.options().dtype(accumulator_type(grad_output)));
-  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group());
   // With (channel, tap) pairs as its GEMM columns, the input is read element by element in any
   // layout: a copy would buy nothing.
-  const at::Tensor x = backward_weight_taps_in_columns(p) ? input : channels_innermost(input, p.in_per_group());
+  const bool taps_in_columns = backward_weight_taps_in_columns(p);
+  const at::Tensor dy = channels_innermost(grad_output, p.out_per_group(), grad_output_reads(p, taps_in_columns));
+  const at::Tensor x = taps_in_columns ? input : channels_innermost(input, p.in_per_group(), input_reads(p));
   Conv2dTensors t;
   t.input = const_cast<void*>(x.const_data_ptr());
   copy_strides(x, t.input_stride);

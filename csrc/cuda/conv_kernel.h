@@ -71,6 +71,34 @@ inline int64_t backward_weight_tiles(const Conv2dParams& p) {
   return row_tiles * ((p.in_per_group() + kGemmTileCols - 1) / kGemmTileCols) * p.groups * taps;
 }
 
+// How many times, about, the GEMM kernels read each element of an operand. conv.cpp gives the
+// kernels a channels_last copy of an NCHW operand only where this reaches kCopyMinReads: the copy
+// costs two passes over the tensor (a read and a write) once, the loads it speeds up come once
+// per read. Read element by element, an operand costs the large tiles 0.6-0.7 more warp
+// instructions per element than in 16-byte runs (their sm_90 loops, NCHW against
+// channels_last: bf16 1,082 against 341 instructions per warp and 32-deep slice, fp32 934
+// against 785 per 8-deep one). On an H100 (about 900 G warp instructions/s, 2.5-3 TB/s) one
+// read's saving is worth about half the copy's time for bf16 and a fifth for fp32 (break-even
+// at 2 and 5 reads): an estimate, not a measurement. A stride-1 3x3 layer (nine reads) takes the
+// copy, a 1x1 one (one read per tile of 128 output channels; a quarter at stride 2) does not.
+constexpr int64_t kCopyMinReads = 3;
+
+// The input (forward's A, backward-weight's B): once per (output pixel, tap) pair that reaches
+// it, per tile of the group's output channels.
+inline int64_t input_reads(const Conv2dParams& p) {
+  const int64_t pairs = p.out_h * p.out_w * p.kernel_h * p.kernel_w;
+  return pairs * ceil_div(p.out_per_group(), kGemmTileCols) / (p.in_h * p.in_w);
+}
+// grad_output (backward-input's A, backward-weight's A): once per tap and tile of the group's
+// input channels, or, with (channel, tap) pairs as columns, once per tile of those.
+inline int64_t grad_output_reads(const Conv2dParams& p, bool taps_in_columns) {
+  const int64_t taps = p.kernel_h * p.kernel_w;
+  return taps_in_columns ? ceil_div(p.in_per_group() * taps, kGemmTileCols)
+                         : taps * ceil_div(p.in_per_group(), kGemmTileCols);
+}
+// The weight: once per tile of output pixels.
+inline int64_t weight_reads(const Conv2dParams& p) { return ceil_div(p.batch * p.out_h * p.out_w, kGemmTileRows); }
+
 cudaError_t launch_conv2d_forward(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
                                   cudaStream_t stream);
 cudaError_t launch_conv2d_backward_input(DType dtype, const Conv2dParams& p, const Conv2dTensors& t,
