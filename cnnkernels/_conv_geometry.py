@@ -32,6 +32,9 @@ def conv2d_output_shape(
         raise RuntimeError("conv2d: non-positive groups is not supported")
     n, c, h, w = input_shape
     k, c_per_group, r, s = weight_shape
+    if n != 0 and c != 0 and (h == 0 or w == 0):
+        raise RuntimeError(
+            f"Only zero batch or zero channel inputs are supported, but got input shape: {list(input_shape)}")
     if k <= 0 or k % groups != 0:
         raise RuntimeError(
             f"conv2d: given groups={groups}, expected weight to be at least 1 and divisible by {groups} "

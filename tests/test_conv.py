@@ -361,6 +361,7 @@ BAD_CALLS = {
     "bias_size": ((X, W, torch.randn(5)), {}, message_names("bias", "6 elements", "[5]")),
     "bias_rank": ((X, W, torch.randn(6, 1)), {}, message_names("bias", "1-dimensional")),
     "input_not_tensor": (([[1.0]], W), {}, "input"),
+    "empty_image": ((torch.randn(2, 4, 0, 9), W), {"padding": 1}, message_names("zero batch or zero channel", "[2, 4, 0, 9]")),
 }
 
 
@@ -502,6 +503,7 @@ def test_non_integer_arguments_raise_like_torch(value):
         (lambda: torch.ops.cnnkernels.conv2d(X, W, None, [1, 1], [0, 0], [1, 1], 1), "padding"),
         (lambda: torch.ops.cnnkernels.conv2d(X, W, None, [1, 1], [0, 0, -1, 0], [1, 1], 1), "negative padding"),
         (lambda: torch.ops.cnnkernels.conv2d(X[0], W, None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "4-D"),
+        (lambda: torch.ops.cnnkernels.conv2d(X[:, :, :0], W, None, [1, 1], [2, 2, 1, 1], [1, 1], 1), "zero batch"),
         (lambda: torch.ops.cnnkernels.conv2d(X, W[:, :2], None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "channels"),
         (lambda: torch.ops.cnnkernels.conv2d(X.bool(), W.bool(), None, [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),
         (lambda: torch.ops.cnnkernels.conv2d_backward_input(torch.ones(2, 6, 7, 7, dtype=torch.int32), W.int(), [2, 4, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1), "float32"),

@@ -156,7 +156,7 @@ NOMINAL_TILE = 128
 def _input_reads(H, W, P, Q, R, S, Kg) -> int:
     """Reads of each input element (forward's A, backward-weight's B): per (output pixel, tap)
     pair that reaches it and tile of the group's output channels."""
-    return P * Q * R * S * _cdiv(Kg, NOMINAL_TILE) // (H * W)
+    return P * Q * R * S * _cdiv(Kg, NOMINAL_TILE) // max(1, H * W)  # H*W = 0 only without channels
 
 
 def _grad_output_reads(R, S, Cg, taps_in_columns=False) -> int:

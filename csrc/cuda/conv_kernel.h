@@ -86,8 +86,8 @@ constexpr int64_t kCopyMinReads = 3;
 // The input (forward's A, backward-weight's B): once per (output pixel, tap) pair that reaches
 // it, per tile of the group's output channels.
 inline int64_t input_reads(const Conv2dParams& p) {
-  const int64_t pairs = p.out_h * p.out_w * p.kernel_h * p.kernel_w;
-  return pairs * ceil_div(p.out_per_group(), kGemmTileCols) / (p.in_h * p.in_w);
+  const int64_t pairs = p.out_h * p.out_w * p.kernel_h * p.kernel_w, area = p.in_h * p.in_w;
+  return area == 0 ? 0 : pairs * ceil_div(p.out_per_group(), kGemmTileCols) / area;  // 0 x W: no channels (checked)
 }
 // grad_output (backward-input's A, backward-weight's A): once per tap and tile of the group's
 // input channels, or, with (channel, tap) pairs as columns, once per tile of those.

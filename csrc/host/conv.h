@@ -43,6 +43,8 @@ inline Conv2dParams make_conv2d_params(const char* op, at::IntArrayRef input_siz
   for (int64_t p : padding) TORCH_CHECK(p >= 0, op, ": negative padding is not supported");
   TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported");
   for (int64_t s : input_size) TORCH_CHECK(s >= 0, op, ": negative input size ", input_size);
+  TORCH_CHECK(input_size[0] == 0 || input_size[1] == 0 || (input_size[2] > 0 && input_size[3] > 0), op,
+              ": Only zero batch or zero channel inputs are supported, but got input shape: ", input_size);
   TORCH_CHECK(weight_size[0] > 0 && weight_size[0] % groups == 0, op, ": given groups=", groups,
               ", expected weight to be positive and divisible by ", groups,
               " at dimension 0, but got weight of size ", weight_size);
