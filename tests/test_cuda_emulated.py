@@ -154,26 +154,18 @@ def test_conv2d_dtypes(dtype, channels_last, emu):
 # copied when its columns are (channel, tap) pairs (fewer than 16 channels per group): it is read
 # element by element there in any layout.
 RUNS, SCALAR = "true, true", "false, false"
-NCHW_COPY_CASES = {
-    "bf16-16": (torch.bfloat16, 16, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                  BackwardWeightProblem=RUNS)),
-    "bf16-20": (torch.bfloat16, 20, 3, 1, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                                  BackwardWeightProblem=SCALAR)),
-    "fp32-20": (torch.float32, 20, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                 BackwardWeightProblem=RUNS)),
-    "fp32-18": (torch.float32, 18, 3, 1, 1, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                                 BackwardWeightProblem=SCALAR)),
+PROBLEMS = ("ForwardProblem", "BackwardInputProblem", "BackwardWeightProblem")
+NCHW_COPY_CASES = {  # the modes in PROBLEMS' order
+    "bf16-16": (torch.bfloat16, 16, 3, 1, 1, (RUNS, RUNS, RUNS)),
+    "bf16-20": (torch.bfloat16, 20, 3, 1, 1, (SCALAR, SCALAR, SCALAR)),
+    "fp32-20": (torch.float32, 20, 3, 1, 1, (RUNS, RUNS, RUNS)),
+    "fp32-18": (torch.float32, 18, 3, 1, 1, (SCALAR, SCALAR, SCALAR)),
     # Backward-weight reads grad_output once per tile of (channel, tap) columns, here 72: once.
-    "bf16-8-few-channels": (torch.bfloat16, 8, 3, 1, 1, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                             BackwardWeightProblem=SCALAR)),
-    "bf16-32-groups-2": (torch.bfloat16, 32, 3, 1, 2, dict(ForwardProblem=RUNS, BackwardInputProblem=RUNS,
-                                                           BackwardWeightProblem=RUNS)),
-    "bf16-24-groups-2": (torch.bfloat16, 24, 3, 1, 2, dict(ForwardProblem=SCALAR, BackwardInputProblem=SCALAR,
-                                                           BackwardWeightProblem=SCALAR)),
+    "bf16-8-few-channels": (torch.bfloat16, 8, 3, 1, 1, (RUNS, RUNS, SCALAR)),
+    "bf16-32-groups-2": (torch.bfloat16, 32, 3, 1, 2, (RUNS, RUNS, RUNS)),
+    "bf16-24-groups-2": (torch.bfloat16, 24, 3, 1, 2, (SCALAR, SCALAR, SCALAR)),
     # The 1x1 weight (K, C, 1, 1) is channel-contiguous in NCHW already.
-    "bf16-16-1x1-stride-2": (torch.bfloat16, 16, 1, 2, 1, dict(ForwardProblem="false, true",
-                                                               BackwardInputProblem="false, true",
-                                                               BackwardWeightProblem=SCALAR)),
+    "bf16-16-1x1-stride-2": (torch.bfloat16, 16, 1, 2, 1, ("false, true", "false, true", SCALAR)),
 }
 
 
@@ -184,7 +176,7 @@ def test_conv2d_nchw_operands_load_runs_where_copies_pay(case, emu):
     dtype, channels, kernel, stride, groups, modes = case
     x, wt, b = conv_inputs(2, channels, 12, 11, channels, (kernel, kernel), groups, dtype)
     check_conv(x, wt, b, (stride, stride), (kernel // 2,) * 4, (1, 1), groups)
-    for problem, mode in modes.items():
+    for problem, mode in zip(PROBLEMS, modes):
         assert launched(emu, problem, mode), (problem, mode, list(emu.launches()))
 
 

@@ -165,6 +165,11 @@ def _grad_output_reads(R, S, Cg, taps_in_columns=False) -> int:
     return _cdiv(Cg * R * S, NOMINAL_TILE) if taps_in_columns else R * S * _cdiv(Cg, NOMINAL_TILE)
 
 
+def _weight_reads(N, P, Q) -> int:
+    """Reads of each weight element: per tile of output pixels."""
+    return _cdiv(N * P * Q, NOMINAL_TILE)
+
+
 def _channels_innermost(t: torch.Tensor, channels_per_group: int, reads: int) -> tuple[torch.Tensor, bool]:
     """For a plan: (t, False), or, where the launcher is to give the kernel a channels_last copy of
     t, (a storage-less stand-in with the copy's strides, True). That is where t's channels are
@@ -722,7 +727,7 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
     fmt = memory_format_of(input, weight)
     Kg = K // groups
     input, copy_input = _channels_innermost(input, Cg, _input_reads(H, W, P, Q, R, S, Kg))
-    weight, copy_weight = _channels_innermost(weight, Cg, _cdiv(N * P * Q, NOMINAL_TILE))
+    weight, copy_weight = _channels_innermost(weight, Cg, _weight_reads(N, P, Q))
     y = _meta(shape, fmt)
 
     def grid(meta):
@@ -756,7 +761,7 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
     _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
     fmt = memory_format_of(grad_output, weight)
     grad_output, copy_dy = _channels_innermost(grad_output, K // groups, _grad_output_reads(R, S, Cg))
-    weight, copy_weight = _channels_innermost(weight, Cg, _cdiv(N * P * Q, NOMINAL_TILE))
+    weight, copy_weight = _channels_innermost(weight, Cg, _weight_reads(N, P, Q))
     dx = _meta(input_size, fmt)
     Kg = K // groups
     sh, sw = stride
