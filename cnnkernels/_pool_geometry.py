@@ -26,6 +26,12 @@ def check_pool_input(name: str, shape: Sequence[int]) -> None:
 def pool2d_output_shape(name: str, input_shape: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int],
                         padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool) -> list[int]:
     check_pool_input(name, input_shape)
+    # torch's pooling holds these in 32-bit ints and rejects larger ones before its other checks;
+    # the bound also keeps the window arithmetic below far from overflow in the C++ host code.
+    for values in (kernel_size, stride, padding, dilation):
+        for v in values:
+            if not -(2**31) <= v < 2**31:
+                raise RuntimeError(f"{name}: value cannot be converted to type int without overflow (got {v})")
     if any(s == 0 for s in stride):
         raise RuntimeError(f"{name}: stride should not be zero")
     if any(k <= 0 for k in kernel_size):

@@ -232,7 +232,9 @@ def adaptive_max_pool2d(input, output_size, return_indices=False, *, backend: st
 def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_size=None, *,
                  backend: str | None = None):
     """Max unpooling, as torch.nn.functional.max_unpool2d: the position restore of max pooling.
-    Each value goes to the position its index names, every other position is 0."""
+    Each value goes to the position its index names, every other position is 0. An index
+    outside its (H, W) plane raises on the cpu backend, as in torch on the CPU; the GPU
+    backends skip it, since checking would synchronise with the device on every call."""
     x, unbatched = _pool_input(input, "max_unpool2d")
     _check_tensor(indices, "indices", "max_unpool2d")
     idx = indices.unsqueeze(0) if unbatched else indices

@@ -350,6 +350,17 @@ def test_max_pool2d_nan_and_inf():
     assert torch.equal(idx, ref_idx)
 
 
+def test_max_pool2d_windows_entirely_in_the_padding():
+    # Every window's two taps fall on rows -1 and 1 of a 1-row input (test_pool.py has the
+    # reasoning): -inf with torch's index, and a zero gradient.
+    x = pool_input((2, 3, 1, 7))
+    out, idx = ops().max_pool2d(x, [2, 3], [1, 2], [1, 1], [2, 1], False)
+    ref, ref_idx = TF.max_pool2d(x, (2, 3), (1, 2), 1, (2, 1), return_indices=True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    gx = ops().max_pool2d_backward(torch.ones_like(out), idx, list(x.shape), [2, 3], [1, 2], [1, 1], [2, 1])
+    assert torch.equal(gx, torch.zeros_like(x))
+
+
 @pytest.mark.parametrize("dtype, channels_last", LAYOUT_DTYPES, ids=map(_layout_dtype_id, LAYOUT_DTYPES))
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode, count_include_pad, divisor",
                          [((3, 3), (2, 2), (1, 1), True, False, None), ((2, 3), (1, 2), (1, 0), False, True, None),

@@ -88,6 +88,23 @@ def test_max_pool2d_dtypes_and_layouts(dtype, channels_last, target):
             _input((2, 5, 9, 8), dtype, channels_last=channels_last), target, dtype, exact=True, with_indices=True)
 
 
+def test_max_pool2d_windows_entirely_in_the_padding(target):
+    # Height 1, two taps 2 rows apart, one row of padding: every window's taps fall on rows -1
+    # and 1. torch returns -inf with an index past the window (its clamped first tap). The
+    # gradient follows torch's CUDA gather, in which no input element lies in such a window:
+    # 0. (torch's CPU backward scatters to that index instead, here past the plane's end: it
+    # corrupts the heap, so it cannot serve as the reference.)
+    x = torch.randn(2, 3, 1, 7)
+    args = dict(kernel_size=(2, 3), stride=(1, 2), padding=1, dilation=(2, 1), return_indices=True)
+    ref, ref_idx = TF.max_pool2d(x, **args)
+    xo = x.to(target.device).requires_grad_()
+    out, idx = F.max_pool2d(xo, backend=target.backend, **args)
+    assert torch.isneginf(ref).all() and (ref_idx >= x.shape[2] * x.shape[3]).any()
+    assert torch.equal(out.cpu(), ref) and torch.equal(idx.cpu(), ref_idx)
+    (gx,) = torch.autograd.grad(out, xo, torch.ones_like(out))
+    assert torch.equal(gx.cpu(), torch.zeros_like(x))
+
+
 @pytest.mark.parametrize("fill", ["nan", "-inf", "nan-and-inf"])
 def test_max_pool2d_nan_and_inf(fill, target):
     x = torch.randn(1, 2, 6, 6)
@@ -288,6 +305,11 @@ BAD_CALLS = {
     "avg_divisor_zero": ("avg_pool2d", (XP, 2), dict(divisor_override=0), "divisor must be not zero"),
     "adaptive_negative": ("adaptive_avg_pool2d", (XP, (2, -1)), {}, "greater than or equal to 0"),
     "adaptive_max_negative": ("adaptive_max_pool2d", (XP, (-1, 2)), {}, "greater than or equal to 0"),
+    # torch keeps the window arguments in 32-bit ints; a stride or dilation past that would
+    # otherwise still give a well-defined (one-window) result.
+    "stride_past_int32": ("max_pool2d", (XP, 2), dict(stride=2**31), "cannot be converted to type int"),
+    "dilation_past_int32": ("max_pool2d", (XP, 1), dict(dilation=(1, 2**62)), "cannot be converted to type int"),
+    "avg_stride_past_int32": ("avg_pool2d", (XP, 2), dict(stride=(2**31, 1)), "cannot be converted to type int"),
 }
 
 
@@ -295,6 +317,17 @@ BAD_CALLS = {
 def test_bad_arguments_raise_like_torch(name):
     fn, args, kwargs, match = BAD_CALLS[name]
     raises_like_torch(lambda: getattr(F, fn)(*args, **kwargs), lambda: getattr(TF, fn)(*args, **kwargs), match)
+
+
+def test_operators_reject_window_arguments_past_int32():
+    # The C++ host checks (csrc/host/pool.h, the cpu and cuda backends' both), reached without
+    # the functional's: the schema's int[2] arguments are 64-bit, and torch takes 32-bit ones.
+    ops = pool_ops.BACKEND_OPS["cpu"]
+    with pytest.raises(RuntimeError, match="cannot be converted to type int"):
+        ops.max_pool2d(XP, [2, 2], [2**31, 1], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="cannot be converted to type int"):
+        ops.max_pool2d_backward(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4, dtype=torch.long), list(XP.shape),
+                                [2, 2], [1, 1], [0, 0], [1, 2**40])
 
 
 # ---- integer inputs and integer-like arguments -------------------------------------------

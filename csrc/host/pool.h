@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <limits>
+
 #include "cnnkernels/pool.h"
 #include "host/alloc.h"
 
@@ -22,6 +25,14 @@ inline Pool2dParams pool2d_geometry(const char* op, at::IntArrayRef input_size, 
   check_pool_input(op, input_size);
   TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
               ": expected kernel_size, stride, padding and dilation of 2 values each");
+  // torch's pooling holds these in 32-bit ints and rejects larger ones before its other checks;
+  // the bound also keeps the window arithmetic below (effective kernel, output size) from overflowing.
+  for (const at::IntArrayRef values : {kernel_size, stride, padding, dilation}) {
+    for (const int64_t v : values) {
+      TORCH_CHECK(v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max(), op,
+                  ": value cannot be converted to type int without overflow (got ", v, ")");
+    }
+  }
   TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, op,
               ": kernel size should be greater than zero, but got kH: ", kernel_size[0], " kW: ", kernel_size[1]);
   TORCH_CHECK(stride[0] != 0 && stride[1] != 0, op, ": stride should not be zero");
