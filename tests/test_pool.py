@@ -319,6 +319,40 @@ def test_bad_arguments_raise_like_torch(name):
     raises_like_torch(lambda: getattr(F, fn)(*args, **kwargs), lambda: getattr(TF, fn)(*args, **kwargs), match)
 
 
+# Direct operator calls whose tensors disagree in size, or whose arguments the functional would
+# have refused: every backend's operator raises (the C++ host checks, and their Python mirrors in
+# _pool_geometry for the Triton launchers), rather than gathering past the end of a tensor.
+_G, _I = torch.randn(1, 3, 2, 2), torch.zeros(1, 3, 2, 2, dtype=torch.long)
+BAD_OPERATOR_CALLS = {
+    "max_backward_planes": ("max_pool2d_backward", (_G, _I, [4, 3, 4, 4], [2, 2], [2, 2], [0, 0], [1, 1]),
+                            "does not match the input size"),
+    "max_backward_indices": ("max_pool2d_backward", (_G, _I[:, :, :1], [1, 3, 4, 4], [2, 2], [2, 2], [0, 0], [1, 1]),
+                             "expected int64 indices"),
+    "max_zero_kernel": ("max_pool2d", (XP, [0, 2], [1, 1], [0, 0], [1, 1], False), "kernel size should be greater"),
+    "max_backward_pad": ("max_pool2d_backward", (_G, _I, [1, 3, 4, 4], [2, 2], [2, 2], [2, 0], [1, 1]),
+                         "pad should be at most half"),
+    "avg_zero_stride": ("avg_pool2d", (XP, [2, 2], [0, 1], [0, 0], False, True, None), "stride should not be zero"),
+    "avg_zero_divisor": ("avg_pool2d", (XP, [2, 2], [1, 1], [0, 0], False, True, 0), "divisor must be not zero"),
+    "avg_backward_planes": ("avg_pool2d_backward", (_G, [1, 4, 4, 4], [2, 2], [2, 2], [0, 0], True, None),
+                            "does not match the input size"),
+    "adaptive_negative": ("adaptive_avg_pool2d", (XP, [2, -1]), "greater than or equal to 0"),
+    "adaptive_backward_planes": ("adaptive_avg_pool2d_backward", (_G, [4, 3, 4, 4]), "does not match the input size"),
+    "adaptive_max_backward_indices": ("adaptive_max_pool2d_backward", (_G, _I.int(), [1, 3, 4, 4]),
+                                      "expected int64 indices"),
+    "unpool_indices": ("max_unpool2d", (torch.randn(2, 3, 2, 2), _I, [4, 4]), "expected int64 indices"),
+    "unpool_backward_planes": ("max_unpool2d_backward", (torch.randn(1, 3, 4, 4), _I.expand(4, 3, 2, 2)),
+                               "do not match grad_output"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPERATOR_CALLS))
+def test_operators_check_their_arguments(name, target):
+    fn, args, match = BAD_OPERATOR_CALLS[name]
+    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=match):
+        getattr(pool_ops.BACKEND_OPS[target.backend], fn)(*args)
+
+
 def test_operators_reject_window_arguments_past_int32():
     # The C++ host checks (csrc/host/pool.h, the cpu and cuda backends' both), reached without
     # the functional's: the schema's int[2] arguments are 64-bit, and torch takes 32-bit ones.

@@ -48,7 +48,9 @@ import triton
 import triton.language as tl
 
 from cnnkernels._layout import memory_format_of, new_buffer
-from cnnkernels._pool_geometry import pool_out_size
+from cnnkernels._pool_geometry import (adaptive_output_shape, check_divisor_override, check_grad_output_planes,
+                                       check_pool2d_window, check_pool_indices, check_unpool_args,
+                                       check_unpool_backward_args, pool2d_output_shape)
 from cnnkernels.triton._common import (_acc_dtype, _among, _autotune, _cdiv, _check_device, _check_dtype, _config,
                                        _index_dtype, launch)
 
@@ -503,11 +505,11 @@ def _adaptive_extent(size: int, out: int) -> int:
 
 def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode, config=None):
     _check_device(input)
-    _check_dtype("cnnkernels_triton::max_pool2d", input)
-    N, C, H, W = input.shape
+    op = "cnnkernels_triton::max_pool2d"
+    _check_dtype(op, input)
+    N, C, P, Q = pool2d_output_shape(op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    H, W = input.shape[2:]
     KH, KW = kernel_size
-    P = pool_out_size(H, KH, padding[0], stride[0], dilation[0], ceil_mode)
-    Q = pool_out_size(W, KW, padding[1], stride[1], dilation[1], ceil_mode)
     fmt = memory_format_of(input)
     y = new_buffer([N, C, P, Q], input, memory_format=fmt)
     indices = new_buffer([N, C, P, Q], input, dtype=torch.int64, memory_format=fmt)
@@ -522,7 +524,11 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode,
 
 def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation, config=None):
     _check_device(grad_output, indices)
-    _check_dtype("cnnkernels_triton::max_pool2d_backward", grad_output)
+    op = "cnnkernels_triton::max_pool2d_backward"
+    _check_dtype(op, grad_output)
+    check_pool2d_window(op, input_size, kernel_size, stride, padding, dilation)
+    check_grad_output_planes(op, grad_output, input_size)
+    check_pool_indices(op, indices, grad_output)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     KH, KW = kernel_size
@@ -545,11 +551,12 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
 def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                        config=None):
     _check_device(input)
-    _check_dtype("cnnkernels_triton::avg_pool2d", input)
-    N, C, H, W = input.shape
+    op = "cnnkernels_triton::avg_pool2d"
+    _check_dtype(op, input)
+    N, C, P, Q = pool2d_output_shape(op, input.shape, kernel_size, stride, padding, [1, 1], ceil_mode)
+    check_divisor_override(op, divisor_override)
+    H, W = input.shape[2:]
     KH, KW = kernel_size
-    P = pool_out_size(H, KH, padding[0], stride[0], 1, ceil_mode)
-    Q = pool_out_size(W, KW, padding[1], stride[1], 1, ceil_mode)
     y = new_buffer([N, C, P, Q], input, memory_format=memory_format_of(input))
     if y.numel() == 0:
         return y
@@ -563,7 +570,11 @@ def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_inc
 def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, count_include_pad,
                         divisor_override, config=None):
     _check_device(grad_output)
-    _check_dtype("cnnkernels_triton::avg_pool2d_backward", grad_output)
+    op = "cnnkernels_triton::avg_pool2d_backward"
+    _check_dtype(op, grad_output)
+    check_pool2d_window(op, input_size, kernel_size, stride, padding, [1, 1])
+    check_grad_output_planes(op, grad_output, input_size)
+    check_divisor_override(op, divisor_override)
     N, C, H, W = input_size
     P, Q = grad_output.shape[2:]
     KH, KW = kernel_size
@@ -583,9 +594,10 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
 
 def adaptive_avg_pool2d_forward(input, output_size, config=None):
     _check_device(input)
-    _check_dtype("cnnkernels_triton::adaptive_avg_pool2d", input)
-    N, C, H, W = input.shape
-    P, Q = output_size
+    op = "cnnkernels_triton::adaptive_avg_pool2d"
+    _check_dtype(op, input)
+    N, C, P, Q = adaptive_output_shape(op, input.shape, output_size)
+    H, W = input.shape[2:]
     y = new_buffer([N, C, P, Q], input, memory_format=memory_format_of(input))
     if y.numel() == 0:
         return y
@@ -598,9 +610,11 @@ def adaptive_avg_pool2d_forward(input, output_size, config=None):
 
 def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
     _check_device(grad_output)
-    _check_dtype("cnnkernels_triton::adaptive_avg_pool2d_backward", grad_output)
+    op = "cnnkernels_triton::adaptive_avg_pool2d_backward"
+    _check_dtype(op, grad_output)
+    check_grad_output_planes(op, grad_output, input_size)
     N, C, H, W = input_size
-    P, Q = grad_output.shape[2:]
+    P, Q = adaptive_output_shape(op, input_size, grad_output.shape[2:])[2:]
     dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
     if dx.numel() == 0:
         return dx
@@ -616,9 +630,10 @@ def adaptive_avg_pool2d_backward(grad_output, input_size, config=None):
 
 def adaptive_max_pool2d_forward(input, output_size, config=None):
     _check_device(input)
-    _check_dtype("cnnkernels_triton::adaptive_max_pool2d", input)
-    N, C, H, W = input.shape
-    P, Q = output_size
+    op = "cnnkernels_triton::adaptive_max_pool2d"
+    _check_dtype(op, input)
+    N, C, P, Q = adaptive_output_shape(op, input.shape, output_size)
+    H, W = input.shape[2:]
     fmt = memory_format_of(input)
     y = new_buffer([N, C, P, Q], input, memory_format=fmt)
     indices = new_buffer([N, C, P, Q], input, dtype=torch.int64, memory_format=fmt)
@@ -633,9 +648,12 @@ def adaptive_max_pool2d_forward(input, output_size, config=None):
 
 def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
     _check_device(grad_output, indices)
-    _check_dtype("cnnkernels_triton::adaptive_max_pool2d_backward", grad_output)
+    op = "cnnkernels_triton::adaptive_max_pool2d_backward"
+    _check_dtype(op, grad_output)
+    check_grad_output_planes(op, grad_output, input_size)
+    check_pool_indices(op, indices, grad_output)
     N, C, H, W = input_size
-    P, Q = grad_output.shape[2:]
+    P, Q = adaptive_output_shape(op, input_size, grad_output.shape[2:])[2:]
     dx = new_buffer(list(input_size), grad_output, memory_format=memory_format_of(grad_output))
     if dx.numel() == 0:
         return dx
@@ -650,7 +668,9 @@ def adaptive_max_pool2d_backward(grad_output, indices, input_size, config=None):
 
 def max_unpool2d_forward(input, indices, output_size, config=None):
     _check_device(input, indices)
-    _check_dtype("cnnkernels_triton::max_unpool2d", input)
+    op = "cnnkernels_triton::max_unpool2d"
+    _check_dtype(op, input)
+    check_unpool_args(op, input, indices, output_size)
     N, C, H, W = input.shape
     OH, OW = output_size
     y = new_buffer([N, C, OH, OW], input, memory_format=memory_format_of(input))
@@ -666,7 +686,9 @@ def max_unpool2d_forward(input, indices, output_size, config=None):
 
 def max_unpool2d_backward(grad_output, indices, config=None):
     _check_device(grad_output, indices)
-    _check_dtype("cnnkernels_triton::max_unpool2d_backward", grad_output)
+    op = "cnnkernels_triton::max_unpool2d_backward"
+    _check_dtype(op, grad_output)
+    check_unpool_backward_args(op, grad_output, indices)
     N, C, H, W = indices.shape
     OH, OW = grad_output.shape[2:]
     dx = new_buffer([N, C, H, W], grad_output, memory_format=memory_format_of(indices))
