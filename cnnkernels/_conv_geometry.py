@@ -1,5 +1,7 @@
 """Conv2d geometry: argument validation and output shapes, shared by the operator layer
-(fake kernels, functional) and the Triton launchers."""
+(fake kernels, functional) and the Triton launchers, whose plans also run the operators' own
+tensor checks (check_*, those of csrc/host/conv.h): a Triton operator called directly raises
+where a C++ one does, rather than reading past a gradient of the wrong size."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ def conv2d_output_shape(
             f"conv2d: expected a 4-D (out_channels, in_channels/groups, kH, kW) weight, "
             f"but got weight of size: {list(weight_shape)}"
         )
+    if len(stride) != 2 or len(padding) != 4 or len(dilation) != 2:
+        raise RuntimeError("conv2d: expected stride[2], padding[4] (top, bottom, left, right) and dilation[2]")
     if any(s <= 0 for s in stride):
         raise RuntimeError("conv2d: non-positive stride is not supported")
     if any(d <= 0 for d in dilation):
@@ -55,3 +59,22 @@ def conv2d_output_shape(
             f"Kernel size: ({extent_h} x {extent_w}). Kernel size can't be greater than actual input size"
         )
     return [n, k, (padded_h - extent_h) // stride[0] + 1, (padded_w - extent_w) // stride[1] + 1]
+
+
+def check_same_dtype(op: str, a, a_name: str, b, b_name: str) -> None:
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"{op}: expected {a_name} and {b_name} to have the same dtype, but got {a.dtype} and {b.dtype}")
+
+
+def check_bias(op: str, bias, weight_shape: Sequence[int]) -> None:
+    if bias.dim() != 1 or bias.shape[0] != weight_shape[0]:
+        raise RuntimeError(
+            f"{op}: given weight of size {list(weight_shape)}, expected bias to be 1-dimensional with "
+            f"{weight_shape[0]} elements, but got bias of size {list(bias.shape)} instead"
+        )
+
+
+def check_grad_output(op: str, grad_output, expected: Sequence[int]) -> None:
+    """A gradient of the output has exactly the shape the forward produces."""
+    if list(grad_output.shape) != list(expected):
+        raise RuntimeError(f"{op}: expected grad_output of size {list(expected)}, got {list(grad_output.shape)}")

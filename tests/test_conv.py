@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 
 import cnnkernels
 import cnnkernels.functional as F
+from cnnkernels.ops import conv as _conv_ops
 from helpers import TARGETS, assert_close, message_names, raises_like_torch, same_layout
 
 CL = torch.channels_last
@@ -516,3 +517,30 @@ def test_operators_check_their_arguments(call, match):
     # The registered operators are public too (torch.ops.cnnkernels.*): they validate on their own.
     with pytest.raises(RuntimeError, match=match):
         call()
+
+
+_GEOMETRY = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+# Tensors whose sizes or dtypes disagree, handed to every backend's operators directly: each
+# raises (the C++ host checks; the Triton plans' mirrors of them) rather than reading past the
+# end of the smaller tensor.
+BAD_OPERATOR_CALLS = {
+    "padding_of_2": ("forward", (X, W, None, [1, 1], [0, 0], [1, 1], 1), "padding"),
+    "bias_size": ("forward", (X, W, torch.randn(5), *_GEOMETRY), "bias"),
+    "weight_dtype": ("forward", (X, W.double(), None, *_GEOMETRY), "same dtype"),
+    "backward_input_batch": ("backward_input", (torch.randn(1, 6, 7, 7), W, [2, 4, 9, 9], *_GEOMETRY), "grad_output"),
+    "backward_input_extent": ("backward_input", (torch.randn(2, 6, 7, 6), W, [2, 4, 9, 9], *_GEOMETRY),
+                              "grad_output"),
+    "backward_weight_channels": ("backward_weight", (torch.randn(2, 5, 7, 7), X, [6, 4, 3, 3], *_GEOMETRY),
+                                 "grad_output"),
+    "backward_weight_dtype": ("backward_weight", (torch.randn(2, 6, 7, 7).double(), X, [6, 4, 3, 3], *_GEOMETRY),
+                              "same dtype"),
+    "backward_bias_rank": ("backward_bias", (torch.randn(6, 7),), "4-D"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPERATOR_CALLS))
+def test_every_backends_operators_check_their_arguments(name, target):
+    fn, args, match = BAD_OPERATOR_CALLS[name]
+    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=match):
+        getattr(_conv_ops.BACKEND_OPS[target.backend], fn)(*args)

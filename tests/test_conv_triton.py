@@ -269,7 +269,7 @@ def test_window_coordinates_past_2_pow_29_take_64_bit_indices(extent):
     y = torch.empty(conv2d_output_shape(x.shape, w.shape, *geometry), device="meta")
     assert max(t.numel() for t in (x, y)) < 2**31 - 2**16
     want = T.tl.int32 if extent == "small" else T.tl.int64
-    assert T._forward_plan(x, w, False, *geometry).constexprs["INDEX"] == want
+    assert T._forward_plan(x, w, None, *geometry).constexprs["INDEX"] == want
     assert T._backward_weight_plan(y, x, list(w.shape), *geometry).constexprs["INDEX"] == want
 
 
@@ -363,7 +363,7 @@ def test_autotune_tries_narrow_tiles_for_few_columns(kernel, columns_arg, operan
     assert tried(17) == tried(32) == wide + narrow
     assert tried(33) == tried(512) == wide
     x, w, g, conv = _problem("few_channels")  # 3 input and 5 output channels per group
-    assert T._forward_plan(x, w, False, *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
+    assert T._forward_plan(x, w, None, *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
     assert T._backward_input_plan(g, w, list(x.shape), *conv).tiles[0] is T.FORWARD_CONFIGS[narrow[0]]
 
 

@@ -545,6 +545,26 @@ def test_batch_norm_eps_must_be_positive_in_training():
         F.batch_norm(torch.randn(2, 4, 3), None, None, training=True, eps=0.0)
 
 
+_XN = torch.randn(2, 4, 5, 5)
+# Saved statistics of the wrong length, handed to every backend's backward operators directly:
+# each raises (the C++ host checks; the Triton launchers' mirrors) rather than reading past them.
+BAD_STATISTICS_CALLS = {
+    "batch_norm_save_mean": ("batch_norm_backward",
+                             (_XN, _XN, None, None, None, torch.randn(2), torch.randn(4), True, "none"), "save_mean"),
+    "group_norm_save_rstd": ("group_norm_backward",
+                             (_XN, _XN, None, None, torch.randn(4), torch.randn(1), 2, "none"), "save_rstd"),
+    "rms_norm_save_rstd": ("rms_norm_backward", (_XN, _XN, None, torch.randn(3), 1), "save_rstd"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_STATISTICS_CALLS))
+def test_backward_operators_check_the_saved_statistics(name, target):
+    fn, args, match = BAD_STATISTICS_CALLS[name]
+    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=match):
+        getattr(norm_ops.BACKEND_OPS[target.backend], fn)(*args)
+
+
 def test_bad_activation():
     with pytest.raises(ValueError, match="activation"):
         F.group_norm(torch.randn(2, 4), 2, activation="tanh")

@@ -54,12 +54,17 @@ def _autotune() -> bool:
 
 
 def _check_device(*tensors):
+    """Every tensor on one CUDA device (or on the CPU in the interpreter): a kernel launched on
+    one GPU cannot read another's memory."""
+    # is_cuda/is_cpu and get_device() (an int) rather than t.device, which builds a torch.device.
+    device = tensors[0].get_device()
     for t in tensors:
-        # is_cuda/is_cpu rather than t.device.type, which builds a torch.device on every call.
         if not t.is_cuda and not (t.is_cpu and triton_interpreted()):
             raise RuntimeError(
                 f"cnnkernels_triton: tensors must be on a CUDA device (or on the CPU with TRITON_INTERPRET=1), got {t.device}"
             )
+        if t.get_device() != device:
+            raise RuntimeError(f"cnnkernels_triton: expected all tensors on one device, got {tensors[0].device} and {t.device}")
 
 
 def _check_dtype(op: str, t: torch.Tensor) -> None:

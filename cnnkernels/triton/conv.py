@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cnnkernels._conv_geometry import conv2d_output_shape
+from cnnkernels._conv_geometry import check_bias, check_grad_output, check_same_dtype, conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
 from cnnkernels.triton._common import (INTERPRETED, _acc_dtype, _among, _autotune, _cdiv, _check_device, _check_dtype,
                                        _config, launch, planned)
@@ -719,7 +719,12 @@ def _meta(shape, memory_format) -> torch.Tensor:
     return torch.empty(shape, device="meta", memory_format=memory_format)
 
 
-def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) -> _Plan:
+def _forward_plan(input, weight, bias, stride, padding, dilation, groups) -> _Plan:
+    op = "cnnkernels_triton::conv2d"
+    check_same_dtype(op, input, "input", weight, "weight")
+    if bias is not None:
+        check_same_dtype(op, input, "input", bias, "bias")
+        check_bias(op, bias, weight.shape)
     N, C, H, W = input.shape
     K, Cg, R, S = weight.shape
     shape = conv2d_output_shape(input.shape, weight.shape, stride, padding, dilation, groups)
@@ -736,16 +741,16 @@ def _forward_plan(input, weight, has_bias, stride, padding, dilation, groups) ->
     scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(input), *_strides(weight), *_strides(y))
     return _Plan(shape, fmt, grid, scalars, dict(
-        R=R, S=S, FEW_CG=Cg if Cg < FEW_CHANNELS else 0, HAS_BIAS=has_bias,
+        R=R, S=S, FEW_CG=Cg if Cg < FEW_CHANNELS else 0, HAS_BIAS=bias is not None,
         INDEX=_offset_dtype(input, weight, y, extent=_window_extent(H, W, padding)),
         ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg),
         copies=(copy_input, copy_weight))
 
 
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
-    _check_device(input, weight)
+    _check_device(input, weight, *([] if bias is None else [bias]))
     _check_dtype("cnnkernels_triton::conv2d", input)
-    plan = planned(_forward_plan, input, weight, bias is not None, stride, padding, dilation, groups)
+    plan = planned(_forward_plan, input, weight, bias, stride, padding, dilation, groups)
     y = new_buffer(plan.out_shape, input, memory_format=plan.out_format)
     if y.numel() == 0:
         return y
@@ -756,9 +761,13 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
 
 
 def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilation, groups) -> _Plan:
+    op = "cnnkernels_triton::conv2d_backward_input"
+    check_same_dtype(op, grad_output, "grad_output", weight, "weight")
+    out_shape = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
+    check_grad_output(op, grad_output, out_shape)
     N, C, H, W = input_size
     K, Cg, R, S = weight.shape
-    _, _, P, Q = conv2d_output_shape(input_size, weight.shape, stride, padding, dilation, groups)
+    P, Q = out_shape[2:]
     fmt = memory_format_of(grad_output, weight)
     grad_output, copy_dy = _channels_innermost(grad_output, K // groups, _grad_output_reads(R, S, Cg))
     weight, copy_weight = _channels_innermost(weight, Cg, _weight_reads(N, P, Q))
@@ -791,9 +800,13 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
 
 
 def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dilation, groups) -> _Plan:
+    op = "cnnkernels_triton::conv2d_backward_weight"
+    check_same_dtype(op, grad_output, "grad_output", input, "input")
+    out_shape = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
+    check_grad_output(op, grad_output, out_shape)
     N, C, H, W = input.shape
     K, Cg, R, S = weight_size
-    _, _, P, Q = conv2d_output_shape(input.shape, weight_size, stride, padding, dilation, groups)
+    P, Q = out_shape[2:]
     fmt = memory_format_of(grad_output, input)
     Kg = K // groups
     few_cg = Cg if Cg < FEW_CHANNELS else 0
@@ -842,6 +855,9 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
 
 
 def _backward_bias_plan(grad_output) -> _Plan:
+    if grad_output.dim() != 4:
+        raise RuntimeError(
+            f"cnnkernels_triton::conv2d_backward_bias: expected a 4-D grad_output, got sizes {list(grad_output.shape)}")
     N, K, P, Q = grad_output.shape
     splits, chunk = _split(N * P * Q, _cdiv(K, BIAS_BLOCK_K), BIAS_BLOCK_M)
     out = _reduction_output(_meta([K], torch.contiguous_format), splits)

@@ -795,6 +795,15 @@ def _split(length: int, programs_per_split: int, width: int = 1) -> tuple[int, i
     return _cdiv(length, chunk), chunk
 
 
+def _check_vector(op: str, name: str, t: torch.Tensor, count: int, input: torch.Tensor) -> None:
+    """`t` holds `count` values on the input's device: the kernels index it by channel, group or
+    row, so a shorter one would be read past its end (the C++ operators check alike)."""
+    if t.numel() != count:
+        raise RuntimeError(f"{op}: expected {name} with {count} elements, got {t.numel()} (size {list(t.shape)})")
+    if t.device != input.device:
+        raise RuntimeError(f"{op}: expected {name} on {input.device}, got {t.device}")
+
+
 class _View:
     """An (N, C, *) tensor as (N, C, L) in one of the two kernel layouts (csrc/host/norm.h)."""
 
@@ -835,13 +844,14 @@ class _View:
         """A parameter as a contiguous vector in its own dtype (the kernels widen it to acc_t)."""
         if p is None:
             return None
-        if p.numel() != count:
-            raise RuntimeError(f"{self.op}: expected {name} with {count} elements, got {p.numel()} "
-                               f"(size {list(p.shape)})")
-        if p.device != self.input.device:
-            raise RuntimeError(f"{self.op}: expected {name} on {self.input.device}, got {p.device}")
+        _check_vector(self.op, name, p, count, self.input)
         _check_dtype(self.op, p)
         return p.contiguous().view(count)
+
+    def statistics(self, name: str, t: torch.Tensor, count: int) -> torch.Tensor:
+        """A saved statistic (save_mean, save_rstd) as a contiguous vector in acc_t."""
+        _check_vector(self.op, name, t, count, self.input)
+        return t.to(self.acc).contiguous().view(count)
 
     def output(self) -> torch.Tensor:
         return new_buffer(self.input.shape, self.input, memory_format=self.format)
@@ -968,8 +978,8 @@ def batch_norm_backward(grad_output, input, weight, bias, residual, save_mean, s
     w = v.param("weight", weight, v.C)
     b = v.param("bias", bias, v.C)
     res = v.operand("residual", residual) if residual is not None else None
-    mean = save_mean.to(v.acc).contiguous()
-    rstd = save_rstd.to(v.acc).contiguous()
+    mean = v.statistics("save_mean", save_mean, v.C)
+    rstd = v.statistics("save_rstd", save_rstd, v.C)
     x = v.input
     dx = v.output()
     dres = v.output() if res is not None else v.acc_buffer([0])
@@ -1047,8 +1057,8 @@ def group_norm_backward(grad_output, input, weight, bias, save_mean, save_rstd, 
     dy = v.operand("grad_output", grad_output)
     w = v.param("weight", weight, v.C)
     b = v.param("bias", bias, v.C)
-    mean = save_mean.to(v.acc).contiguous().view(-1)
-    rstd = save_rstd.to(v.acc).contiguous().view(-1)
+    mean = v.statistics("save_mean", save_mean, v.N * G)
+    rstd = v.statistics("save_rstd", save_rstd, v.N * G)
     x = v.input
     dx = v.output()
     E = Cg * v.L
@@ -1107,8 +1117,7 @@ def rms_norm_forward(input, weight, normalized_ndim, eps, config=None):
     rows, D = _rms_rows(op, input, normalized_ndim)
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
     if weight is not None:
-        if weight.numel() != D:
-            raise RuntimeError(f"{op}: expected weight with {D} elements, got {weight.numel()} (size {list(weight.shape)})")
+        _check_vector(op, "weight", weight, D, input)
         _check_dtype(op, weight)
         weight = weight.contiguous().view(D)
     x = input.contiguous()
@@ -1139,9 +1148,9 @@ def rms_norm_backward(grad_output, input, weight, save_rstd, normalized_ndim, co
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
     w = None
     if weight is not None:
-        if weight.numel() != D:
-            raise RuntimeError(f"{op}: expected weight with {D} elements, got {weight.numel()} (size {list(weight.shape)})")
+        _check_vector(op, "weight", weight, D, input)
         w = weight.contiguous().view(D)
+    _check_vector(op, "save_rstd", save_rstd, rows, input)
     x = input.contiguous()
     dy = grad_output.contiguous()
     rstd = save_rstd.to(acc).contiguous().view(-1)
