@@ -70,6 +70,16 @@ def raises_like_torch(ours, theirs, match: str):
         ours()
 
 
+def operator_raises(backend_ops: dict, target, call: tuple) -> None:
+    """call = (operator name, arguments, message pattern): the target backend's operator, called
+    directly on the arguments (tensors moved to the target's device), raises a RuntimeError
+    matching the pattern."""
+    fn, args, match = call
+    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=match):
+        getattr(backend_ops[target.backend], fn)(*args)
+
+
 def message_names(*words: str) -> str:
     """A regex that requires every word in the message, in any order."""
     return "".join(f"(?=[\\s\\S]*{re.escape(w)})" for w in words)

@@ -15,7 +15,7 @@ import torch.nn.functional as TF
 import cnnkernels
 import cnnkernels.functional as F
 from cnnkernels.ops import conv as _conv_ops
-from helpers import TARGETS, assert_close, message_names, raises_like_torch, same_layout
+from helpers import TARGETS, assert_close, message_names, operator_raises, raises_like_torch, same_layout
 
 CL = torch.channels_last
 
@@ -540,7 +540,4 @@ BAD_OPERATOR_CALLS = {
 
 @pytest.mark.parametrize("name", list(BAD_OPERATOR_CALLS))
 def test_every_backends_operators_check_their_arguments(name, target):
-    fn, args, match = BAD_OPERATOR_CALLS[name]
-    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
-    with pytest.raises(RuntimeError, match=match):
-        getattr(_conv_ops.BACKEND_OPS[target.backend], fn)(*args)
+    operator_raises(_conv_ops.BACKEND_OPS, target, BAD_OPERATOR_CALLS[name])

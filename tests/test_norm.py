@@ -14,7 +14,7 @@ import cnnkernels.functional as F
 import cnnkernels.nn as cnn
 from cnnkernels._layout import memory_format_of
 from cnnkernels.ops import norm as norm_ops
-from helpers import assert_close, message_names, raises_like_torch, targets_for
+from helpers import assert_close, message_names, operator_raises, raises_like_torch, targets_for
 
 CL = torch.channels_last
 TARGETS = targets_for(norm_ops.IMPLEMENTED)
@@ -559,10 +559,7 @@ BAD_STATISTICS_CALLS = {
 
 @pytest.mark.parametrize("name", list(BAD_STATISTICS_CALLS))
 def test_backward_operators_check_the_saved_statistics(name, target):
-    fn, args, match = BAD_STATISTICS_CALLS[name]
-    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
-    with pytest.raises(RuntimeError, match=match):
-        getattr(norm_ops.BACKEND_OPS[target.backend], fn)(*args)
+    operator_raises(norm_ops.BACKEND_OPS, target, BAD_STATISTICS_CALLS[name])
 
 
 def test_bad_activation():

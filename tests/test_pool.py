@@ -13,7 +13,7 @@ import cnnkernels
 import cnnkernels.models
 import cnnkernels.functional as F
 from cnnkernels.ops import pool as pool_ops
-from helpers import assert_close, message_names, raises_like_torch, targets_for
+from helpers import assert_close, message_names, operator_raises, raises_like_torch, targets_for
 
 CL = torch.channels_last
 TARGETS = targets_for(pool_ops.IMPLEMENTED)
@@ -347,10 +347,7 @@ BAD_OPERATOR_CALLS = {
 
 @pytest.mark.parametrize("name", list(BAD_OPERATOR_CALLS))
 def test_operators_check_their_arguments(name, target):
-    fn, args, match = BAD_OPERATOR_CALLS[name]
-    args = [a.to(target.device) if isinstance(a, torch.Tensor) else a for a in args]
-    with pytest.raises(RuntimeError, match=match):
-        getattr(pool_ops.BACKEND_OPS[target.backend], fn)(*args)
+    operator_raises(pool_ops.BACKEND_OPS, target, BAD_OPERATOR_CALLS[name])
 
 
 def test_operators_reject_window_arguments_past_int32():
