@@ -32,9 +32,7 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 def check_pool2d_window(name: str, input_shape: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int],
                        padding: Sequence[int], dilation: Sequence[int]) -> None:
-    """The input and the window arguments of max and average pooling, forward or backward. The
-    Triton launchers run it on every call: plain comparisons of unpacked values, no generators
-    (those made it cost 6 us on the development machine; this costs under 2)."""
+    """The input and the window arguments of max and average pooling, forward or backward."""
     check_pool_input(name, input_shape)
     if not len(kernel_size) == len(stride) == len(padding) == len(dilation) == 2:
         raise RuntimeError(f"{name}: expected kernel_size, stride, padding and dilation of 2 values each")
@@ -94,7 +92,8 @@ def adaptive_output_shape(name: str, input_shape: Sequence[int], output_size: Se
 
 def check_grad_output_planes(name: str, grad_output: torch.Tensor, input_size: Sequence[int]) -> None:
     """The backward gathers index grad_output by the input's (n, c): they must agree."""
-    if grad_output.dim() != 4 or len(input_size) != 4 or list(grad_output.shape[:2]) != list(input_size[:2]):
+    shape = grad_output.shape
+    if len(shape) != 4 or len(input_size) != 4 or shape[0] != input_size[0] or shape[1] != input_size[1]:
         raise RuntimeError(
             f"{name}: grad_output of size {list(grad_output.shape)} does not match the input size {list(input_size)}"
         )

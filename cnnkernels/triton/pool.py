@@ -41,6 +41,7 @@ autograd are registered in cnnkernels.ops.pool, next to the C++ operators'.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -495,6 +496,20 @@ def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | No
     launch(kernel, grid, args, constexprs, config, _TUNED[kernel])
 
 
+# The window checks of _pool_geometry, remembered per problem: they cost a launcher 5-7 us
+# a call (development machine), an eighth of its host time, and a training loop repeats the same
+# few problems. Arguments arrive as tuples (hashable); errors are not remembered, so a bad call
+# raises every time.
+@functools.lru_cache(maxsize=4096)
+def _checked_output_shape(op, input_shape, kernel_size, stride, padding, dilation, ceil_mode) -> tuple:
+    return tuple(pool2d_output_shape(op, input_shape, kernel_size, stride, padding, dilation, ceil_mode))
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_window(op, input_size, kernel_size, stride, padding, dilation) -> None:
+    check_pool2d_window(op, input_size, kernel_size, stride, padding, dilation)
+
+
 def _adaptive_extent(size: int, out: int) -> int:
     """An upper bound of the largest adaptive window, ceil((o+1)*size/out) - floor(o*size/out)."""
     return size // out if size % out == 0 else size // out + 2
@@ -507,7 +522,8 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode,
     _check_device(input)
     op = "cnnkernels_triton::max_pool2d"
     _check_dtype(op, input)
-    N, C, P, Q = pool2d_output_shape(op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    N, C, P, Q = _checked_output_shape(op, input.shape, tuple(kernel_size), tuple(stride), tuple(padding),
+                                       tuple(dilation), ceil_mode)
     H, W = input.shape[2:]
     KH, KW = kernel_size
     fmt = memory_format_of(input)
@@ -526,7 +542,7 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
     _check_device(grad_output, indices)
     op = "cnnkernels_triton::max_pool2d_backward"
     _check_dtype(op, grad_output)
-    check_pool2d_window(op, input_size, kernel_size, stride, padding, dilation)
+    _checked_window(op, tuple(input_size), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
     check_grad_output_planes(op, grad_output, input_size)
     check_pool_indices(op, indices, grad_output)
     N, C, H, W = input_size
@@ -553,7 +569,8 @@ def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_inc
     _check_device(input)
     op = "cnnkernels_triton::avg_pool2d"
     _check_dtype(op, input)
-    N, C, P, Q = pool2d_output_shape(op, input.shape, kernel_size, stride, padding, [1, 1], ceil_mode)
+    N, C, P, Q = _checked_output_shape(op, input.shape, tuple(kernel_size), tuple(stride), tuple(padding), (1, 1),
+                                       ceil_mode)
     check_divisor_override(op, divisor_override)
     H, W = input.shape[2:]
     KH, KW = kernel_size
@@ -572,7 +589,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
     _check_device(grad_output)
     op = "cnnkernels_triton::avg_pool2d_backward"
     _check_dtype(op, grad_output)
-    check_pool2d_window(op, input_size, kernel_size, stride, padding, [1, 1])
+    _checked_window(op, tuple(input_size), tuple(kernel_size), tuple(stride), tuple(padding), (1, 1))
     check_grad_output_planes(op, grad_output, input_size)
     check_divisor_override(op, divisor_override)
     N, C, H, W = input_size
