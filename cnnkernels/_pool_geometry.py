@@ -2,7 +2,8 @@
 and csrc/host/pool.h), shared by the operator layer's fake kernels, the functional API and the
 Triton launchers. Messages follow torch's. The operators' checks (check_*) are the C++ host
 code's: a Triton operator called directly gets the errors a C++ one gives, rather than kernels
-that read past a tensor whose size disagrees with the others'."""
+that read past a tensor whose size disagrees with the others' (that every tensor is on one
+device, the Triton launchers check themselves: _common._check_device)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,9 +40,9 @@ def check_pool2d_window(name: str, input_shape: Sequence[int], kernel_size: Sequ
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     # torch's pooling holds these in 32-bit ints and rejects larger ones before its other checks;
     # the bound also keeps the window arithmetic below far from overflow in the C++ host code.
-    if min(kh, kw, sh, sw, ph, pw, dh, dw) < _INT32_MIN or max(kh, kw, sh, sw, ph, pw, dh, dw) > _INT32_MAX:
-        wide = next(v for v in (kh, kw, sh, sw, ph, pw, dh, dw) if not _INT32_MIN <= v <= _INT32_MAX)
-        raise RuntimeError(f"{name}: value cannot be converted to type int without overflow (got {wide})")
+    for v in (kh, kw, sh, sw, ph, pw, dh, dw):
+        if not _INT32_MIN <= v <= _INT32_MAX:
+            raise RuntimeError(f"{name}: value cannot be converted to type int without overflow (got {v})")
     if sh == 0 or sw == 0:
         raise RuntimeError(f"{name}: stride should not be zero")
     if kh <= 0 or kw <= 0:
@@ -99,19 +100,12 @@ def check_grad_output_planes(name: str, grad_output: torch.Tensor, input_size: S
         )
 
 
-def _check_same_device(name: str, indices: torch.Tensor, other: torch.Tensor, other_name: str) -> None:
-    # get_device(): an int (-1 on the CPU), cheaper than comparing torch.device objects.
-    if indices.get_device() != other.get_device():
-        raise RuntimeError(f"{name}: indices and {other_name} must be on the same device")
-
-
 def check_pool_indices(name: str, indices: torch.Tensor, grad_output: torch.Tensor) -> None:
     if indices.dtype != torch.int64 or indices.shape != grad_output.shape:
         raise RuntimeError(
             f"{name}: expected int64 indices of the gradient's size {list(grad_output.shape)}, got {indices.dtype} "
             f"of size {list(indices.shape)}"
         )
-    _check_same_device(name, indices, grad_output, "grad_output")
 
 
 def check_divisor_override(name: str, divisor_override: int | None) -> None:
@@ -127,7 +121,6 @@ def check_unpool_args(name: str, input: torch.Tensor, indices: torch.Tensor, out
             f"{name}: expected int64 indices of the input's size {list(input.shape)}, got {indices.dtype} of size "
             f"{list(indices.shape)}"
         )
-    _check_same_device(name, indices, input, "input")
     if len(output_size) != 2 or any(s < 0 for s in output_size):
         raise RuntimeError(f"{name}: expected output_size of 2 non-negative values, got {list(output_size)}")
 
@@ -137,7 +130,6 @@ def check_unpool_backward_args(name: str, grad_output: torch.Tensor, indices: to
         raise RuntimeError(f"{name}: expected a 4-D grad_output, got sizes {list(grad_output.shape)}")
     if indices.dim() != 4 or indices.dtype != torch.int64:
         raise RuntimeError(f"{name}: expected 4-D int64 indices, got {indices.dtype} of size {list(indices.shape)}")
-    _check_same_device(name, indices, grad_output, "grad_output")
     if indices.shape[:2] != grad_output.shape[:2]:
         raise RuntimeError(
             f"{name}: indices of size {list(indices.shape)} do not match grad_output of size "

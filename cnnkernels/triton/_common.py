@@ -83,12 +83,18 @@ _PLANS: dict[tuple, object] = {}
 _MAX_PLANS = 4096
 
 
+# Argument types a plan's key holds as they are. Testing these first keeps isinstance(a,
+# torch.Tensor) for the tensors: on anything else it costs ~0.4 us (torch's metaclass). The key
+# of a conv2d forward call took 6.9 us, of a pooling one 3.8 (4.6 and 2.2 now; development machine).
+_PLAIN_TYPES = frozenset((int, float, bool, str, tuple, torch.Size, type(None)))
+
+
 def planned(make, *problem):
     """make(*problem), remembered per problem. `make` must read nothing of its tensors but their
     sizes, strides and dtype: those are what the key holds (with the other arguments, lists as
     tuples). Errors it raises (invalid arguments) are raised again on every call."""
-    key = (make, *((a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else tuple(a) if isinstance(a, list)
-                   else a for a in problem))
+    key = (make, *[tuple(a) if type(a) is list else a if type(a) in _PLAIN_TYPES
+                   else (a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in problem])
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _MAX_PLANS:

@@ -41,7 +41,6 @@ autograd are registered in cnnkernels.ops.pool, next to the C++ operators'.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -53,7 +52,7 @@ from cnnkernels._pool_geometry import (adaptive_output_shape, check_divisor_over
                                        check_pool2d_window, check_pool_indices, check_unpool_args,
                                        check_unpool_backward_args, pool2d_output_shape)
 from cnnkernels.triton._common import (_acc_dtype, _among, _autotune, _cdiv, _check_device, _check_dtype, _config,
-                                       _index_dtype, launch)
+                                       _index_dtype, launch, planned)
 
 # ---- configurations ------------------------------------------------------------------------
 # Every pooling kernel tiles (pixels x channels) and takes the same list. On a GPU the launchers
@@ -496,18 +495,19 @@ def _launch(kernel, pixels: int, channels: int, args, config: triton.Config | No
     launch(kernel, grid, args, constexprs, config, _TUNED[kernel])
 
 
-# The window checks of _pool_geometry, remembered per problem: they cost a launcher 5-7 us
-# a call (development machine), an eighth of its host time, and a training loop repeats the same
-# few problems. Arguments arrive as tuples (hashable); errors are not remembered, so a bad call
-# raises every time.
-@functools.lru_cache(maxsize=4096)
-def _checked_output_shape(op, input_shape, kernel_size, stride, padding, dilation, ceil_mode) -> tuple:
-    return tuple(pool2d_output_shape(op, input_shape, kernel_size, stride, padding, dilation, ceil_mode))
-
-
-@functools.lru_cache(maxsize=4096)
-def _checked_window(op, input_size, kernel_size, stride, padding, dilation) -> None:
+def _max_backward_taps(op, input_size, kernel_size, stride, padding, dilation) -> tuple[int, int, int, int]:
+    """Checks the window (a launch plan, _common.planned) and returns the gather's tap arithmetic:
+    the taps of one element form r = first, first + step, ...: at most ceil(K / step) of them."""
     check_pool2d_window(op, input_size, kernel_size, stride, padding, dilation)
+    step_h = stride[0] // math.gcd(stride[0], dilation[0])
+    step_w = stride[1] // math.gcd(stride[1], dilation[1])
+    return step_h, step_w, _cdiv(kernel_size[0], step_h), _cdiv(kernel_size[1], step_w)
+
+
+def _avg_backward_taps(op, input_size, kernel_size, stride, padding) -> tuple[int, int]:
+    """Checks the window (a launch plan) and returns how many windows can cover an element."""
+    check_pool2d_window(op, input_size, kernel_size, stride, padding, (1, 1))
+    return _cdiv(kernel_size[0], stride[0]), _cdiv(kernel_size[1], stride[1])
 
 
 def _adaptive_extent(size: int, out: int) -> int:
@@ -522,8 +522,7 @@ def max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode,
     _check_device(input)
     op = "cnnkernels_triton::max_pool2d"
     _check_dtype(op, input)
-    N, C, P, Q = _checked_output_shape(op, input.shape, tuple(kernel_size), tuple(stride), tuple(padding),
-                                       tuple(dilation), ceil_mode)
+    N, C, P, Q = planned(pool2d_output_shape, op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
     H, W = input.shape[2:]
     KH, KW = kernel_size
     fmt = memory_format_of(input)
@@ -542,7 +541,8 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
     _check_device(grad_output, indices)
     op = "cnnkernels_triton::max_pool2d_backward"
     _check_dtype(op, grad_output)
-    _checked_window(op, tuple(input_size), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    step_h, step_w, taps_h, taps_w = planned(_max_backward_taps, op, input_size, kernel_size, stride, padding,
+                                             dilation)
     check_grad_output_planes(op, grad_output, input_size)
     check_pool_indices(op, indices, grad_output)
     N, C, H, W = input_size
@@ -553,11 +553,8 @@ def max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, p
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
-    # The taps of one element form r = first, first + step, ...: at most ceil(K / step) of them.
-    step_h = stride[0] // math.gcd(stride[0], dilation[0])
-    step_w = stride[1] // math.gcd(stride[1], dilation[1])
     args = (grad_output, indices, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            dilation[0], dilation[1], step_h, step_w, _cdiv(KH, step_h), _cdiv(KW, step_w),
+            dilation[0], dilation[1], step_h, step_w, taps_h, taps_w,
             *grad_output.stride(), *indices.stride(), *dx.stride())
     _launch(_max_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             INDEX=_index_dtype(dx.numel(), grad_output.numel()), ACC=_acc_dtype(dx.dtype))
@@ -569,8 +566,7 @@ def avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_inc
     _check_device(input)
     op = "cnnkernels_triton::avg_pool2d"
     _check_dtype(op, input)
-    N, C, P, Q = _checked_output_shape(op, input.shape, tuple(kernel_size), tuple(stride), tuple(padding), (1, 1),
-                                       ceil_mode)
+    N, C, P, Q = planned(pool2d_output_shape, op, input.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     check_divisor_override(op, divisor_override)
     H, W = input.shape[2:]
     KH, KW = kernel_size
@@ -589,7 +585,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
     _check_device(grad_output)
     op = "cnnkernels_triton::avg_pool2d_backward"
     _check_dtype(op, grad_output)
-    _checked_window(op, tuple(input_size), tuple(kernel_size), tuple(stride), tuple(padding), (1, 1))
+    taps_h, taps_w = planned(_avg_backward_taps, op, input_size, kernel_size, stride, padding)
     check_grad_output_planes(op, grad_output, input_size)
     check_divisor_override(op, divisor_override)
     N, C, H, W = input_size
@@ -601,8 +597,7 @@ def avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, c
     if grad_output.numel() == 0:
         return dx.zero_()
     args = (grad_output, dx, N * H * W, C, H, W, P, Q, stride[0], stride[1], padding[0], padding[1],
-            divisor_override or 0, _cdiv(KH, stride[0]), _cdiv(KW, stride[1]),
-            *grad_output.stride(), *dx.stride())
+            divisor_override or 0, taps_h, taps_w, *grad_output.stride(), *dx.stride())
     _launch(_avg_pool2d_backward_kernel, N * H * W, C, args, config, KH=KH, KW=KW,
             COUNT_PAD=bool(count_include_pad), INDEX=_index_dtype(dx.numel(), grad_output.numel()),
             ACC=_acc_dtype(dx.dtype))
