@@ -106,6 +106,8 @@ def _install(report: Report, arch: int) -> None:
     def every_config(self, *args, **kwargs):
         self.nargs = dict(zip(self.arg_names, args))
         for config in self.prune_configs(kwargs):
+            if config.pre_hook is not None:  # as the autotuner (tensor descriptors' block shapes)
+                config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
             self.fn.run(*args, **kwargs, **config.all_kwargs())
 
     JITFunction.run = compile_only
@@ -116,6 +118,7 @@ def _install(report: Report, arch: int) -> None:
     for module in (common, conv, pool, norm):  # autotune on (all configs), CPU tensors accepted
         module._autotune = lambda: True
         module._check_device = lambda *tensors: None
+    conv._has_tma = lambda device: arch >= 90  # the target's, not the (absent) GPU's
 
 
 def _tensor(shape, dtype, channels_last=False):

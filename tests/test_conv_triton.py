@@ -319,6 +319,115 @@ def test_size_one_dimensions_with_any_stride():
         torch.testing.assert_close(ours, theirs, rtol=tol, atol=tol)
 
 
+# Pointwise problems (1x1, stride 1, no padding, one group) on channels_last operands run on the
+# tensor-descriptor kernels: 70 pixels and 24 -> 40 channels fill no tile evenly; 800 pixels give
+# the weight gradient several splits.
+POINTWISE = ([1, 1], [0, 0, 0, 0], [1, 1], 1)
+
+
+def _pointwise_operands(batch=2, image=(5, 7), dtype=torch.float32):
+    def channels_last(*shape):
+        return torch.randn(shape, device=DEVICE).to(dtype, memory_format=torch.channels_last)
+    return channels_last(batch, 24, *image), torch.randn(40, 24, 1, 1, device=DEVICE).to(dtype), \
+        channels_last(batch, 40, *image)
+
+
+def _launched(monkeypatch) -> list[str]:
+    """The names of the kernels the conv launchers launch from now on (the test's)."""
+    names = []
+    launch = T._launch
+    monkeypatch.setattr(T, "_launch", lambda kernel, *args, **kwargs: names.append(kernel.__name__)
+                        or launch(kernel, *args, **kwargs))
+    return names
+
+
+def _autograd_reference(x, w, b, g, conv=POINTWISE):
+    """torch's output and gradients (input, weight) in float64 on the CPU, for a `conv` whose
+    padding (top, bottom, left, right) is symmetric."""
+    xd, wd = (t.detach().cpu().double().requires_grad_() for t in (x, w))
+    stride, padding, dilation, groups = conv
+    y = TF.conv2d(xd, wd, None if b is None else b.cpu().double(), stride, padding[::2], dilation, groups)
+    y.backward(g.cpu().double())
+    return y.detach(), xd.grad, wd.grad
+
+
+@pytest.mark.parametrize("index", range(len(T.POINTWISE_CONFIGS)))
+def test_every_pointwise_config(index, monkeypatch):
+    x, w, g = _pointwise_operands()
+    b = torch.randn(40, device=DEVICE)
+    launched = _launched(monkeypatch)
+    config = T.POINTWISE_CONFIGS[index]
+    y = T.conv2d_forward(x, w, b, *POINTWISE, config=config)
+    dx = T.conv2d_backward_input(g, w, list(x.shape), *POINTWISE, config=config)
+    assert launched == ["_pointwise_gemm_kernel"] * 2
+    for got, want in zip((y, dx), _autograd_reference(x, w, b, g)):
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch, image, splits", [(2, (5, 7), 1), (8, (10, 10), 2)])
+@pytest.mark.parametrize("index", range(len(T.POINTWISE_WEIGHT_CONFIGS)))
+def test_every_pointwise_weight_config(index, batch, image, splits, monkeypatch):
+    x, w, g = _pointwise_operands(batch, image)
+    assert T._backward_weight_plan(g, x, list(w.shape), *POINTWISE).splits == splits
+    launched = _launched(monkeypatch)
+    dw = T.conv2d_backward_weight(g, x, list(w.shape), *POINTWISE, config=T.POINTWISE_WEIGHT_CONFIGS[index])
+    assert launched == ["_pointwise_weight_kernel"]
+    torch.testing.assert_close(dw.cpu().double(), _autograd_reference(x, w, None, g)[2], rtol=1e-4, atol=1e-3)
+
+
+def test_pointwise_kernels_in_16_bit_through_autograd(monkeypatch):
+    """bfloat16 operands, the untuned default configs, the functional's autograd with a bias."""
+    x, w, g = _pointwise_operands(dtype=torch.bfloat16)
+    x, w = x.requires_grad_(), w.requires_grad_()
+    b = torch.randn(40, device=DEVICE).to(torch.bfloat16).requires_grad_()
+    launched = _launched(monkeypatch)
+    y = cnnkernels.functional.conv2d(x, w, b, backend="triton")
+    grads = torch.autograd.grad(y, (x, w, b), g)
+    assert launched == ["_pointwise_gemm_kernel", "_pointwise_gemm_kernel", "_pointwise_weight_kernel"]
+    y_ref, dx_ref, dw_ref = _autograd_reference(x, w, b, g)
+    for got, want in zip((y, *grads[:2]), (y_ref, dx_ref, dw_ref)):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=2e-2, atol=2e-1)
+    torch.testing.assert_close(grads[2].cpu().double(), g.double().sum(dim=(0, 2, 3)).cpu(), rtol=2e-2, atol=2e-1)
+
+
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    """t's values in a channels_last tensor one element into its storage (not 16-byte aligned)."""
+    flat = torch.empty(t.numel() + 1, device=t.device, dtype=t.dtype)
+    n, c, h, w = t.shape
+    out = flat[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    out.copy_(t)
+    return out
+
+
+# Problems the tensor-descriptor kernels cannot address, and the kernels that run instead.
+POINTER_CASES = {
+    "nchw": lambda x, w, g: (x.contiguous(), w, g.contiguous(), POINTWISE),
+    "stride_2": lambda x, w, g: (x, w, g[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last),
+                                 ([2, 2], [0, 0, 0, 0], [1, 1], 1)),
+    "padded": lambda x, w, g: (x, w, TF.pad(g, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last),
+                               ([1, 1], [1, 1, 1, 1], [1, 1], 1)),
+    "groups": lambda x, w, g: (x, w[:, :12].contiguous(), g, ([1, 1], [0, 0, 0, 0], [1, 1], 2)),
+    "float64": lambda x, w, g: (x.double(), w.double(), g.double(), POINTWISE),
+    "rows_not_16_bytes": lambda x, w, g: (x[:, :6].to(torch.bfloat16, memory_format=torch.channels_last),
+                                          w[:, :6].to(torch.bfloat16), g.to(torch.bfloat16), POINTWISE),
+    "misaligned": lambda x, w, g: (_misaligned(x), w, _misaligned(g), POINTWISE),
+}
+
+
+@pytest.mark.parametrize("case", POINTER_CASES.values(), ids=POINTER_CASES.keys())
+def test_pointwise_problems_the_descriptors_cannot_address_take_the_pointer_kernels(case, monkeypatch):
+    x, w, g, conv = case(*_pointwise_operands())
+    launched = _launched(monkeypatch)
+    y = T.conv2d_forward(x, w, None, *conv)
+    dx = T.conv2d_backward_input(g, w, list(x.shape), *conv)
+    dw = T.conv2d_backward_weight(g, x, list(w.shape), *conv)
+    assert launched == ["_conv2d_forward_kernel", "_conv2d_backward_input_kernel", "_conv2d_backward_weight_kernel"]
+    tolerance = dict(rtol=2e-2, atol=2e-1) if x.dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-3)
+    for got, want in zip((y, dx, dw), _autograd_reference(x, w, None, g, conv)):
+        torch.testing.assert_close(got.cpu().double(), want, **tolerance)
+
+
 @pytest.mark.cuda
 def test_autotuned_launch_matches_torch(monkeypatch):
     monkeypatch.setenv("CNNKERNELS_TRITON_AUTOTUNE", "1")

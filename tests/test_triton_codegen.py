@@ -108,3 +108,17 @@ def test_max_pool_backward_loops_do_not_divide(probe, layout):
     not by a division per tap: a kernel that moves a few bytes per element has few
     instructions per element to spend."""
     assert probe[f"max_pool2d_backward {layout}"]["loop_divisions"] == 0
+
+
+@pytest.mark.parametrize("operator", ["forward", "backward_input", "backward_weight"])
+@pytest.mark.parametrize("config", ["pointwise", "pointwise capped"])
+def test_pointwise_kernels_fetch_whole_tiles(probe, config, operator):
+    """A bf16 channels_last 1x1 layer, on tensor descriptors: every operand tile comes from global
+    memory through the tensor memory accelerator, one instruction a tile (no per-thread loads or
+    cp.async), into wgmma; the 8-warp 128x128 tiles take 90-96 registers and spill nothing, so
+    two programs share an SM with or without the cap (the pointer kernels take 124-133)."""
+    use = probe[config][operator]
+    assert use["kernel"] == ("_pointwise_weight_kernel" if operator == "backward_weight" else "_pointwise_gemm_kernel")
+    assert set(use["loads"]) == {"tensor tile"}, use
+    assert use["wgmma"] > 0
+    assert use["registers"] <= 128 and use["spill_bytes"] == 0, use

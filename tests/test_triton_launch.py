@@ -25,7 +25,7 @@ def _by_call(launches):
 def test_repeated_launches_go_direct_with_the_same_arguments(probe):
     calls = _by_call(probe["launches"])
     assert set(calls) == {"conv2d explicit config", "conv2d unaligned", "conv2d_backward_bias (two untuned kernels)",
-                          "max_pool2d autotuned", "batch_norm training"}
+                          "max_pool2d autotuned", "batch_norm training", "conv2d pointwise autotuned"}
     for name, launches in calls.items():
         kernels = len(launches) // 3
         assert [launch["attempt"] for launch in launches] == [0] * kernels + [1] * kernels + [2] * kernels, name
@@ -41,9 +41,20 @@ def test_repeated_launches_go_direct_with_the_same_arguments(probe):
     assert calls["max_pool2d autotuned"][0]["grid"] == [11, 1, 1]
 
 
+def test_pointwise_descriptors_get_the_block_shapes_of_the_config_they_run(probe):
+    """The autotuned config (the first, in the probe) sets them through its pre_hook, on Triton's
+    path and on the direct one alike (the test above compares every argument)."""
+    (launch, *_) = _by_call(probe["launches"])["conv2d pointwise autotuned"]
+    assert launch["kernel"] == "_pointwise_gemm_kernel"
+    a, b = launch["args"][:2]
+    assert a["descriptor"] == ["torch.bfloat16", [60, 64], [64, 1], [128, 64]]  # (pixels, channels): 128 x 64 tiles
+    assert b["descriptor"] == ["torch.bfloat16", [32, 64], [64, 1], [128, 64]]  # the weight (K, C), read transposed
+    assert launch["grid"] == [1, 1, 1]
+
+
 def test_alignment_is_part_of_the_key(probe):
     calls = _by_call(probe["launches"])
     aligned, unaligned = calls["conv2d explicit config"][0], calls["conv2d unaligned"][0]
     assert aligned["args"][0]["tensor"][2] == 0 and unaligned["args"][0]["tensor"][2] != 0
     assert unaligned["compiled"] != aligned["compiled"]
-    assert probe["remembered"] == 8
+    assert probe["remembered"] == 9

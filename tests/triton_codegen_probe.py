@@ -34,6 +34,9 @@ def global_loads(ptx: str) -> dict[str, int]:
         counts[key] = counts.get(key, 0) + 1
     for load in re.findall(r"\bld\.global(?:\.[a-z0-9]+)+", ptx):
         counts[load] = counts.get(load, 0) + 1
+    tiles = len(re.findall(r"\bcp\.async\.bulk\.tensor\.\dd\.shared::\w+\.global", ptx))
+    if tiles:
+        counts["tensor tile"] = tiles  # a whole tile through the tensor memory accelerator
     return counts
 
 
@@ -76,6 +79,9 @@ def main() -> None:
     conv._check_device = lambda *tensors: None
     cl = torch.channels_last
     results = {}
+    # The pointer kernels, also on the pointwise problem they run where tensor descriptors cannot
+    # (a GPU without a TMA unit, operands not 16-byte aligned).
+    conv._has_tma = lambda device: False
     for name, kernel, stride in (("1x1", 1, 1), ("3x3", 3, 1), ("3x3/2", 3, 2)):
         x = torch.empty(8, 64, 14, 14, dtype=torch.bfloat16).contiguous(memory_format=cl)
         # torch's own layout for a 1x1 kernel's weight, in either memory format: (C, 1, 1, 1).
@@ -105,6 +111,21 @@ def main() -> None:
         conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=config)
         conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.BACKWARD_WEIGHT_CONFIGS[0])
         results[name]["nchw_loads"] = {k.name: global_loads(k.asm["ptx"]) for k in COMPILED if k.name.startswith("_conv2d_")}
+        COMPILED.clear()
+    # The pointwise problem on tensor descriptors (sm_90 has a TMA unit), with the first config
+    # and the first register-capped one.
+    conv._has_tma = lambda device: True
+    x = torch.empty(8, 64, 14, 14, dtype=torch.bfloat16).contiguous(memory_format=cl)
+    w = torch.empty(128, 64, 1, 1, dtype=torch.bfloat16)
+    geometry = ([1, 1], [0] * 4, [1, 1], 1)
+    for name, index in (("pointwise", 0), ("pointwise capped", 1)):
+        y = conv.conv2d_forward(x, w, None, *geometry, config=conv.POINTWISE_CONFIGS[index])
+        conv.conv2d_backward_input(y, w, list(x.shape), *geometry, config=conv.POINTWISE_CONFIGS[index])
+        conv.conv2d_backward_weight(y, x, list(w.shape), *geometry, config=conv.POINTWISE_WEIGHT_CONFIGS[index])
+        results[name] = {operator: {"kernel": k.name, "loads": global_loads(k.asm["ptx"]),
+                                    "wgmma": k.asm["ptx"].count("wgmma.mma_async"), "maxnreg": k.metadata.maxnreg}
+                         | register_use(k.asm["ptx"])
+                         for operator, k in zip(("forward", "backward_input", "backward_weight"), COMPILED)}
         COMPILED.clear()
     # An RGB stem (3 channels, 7x7 stride 2): the few-channel loops over taps and channels together.
     x = torch.empty(8, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=cl)

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import torch  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 from triton_aot_check import stub_launches  # noqa: E402
 
 LAUNCHES: list[dict] = []
@@ -24,6 +25,8 @@ LAUNCHES_THROUGH_TRITON: list[int] = []  # for each launch through Triton's path
 def _describe(value):
     if isinstance(value, torch.Tensor):
         return {"tensor": [str(value.dtype), list(value.shape), value.data_ptr() % 16]}
+    if isinstance(value, TensorDescriptor):
+        return {"descriptor": [str(value.base.dtype), list(value.shape), list(value.strides), list(value.block_shape)]}
     return repr(value)
 
 
@@ -73,8 +76,13 @@ def main() -> None:
     calls("conv2d unaligned", lambda: conv.conv2d_forward(unaligned, w, None, *geometry, config=cfg))
     dy = torch.empty(8, 16, 24, 24, dtype=bf16)  # several splits: partial sums, then their total
     calls("conv2d_backward_bias (two untuned kernels)", lambda: conv.conv2d_backward_bias(dy.clone()))
-    for module in (common, norm, pool):
+    for module in (common, conv, norm, pool):
         module._autotune = lambda: True
+    conv._has_tma = lambda device: True  # compiling for sm_90
+    # A pointwise layer: tensor descriptors, whose block shapes the autotuned config's pre_hook sets.
+    xp = torch.empty(2, 64, 6, 5, dtype=bf16).contiguous(memory_format=cl)
+    wp = torch.empty(32, 64, 1, 1, dtype=bf16)
+    calls("conv2d pointwise autotuned", lambda: conv.conv2d_forward(xp.clone(), wp, None, [1, 1], [0] * 4, [1, 1], 1))
     y = torch.empty(2, 24, 40, 30, dtype=torch.float32)
     calls("max_pool2d autotuned", lambda: pool.max_pool2d_forward(y.clone(), [3, 3], [2, 2], [1, 1], [1, 1], True))
     # Training-mode batch norm: two autotuned kernels, and between them an untuned one that

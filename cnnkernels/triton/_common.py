@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 from triton.compiler import CompiledKernel
 from triton.runtime.driver import driver
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from cnnkernels.backend import triton_interpreted
 
@@ -120,10 +121,12 @@ _MAX_LAUNCHES = 4096
 
 def _specialization(args) -> tuple:
     """What a compiled kernel depends on among the arguments: each tensor's dtype and whether
-    its address is 16-byte aligned (Triton's pointer specialization), and every other
-    argument's value (finer than Triton's key, which keeps only an integer's range, whether it
-    is 1, and whether it divides by 16)."""
-    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args)
+    its address is 16-byte aligned (Triton's pointer specialization), a tensor descriptor's
+    dtype, shape and strides (its block shape is the config's), and every other argument's
+    value (finer than Triton's key, which keeps only an integer's range, whether it is 1, and
+    whether it divides by 16)."""
+    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                 else (a.base.dtype, *a.shape, *a.strides) if isinstance(a, TensorDescriptor) else a for a in args)
 
 
 def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | None = None, tuned=None) -> None:
@@ -132,18 +135,23 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
     `config`'s meta-parameters, or when it is None through `tuned` (the kernel's triton.autotune
     variant), or with none (a kernel without tuning). Launches seen before skip Triton's own
     launch path."""
+    if config is not None:
+        _pre_hook(config, kernel, args, constexprs)
     if INTERPRETED or not DIRECT_LAUNCH:
         _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
         return
     key = (kernel, config, driver.active.get_current_device(), tuple(constexprs.items()), _specialization(args))
     known = _LAUNCHES.get(key)
     if known is not None:
-        compiled, grid_size, trailing = known
+        compiled, grid_size, trailing, picked = known
+        if picked is not None:  # the autotuner's config, whose pre_hook it ran on the first launch
+            _pre_hook(picked, kernel, args, constexprs)
         compiled[grid_size](*args, *trailing)
         return
     compiled = _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
+    picked = None
     if config is None and tuned is not None:
-        config = getattr(tuned, "best_config", None)  # the autotuner's pick, which it just ran
+        config = picked = getattr(tuned, "best_config", None)  # the autotuner's pick, which it just ran
         if config is None:
             return
     # Remembered only where this Triton hands its launcher every parameter (constexprs included)
@@ -154,7 +162,15 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
         grid_size = (*(grid(meta) if callable(grid) else grid), 1, 1)[:3]  # a compiled kernel takes all three
         if len(_LAUNCHES) >= _MAX_LAUNCHES:
             _LAUNCHES.clear()
-        _LAUNCHES[key] = (compiled, grid_size, tuple(meta[name] for name in kernel.arg_names[len(args):]))
+        _LAUNCHES[key] = (compiled, grid_size, tuple(meta[name] for name in kernel.arg_names[len(args):]), picked)
+
+
+def _pre_hook(config: triton.Config, kernel, args: tuple, constexprs: dict) -> None:
+    """Runs `config`'s pre_hook, if it has one, on the launch's arguments by name, as Triton's
+    autotuner does before launching with a config (a launch with a config named does not): the
+    conv kernels' pointwise configs give tensor descriptors their block shapes there."""
+    if config.pre_hook is not None:
+        config.pre_hook({**dict(zip(kernel.arg_names, args)), **constexprs, **config.all_kwargs()})
 
 
 def _launch_through_triton(kernel, grid, args, constexprs, config, tuned):

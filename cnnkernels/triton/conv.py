@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from cnnkernels._conv_geometry import check_bias, check_grad_output, check_same_dtype, conv2d_output_shape
 from cnnkernels._layout import memory_format_of, new_buffer
@@ -102,6 +105,39 @@ BIAS_BLOCK_M = 64
 # run over taps and channels together instead of one tap at a time, whose channel blocks would
 # be mostly masked off.
 FEW_CHANNELS = 16
+
+
+# Pointwise convolutions (1x1, stride 1, no padding, one group) on channels_last operands are plain
+# GEMMs on 2-D views of the tensors (_as_matrix), whose tiles Hopper's tensor memory accelerator
+# (TMA) fetches whole: one instruction per operand tile and step, bounds handled by the hardware
+# (rows and channels past the end read as zeros), where the pointer kernels spend a 16-byte copy,
+# an address and a mask per thread and row. Twelve of ResNet-50's 23 distinct layers are such.
+# The same tiles as the pointer kernels', each with a pre_hook that gives the tensor descriptors
+# its block shapes (a descriptor's block shape is part of the kernel it is compiled into).
+
+
+def _gemm_blocks(nargs) -> None:
+    """pre_hook of the pointwise forward / backward-input configs: a's tiles are (BLOCK_M, BLOCK_K),
+    b's (BLOCK_N, BLOCK_K) where the kernel reads it transposed (B_T), else (BLOCK_K, BLOCK_N)."""
+    m, n, k = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+    nargs["a"].block_shape = [m, k]
+    nargs["b"].block_shape = [n, k] if nargs["B_T"] else [k, n]
+
+
+def _weight_blocks(nargs) -> None:
+    """pre_hook of the pointwise backward-weight configs: (pixels, output channels) tiles of dy,
+    (pixels, input channels) tiles of x."""
+    nargs["dy"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["x"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"]]
+
+
+def _with_pre_hook(configs: list[triton.Config], hook) -> list[triton.Config]:
+    return [triton.Config(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, maxnreg=c.maxnreg, pre_hook=hook)
+            for c in configs]
+
+
+POINTWISE_CONFIGS = _with_pre_hook(FORWARD_CONFIGS, _gemm_blocks)
+POINTWISE_WEIGHT_CONFIGS = _with_pre_hook(BACKWARD_WEIGHT_CONFIGS, _weight_blocks)
 
 
 def _offset_dtype(*tensors: torch.Tensor, extent: int = 0):
@@ -223,11 +259,12 @@ def _split(pixels: int, programs_per_split: int, block: int) -> tuple[int, int]:
     return max(1, _cdiv(pixels, chunk)), chunk
 
 
-def _tiles_for(columns: int) -> list[triton.Config]:
-    """The forward / backward-input configs worth trying on a GEMM with this many columns (the
-    group's output channels, or input channels): the narrow ones up to 2 * NARROW_COLUMNS, the
-    others above NARROW_COLUMNS; in list order, so the first is the untuned default."""
-    return [c for c in FORWARD_CONFIGS
+def _tiles_for(columns: int, configs: list[triton.Config] = FORWARD_CONFIGS) -> list[triton.Config]:
+    """The forward / backward-input configs (or their pointwise twins) worth trying on a GEMM with
+    this many columns (the group's output channels, or input channels): the narrow ones up to
+    2 * NARROW_COLUMNS, the others above NARROW_COLUMNS; in list order, so the first is the
+    untuned default."""
+    return [c for c in configs
             if (columns <= 2 * NARROW_COLUMNS if c.kwargs["BLOCK_N"] == NARROW_COLUMNS else columns > NARROW_COLUMNS)]
 
 
@@ -257,6 +294,19 @@ def _prune_by_columns(columns_arg: str, operand_arg: str):
         return _for_operands(_among(configs, _tiles_for(named_args[columns_arg])), named_args[operand_arg].dtype,
                              named_args["Cg"])
     return prune
+
+
+def _prune_pointwise_gemm(configs, named_args, **kwargs):
+    """The autotuner's early_config_prune for _pointwise_gemm_kernel: the twins of _tiles_for's
+    configs for its columns, by _for_operands (its operands are never gathered, so the
+    register-capped tiles stay in for any channel count)."""
+    return _for_operands(_among(configs, _tiles_for(named_args["cols"], POINTWISE_CONFIGS)),
+                         named_args["a"].base.dtype, FEW_CHANNELS)
+
+
+def _prune_pointwise_weight(configs, named_args, **kwargs):
+    """The autotuner's early_config_prune for _pointwise_weight_kernel (as _prune_pointwise_gemm)."""
+    return _for_operands(configs, named_args["dy"].base.dtype, FEW_CHANNELS)
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
@@ -661,6 +711,73 @@ def _sum_partials_kernel(
     tl.store(out + off, total.to(out.dtype.element_ty), mask=ok)
 
 
+@triton.jit
+def _pointwise_tile(a, b, acc, row0, col0, start, end, A_T: tl.constexpr, B_T: tl.constexpr,
+                    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """acc + A[row0:, start:end] @ B[start:end, col0:] for the tensor descriptors a and b, in
+    reduction steps of BLOCK: a holds A, or with A_T its transpose (its tiles are then (reduction,
+    rows)); b holds B, or with B_T its transpose. Tiles past a descriptor's end read as zeros."""
+    for d0 in range(start, end, BLOCK):
+        if A_T:
+            x = a.load([d0, row0]).T
+        else:
+            x = a.load([row0, d0])
+        if B_T:
+            y = b.load([col0, d0]).T
+        else:
+            y = b.load([d0, col0])
+        acc = _dot(x, y, acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _pointwise_gemm_kernel(
+    a, b, bias, c, rows, cols, depth, P, Q, sc_n, sc_c, sc_p, sc_q,
+    B_T: tl.constexpr, HAS_BIAS: tl.constexpr, INDEX: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """A pointwise convolution's forward (c = a @ b^T + bias: pixels x input channels times the
+    weight (K, C) transposed, B_T) or backward-input (c = a @ b: pixels x output channels times the
+    weight). c is the (N, cols, P, Q) result, written through its strides in any layout. Tiles are
+    ordered as the pointer kernels' (_tile_of_program)."""
+    m_tile, n_tile = _tile_of_program(cols, BLOCK_N)
+    row0 = m_tile * BLOCK_M
+    col0 = n_tile * BLOCK_N
+    acc = _pointwise_tile(a, b, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), row0, col0, 0, depth, False, B_T,
+                          PRECISION, UPCAST, BLOCK_K)
+    m = row0.to(INDEX) + tl.arange(0, BLOCK_M)
+    n = col0 + tl.arange(0, BLOCK_N)
+    n_ok = n < cols
+    if HAS_BIAS:
+        acc += tl.load(bias + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    pixel = c + (m // (P * Q)) * sc_n + ((m // Q) % P) * sc_p + (m % Q) * sc_q
+    tl.store(pixel[:, None] + tl.cast(n, INDEX)[None, :] * sc_c, acc.to(c.dtype.element_ty),
+             mask=(m < rows)[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _pointwise_weight_kernel(
+    dy, x, out, K, C, pixels, chunk, so_split, so_k, so_c,
+    INDEX: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """A pointwise convolution's weight gradient, dy^T @ x over the pixels of one split (grid
+    axis 1), with the tiles and reduction steps of _conv2d_backward_weight_kernel: rows are
+    output channels (BLOCK_K), columns input channels (BLOCK_N), steps BLOCK_M pixels. Writes
+    out[split, k, c] (fp32 partials, or the gradient itself with one split)."""
+    tiles_n = tl.cdiv(C, BLOCK_N)
+    k0 = (tl.program_id(0) // tiles_n) * BLOCK_K
+    c0 = (tl.program_id(0) % tiles_n) * BLOCK_N
+    split = tl.program_id(1)
+    start = split * chunk
+    acc = _pointwise_tile(dy, x, tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32), k0, c0, start,
+                          tl.minimum(start + chunk, pixels), True, False, PRECISION, UPCAST, BLOCK_M)
+    k = k0 + tl.arange(0, BLOCK_K)
+    c = c0 + tl.arange(0, BLOCK_N)
+    dst = out + tl.cast(split, INDEX) * so_split + tl.cast(k, INDEX)[:, None] * so_k + tl.cast(c, INDEX)[None, :] * so_c
+    tl.store(dst, acc.to(out.dtype.element_ty), mask=(k < K)[:, None] & (c < C)[None, :])
+
+
 _SUM_BLOCK = 1024
 
 # Autotuned variants for the GPU; the interpreter calls the plain kernels with one config.
@@ -677,6 +794,14 @@ _TUNED = {
         BACKWARD_WEIGHT_CONFIGS, key=["N", "H", "W", "P", "Q", "Cg", "Kg", "R", "S", "chunk"],
         prune_configs_by={"early_config_prune": _prune_by_operands("dy")},
     )(_conv2d_backward_weight_kernel),
+    _pointwise_gemm_kernel: triton.autotune(
+        POINTWISE_CONFIGS, key=["rows", "cols", "depth", "B_T"],
+        prune_configs_by={"early_config_prune": _prune_pointwise_gemm},
+    )(_pointwise_gemm_kernel),
+    _pointwise_weight_kernel: triton.autotune(
+        POINTWISE_WEIGHT_CONFIGS, key=["K", "C", "pixels", "chunk"],
+        prune_configs_by={"early_config_prune": _prune_pointwise_weight},
+    )(_pointwise_weight_kernel),
 }
 
 
@@ -684,7 +809,7 @@ def _launch(kernel, grid, args, config: triton.Config | None, default_configs, f
     """Runs `kernel` with `config`, or in float64 with `float64_config`, or autotuned on a GPU, or
     with the first config (in the interpreter, where timing means nothing, or with autotuning
     switched off)."""
-    if config is None and constexprs["ACC"] == tl.float64:
+    if config is None and constexprs.get("ACC") == tl.float64:
         config = float64_config
     if config is None and not _autotune():
         config = default_configs[0]
@@ -712,6 +837,76 @@ class _Plan(NamedTuple):
     splits: int = 1  # backward-weight and bias: how many chunks the N*P*Q reduction has
     tiles: list | None = None  # forward and backward-input: the configs for the GEMM's columns (_tiles_for)
     copies: tuple[bool, bool] = (False, False)  # GEMM operands the launcher copies channels_last (_as_planned)
+    pointwise: _Pointwise | None = None  # a pointwise problem's GEMM on tensor descriptors, where it has one
+
+
+class _Pointwise(NamedTuple):
+    """How a pointwise problem runs on _pointwise_gemm_kernel or _pointwise_weight_kernel: its
+    loaded operands as matrices (tensor descriptors), in argument order, and the launch."""
+    matrices: tuple[tuple[int, int], ...]  # (rows, columns) of each descriptor's operand (_as_matrix)
+    grid: object
+    scalars: tuple  # the kernel's arguments after its tensors
+    constexprs: dict  # but PRECISION (_precision)
+    tiles: list  # the configs to try (pre_hook'd twins of the pointer kernel's)
+
+
+# Operand dtypes the pointwise kernels take (float64 runs one small pointer-kernel tile).
+_DESCRIPTOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _is_pointwise(R, S, stride, padding, groups) -> bool:
+    """A 1x1 convolution with stride 1, no padding and one group: output pixel m reads input pixel m."""
+    return R == S == 1 and tuple(stride) == (1, 1) and not any(padding) and groups == 1
+
+
+def _as_matrix(t: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, columns) of the 4-D tensor t read as the row-major matrix of its pixels (n, h, w) by
+    its channels, where a tensor descriptor can address it that way: channels contiguous, pixels
+    evenly one row apart (channels_last; a weight (K, C, 1, 1) in either layout reads as (K, C)),
+    rows a multiple of 16 bytes, and fewer than 2^31 of them (descriptor coordinates are 32-bit).
+    Else None."""
+    n, c, h, w = t.shape
+    rows = n * h * w
+    pixel = _pixel_stride(t)
+    if (t.stride(1) == 1 and c > 0 and (c * t.element_size()) % 16 == 0 and 0 < rows < 2**31
+            and (pixel == c or (pixel == 0 and rows == 1))):
+        return rows, c
+    return None
+
+
+def _matrices(dtype: torch.dtype, *operands: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
+    """The operands' matrix shapes (_as_matrix) where all have one and the dtype suits the
+    pointwise kernels, else None."""
+    if dtype not in _DESCRIPTOR_DTYPES:
+        return None
+    shapes = tuple(_as_matrix(t) for t in operands)
+    return None if None in shapes else shapes
+
+
+@functools.cache
+def _has_tma(device: int) -> bool:
+    """Whether the GPU has a tensor memory accelerator (compute capability 9.0 and later)."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _descriptors_ready(*tensors: torch.Tensor) -> bool:
+    """Whether a call's operands can be read through tensor descriptors: in the interpreter, or
+    on a GPU with a TMA unit, and 16-byte aligned (a plan knows shapes and strides, not addresses)."""
+    return (INTERPRETED or _has_tma(tensors[0].get_device())) and all(t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _descriptors(pointwise: _Pointwise, *tensors: torch.Tensor) -> list[TensorDescriptor]:
+    """Tensor descriptors of the operands as the plan's matrices. Their block shape is the
+    configs' to set (pre_hook: _gemm_blocks, _weight_blocks); 16 x 16 until then."""
+    return [TensorDescriptor(t, [rows, cols], [cols, 1], [16, 16]) for t, (rows, cols) in zip(tensors, pointwise.matrices)]
+
+
+def _hooked(config: triton.Config | None, hook) -> triton.Config | None:
+    """`config` with `hook` as its pre_hook: a caller (a test) may name a pointer kernel's config
+    for a problem that takes a pointwise kernel."""
+    if config is None or config.pre_hook is hook:
+        return config
+    return _with_pre_hook([config], hook)[0]
 
 
 def _meta(shape, memory_format) -> torch.Tensor:
@@ -740,11 +935,20 @@ def _forward_plan(input, weight, bias, stride, padding, dilation, groups) -> _Pl
 
     scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(input), *_strides(weight), *_strides(y))
+    pointwise = None
+    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(input.dtype, input, weight)
+    if matrices:
+        rows = matrices[0][0]
+        pointwise = _Pointwise(
+            matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(K, meta["BLOCK_N"]), 1),
+            (rows, K, C, P, Q, *_strides(y)),
+            dict(B_T=True, HAS_BIAS=bias is not None, INDEX=_offset_dtype(y), UPCAST=_upcast_dot(input.dtype)),
+            _tiles_for(K, POINTWISE_CONFIGS))
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, FEW_CG=Cg if Cg < FEW_CHANNELS else 0, HAS_BIAS=bias is not None,
         INDEX=_offset_dtype(input, weight, y, extent=_window_extent(H, W, padding)),
         ACC=_acc_dtype(input.dtype), UPCAST=_upcast_dot(input.dtype)), tiles=_tiles_for(Kg),
-        copies=(copy_input, copy_weight))
+        copies=(copy_input, copy_weight), pointwise=pointwise)
 
 
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
@@ -755,6 +959,13 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     if y.numel() == 0:
         return y
     input, weight = _as_planned(plan, input, weight)
+    pointwise = plan.pointwise
+    if pointwise is not None and _descriptors_ready(input, weight):
+        _launch(_pointwise_gemm_kernel, pointwise.grid,
+                (*_descriptors(pointwise, input, weight), bias if bias is not None else weight, y, *pointwise.scalars),
+                _hooked(config, _gemm_blocks), pointwise.tiles, None, PRECISION=_precision(input.dtype),
+                **pointwise.constexprs)
+        return y
     _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
             config, plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
     return y
@@ -783,9 +994,19 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
 
     scalars = (N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2], dilation[0], dilation[1], step_h, step_w,
                *_strides(grad_output), *_strides(weight), *_strides(dx))
+    pointwise = None
+    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(grad_output.dtype, grad_output, weight)
+    if matrices:
+        rows = matrices[0][0]
+        pointwise = _Pointwise(
+            matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(C, meta["BLOCK_N"]), 1),
+            (rows, C, K, H, W, *_strides(dx)),
+            dict(B_T=False, HAS_BIAS=False, INDEX=_offset_dtype(dx), UPCAST=_upcast_dot(grad_output.dtype)),
+            _tiles_for(C, POINTWISE_CONFIGS))
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
-        UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg), copies=(copy_dy, copy_weight))
+        UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg), copies=(copy_dy, copy_weight),
+        pointwise=pointwise)
 
 
 def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dilation, groups, config=None):
@@ -794,6 +1015,13 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     if done:
         return dx
     grad_output, weight = _as_planned(plan, grad_output, weight)
+    pointwise = plan.pointwise
+    if pointwise is not None and _descriptors_ready(grad_output, weight):
+        _launch(_pointwise_gemm_kernel, pointwise.grid, (*_descriptors(pointwise, grad_output, weight), dx, dx,
+                                                         *pointwise.scalars),
+                _hooked(config, _gemm_blocks), pointwise.tiles, None, PRECISION=_precision(dx.dtype),
+                **pointwise.constexprs)
+        return dx
     _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
             plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
     return dx
@@ -833,11 +1061,20 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
     x_pixel = _pixel_stride(input) if R == S == 1 and tuple(stride) == (1, 1) and not any(padding) else None
     scalars = (N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(grad_output), dy_pixel or 0, *_strides(input), x_pixel or 0, *_split_strides(out, splits))
+    pointwise = None
+    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(grad_output.dtype, grad_output, input)
+    if matrices:
+        so_split, so_k, so_c = _split_strides(out, splits)[:3]
+        pointwise = _Pointwise(
+            matrices, lambda meta: (_cdiv(K, meta["BLOCK_K"]) * _cdiv(C, meta["BLOCK_N"]), splits),
+            (K, C, N * P * Q, chunk, so_split, so_k, so_c),
+            dict(INDEX=_offset_dtype(out), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=block),
+            POINTWISE_WEIGHT_CONFIGS)
     return _Plan(list(weight_size), fmt, grid, scalars, dict(
         R=R, S=S, FEW_CG=few_cg, DY_FLAT=dy_pixel is not None, X_FLAT=x_pixel is not None,
         INDEX=_offset_dtype(input, grad_output, out, extent=_window_extent(H, W, padding)),
         ACC=_acc_dtype(grad_output.dtype), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=block),
-        splits, copies=(copy_dy, copy_input))
+        splits, copies=(copy_dy, copy_input), pointwise=pointwise)
 
 
 def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dilation, groups, config=None):
@@ -847,8 +1084,16 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
         return dw
     grad_output, input = _as_planned(plan, grad_output, input)
     out = _reduction_output(dw, plan.splits)
-    _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), config,
-            BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype), **plan.constexprs)
+    pointwise = plan.pointwise
+    if pointwise is not None and _descriptors_ready(grad_output, input):
+        _launch(_pointwise_weight_kernel, pointwise.grid, (*_descriptors(pointwise, grad_output, input), out,
+                                                           *pointwise.scalars),
+                _hooked(config, _weight_blocks), pointwise.tiles, None, PRECISION=_precision(dw.dtype),
+                **pointwise.constexprs)
+    else:
+        _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), config,
+                BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype),
+                **plan.constexprs)
     if plan.splits > 1:
         _sum_partials(out, dw)
     return dw
