@@ -428,6 +428,20 @@ def test_pointwise_problems_the_descriptors_cannot_address_take_the_pointer_kern
         torch.testing.assert_close(got.cpu().double(), want, **tolerance)
 
 
+def test_a_pointwise_config_named_for_a_call_on_the_pointer_kernels(monkeypatch):
+    """Whether a pointwise problem runs on descriptors depends on the call (its addresses), so
+    the launchers take either twin of a tile for either kind of kernel."""
+    x, w, g = _pointwise_operands()
+    x, g = _misaligned(x), _misaligned(g)
+    launched = _launched(monkeypatch)
+    y = T.conv2d_forward(x, w, None, *POINTWISE, config=T.POINTWISE_CONFIGS[2])
+    dx = T.conv2d_backward_input(g, w, list(x.shape), *POINTWISE, config=T.POINTWISE_CONFIGS[2])
+    dw = T.conv2d_backward_weight(g, x, list(w.shape), *POINTWISE, config=T.POINTWISE_WEIGHT_CONFIGS[2])
+    assert launched == ["_conv2d_forward_kernel", "_conv2d_backward_input_kernel", "_conv2d_backward_weight_kernel"]
+    for got, want in zip((y, dx, dw), _autograd_reference(x, w, None, g)):
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.cuda
 def test_autotuned_launch_matches_torch(monkeypatch):
     monkeypatch.setenv("CNNKERNELS_TRITON_AUTOTUNE", "1")

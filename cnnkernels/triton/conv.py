@@ -901,9 +901,9 @@ def _descriptors(pointwise: _Pointwise, *tensors: torch.Tensor) -> list[TensorDe
     return [TensorDescriptor(t, [rows, cols], [cols, 1], [16, 16]) for t, (rows, cols) in zip(tensors, pointwise.matrices)]
 
 
-def _hooked(config: triton.Config | None, hook) -> triton.Config | None:
-    """`config` with `hook` as its pre_hook: a caller (a test) may name a pointer kernel's config
-    for a problem that takes a pointwise kernel."""
+def _hooked(config: triton.Config | None, hook=None) -> triton.Config | None:
+    """`config` with `hook` as its pre_hook (None: without one). A caller (a test) names a tile
+    by either twin, and which kernel runs can depend on the call (_descriptors_ready)."""
     if config is None or config.pre_hook is hook:
         return config
     return _with_pre_hook([config], hook)[0]
@@ -967,7 +967,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
                 **pointwise.constexprs)
         return y
     _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
-            config, plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
+            _hooked(config), plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
     return y
 
 
@@ -1022,7 +1022,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
                 _hooked(config, _gemm_blocks), pointwise.tiles, None, PRECISION=_precision(dx.dtype),
                 **pointwise.constexprs)
         return dx
-    _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), config,
+    _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), _hooked(config),
             plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
     return dx
 
@@ -1091,7 +1091,7 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
                 _hooked(config, _weight_blocks), pointwise.tiles, None, PRECISION=_precision(dw.dtype),
                 **pointwise.constexprs)
     else:
-        _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), config,
+        _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), _hooked(config),
                 BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype),
                 **plan.constexprs)
     if plan.splits > 1:
