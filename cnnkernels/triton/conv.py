@@ -22,9 +22,8 @@ kernels and autograd are registered in cnnkernels.ops.conv, next to the C++ oper
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -901,6 +900,18 @@ def _descriptors(pointwise: _Pointwise, *tensors: torch.Tensor) -> list[TensorDe
     return [TensorDescriptor(t, [rows, cols], [cols, 1], [16, 16]) for t, (rows, cols) in zip(tensors, pointwise.matrices)]
 
 
+def _pointwise_gemm_plan(matrices, cols: int, depth: int, out: torch.Tensor, b_t: bool, has_bias: bool,
+                         dtype: torch.dtype) -> _Pointwise:
+    """_pointwise_gemm_kernel's launch for a forward (b_t: the weight read transposed; a bias) or a
+    backward-input on operands of `dtype`: rows are the pixels (the first matrix's), `cols` the
+    result's channels, `depth` the reduction's; `out` stands in for the result (shape, strides)."""
+    rows = matrices[0][0]
+    return _Pointwise(matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"]), 1),
+                      (rows, cols, depth, *out.shape[2:], *_strides(out)),
+                      dict(B_T=b_t, HAS_BIAS=has_bias, INDEX=_offset_dtype(out), UPCAST=_upcast_dot(dtype)),
+                      _tiles_for(cols, POINTWISE_CONFIGS))
+
+
 def _hooked(config: triton.Config | None, hook=None) -> triton.Config | None:
     """`config` with `hook` as its pre_hook (None: without one). A caller (a test) names a tile
     by either twin, and which kernel runs can depend on the call (_descriptors_ready)."""
@@ -938,12 +949,7 @@ def _forward_plan(input, weight, bias, stride, padding, dilation, groups) -> _Pl
     pointwise = None
     matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(input.dtype, input, weight)
     if matrices:
-        rows = matrices[0][0]
-        pointwise = _Pointwise(
-            matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(K, meta["BLOCK_N"]), 1),
-            (rows, K, C, P, Q, *_strides(y)),
-            dict(B_T=True, HAS_BIAS=bias is not None, INDEX=_offset_dtype(y), UPCAST=_upcast_dot(input.dtype)),
-            _tiles_for(K, POINTWISE_CONFIGS))
+        pointwise = _pointwise_gemm_plan(matrices, K, C, y, True, bias is not None, input.dtype)
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, FEW_CG=Cg if Cg < FEW_CHANNELS else 0, HAS_BIAS=bias is not None,
         INDEX=_offset_dtype(input, weight, y, extent=_window_extent(H, W, padding)),
@@ -997,12 +1003,7 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
     pointwise = None
     matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(grad_output.dtype, grad_output, weight)
     if matrices:
-        rows = matrices[0][0]
-        pointwise = _Pointwise(
-            matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(C, meta["BLOCK_N"]), 1),
-            (rows, C, K, H, W, *_strides(dx)),
-            dict(B_T=False, HAS_BIAS=False, INDEX=_offset_dtype(dx), UPCAST=_upcast_dot(grad_output.dtype)),
-            _tiles_for(C, POINTWISE_CONFIGS))
+        pointwise = _pointwise_gemm_plan(matrices, C, K, dx, False, False, grad_output.dtype)
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
         UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg), copies=(copy_dy, copy_weight),
