@@ -96,6 +96,18 @@ def test_grid_nchw(case, dtype, target):
     check_against_torch(x, w, b, dtype, target=target, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
+@pytest.mark.parametrize("kernel", [(1, 1), (3, 3)])
+def test_a_strided_bias(kernel, target):
+    """A bias that is every other element of a longer tensor, as slicing a packed parameter gives
+    (the channels_last 1x1 layer is one the triton backend runs on tensor descriptors)."""
+    x, w, _ = _inputs(kernel, 1, False, torch.float32, in_ch=8, out_ch=8)
+    x = x.contiguous(memory_format=CL)
+    packed = torch.randn(16)
+    out = F.conv2d(x.to(target.device), w.to(target.device), packed.to(target.device)[::2], padding=kernel[0] // 2,
+                   backend=target.backend)
+    assert_close(out.cpu(), TF.conv2d(x, w, packed[::2], padding=kernel[0] // 2), torch.float32)
+
+
 @pytest.mark.parametrize("layout", ["input_cl", "weight_cl", "both_cl"])
 @pytest.mark.parametrize("case", GRID[::5], ids=_grid_id)
 def test_grid_channels_last(case, layout, target):

@@ -960,6 +960,8 @@ def _forward_plan(input, weight, bias, stride, padding, dilation, groups) -> _Pl
 def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, config=None):
     _check_device(input, weight, *([] if bias is None else [bias]))
     _check_dtype("cnnkernels_triton::conv2d", input)
+    if bias is not None:
+        bias = bias.contiguous()  # the kernels read it with unit stride (a copy only of a strided view)
     plan = planned(_forward_plan, input, weight, bias, stride, padding, dilation, groups)
     y = new_buffer(plan.out_shape, input, memory_format=plan.out_format)
     if y.numel() == 0:
