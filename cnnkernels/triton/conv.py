@@ -884,8 +884,9 @@ def _matrices(dtype: torch.dtype, *operands: torch.Tensor) -> tuple[tuple[int, i
 
 @functools.cache
 def _has_tma(device: int) -> bool:
-    """Whether the GPU has a tensor memory accelerator (compute capability 9.0 and later)."""
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    """Whether the GPU has a tensor memory accelerator: an NVIDIA one of compute capability 9.0 or
+    later (the only kind these kernels have been compiled for)."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _descriptors_ready(*tensors: torch.Tensor) -> bool:
