@@ -124,8 +124,8 @@ def _specialization(args) -> tuple:
     its address is 16-byte aligned (Triton's pointer specialization), a tensor descriptor's
     dtype, shape and strides (its block shape is the config's), and every other argument's
     value (finer than Triton's key, which keeps only an integer's range, whether it is 1, and
-    whether it divides by 16)."""
-    return tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+    whether it divides by 16). Plain values are tested first, as in `planned`'s key."""
+    return tuple(a if type(a) in _PLAIN_TYPES else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
                  else (a.base.dtype, *a.shape, *a.strides) if isinstance(a, TensorDescriptor) else a for a in args)
 
 
