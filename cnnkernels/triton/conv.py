@@ -842,6 +842,8 @@ class _Plan(NamedTuple):
 class _Pointwise(NamedTuple):
     """How a pointwise problem runs on _pointwise_gemm_kernel or _pointwise_weight_kernel: its
     loaded operands as matrices (tensor descriptors), in argument order, and the launch."""
+    kernel: object
+    pre_hook: object  # its configs' (_gemm_blocks, _weight_blocks)
     matrices: tuple[tuple[int, int], ...]  # (rows, columns) of each descriptor's operand (_as_matrix)
     grid: object
     scalars: tuple  # the kernel's arguments after its tensors
@@ -853,9 +855,9 @@ class _Pointwise(NamedTuple):
 _DESCRIPTOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _is_pointwise(R, S, stride, padding, groups) -> bool:
-    """A 1x1 convolution with stride 1, no padding and one group: output pixel m reads input pixel m."""
-    return R == S == 1 and tuple(stride) == (1, 1) and not any(padding) and groups == 1
+def _one_to_one(R, S, stride, padding) -> bool:
+    """A 1x1 convolution with stride 1 and no padding: output pixel m reads input pixel m."""
+    return R == S == 1 and tuple(stride) == (1, 1) and not any(padding)
 
 
 def _as_matrix(t: torch.Tensor) -> tuple[int, int] | None:
@@ -873,10 +875,11 @@ def _as_matrix(t: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def _matrices(dtype: torch.dtype, *operands: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
-    """The operands' matrix shapes (_as_matrix) where all have one and the dtype suits the
-    pointwise kernels, else None."""
-    if dtype not in _DESCRIPTOR_DTYPES:
+def _pointwise_matrices(R, S, stride, padding, groups, *operands: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
+    """The GEMM operands' matrix shapes (_as_matrix) where the problem runs on the pointwise
+    kernels: one-to-one pixels (_one_to_one), one group, a dtype they take, and every operand a
+    matrix; else None."""
+    if not _one_to_one(R, S, stride, padding) or groups != 1 or operands[0].dtype not in _DESCRIPTOR_DTYPES:
         return None
     shapes = tuple(_as_matrix(t) for t in operands)
     return None if None in shapes else shapes
@@ -898,7 +901,8 @@ def _descriptors_ready(*tensors: torch.Tensor) -> bool:
 def _descriptors(pointwise: _Pointwise, *tensors: torch.Tensor) -> list[TensorDescriptor]:
     """Tensor descriptors of the operands as the plan's matrices. Their block shape is the
     configs' to set (pre_hook: _gemm_blocks, _weight_blocks); 16 x 16 until then."""
-    return [TensorDescriptor(t, [rows, cols], [cols, 1], [16, 16]) for t, (rows, cols) in zip(tensors, pointwise.matrices)]
+    return [TensorDescriptor(t, [rows, cols], [cols, 1], [16, 16])
+            for t, (rows, cols) in zip(tensors, pointwise.matrices)]
 
 
 def _pointwise_gemm_plan(matrices, cols: int, depth: int, out: torch.Tensor, b_t: bool, has_bias: bool,
@@ -907,10 +911,24 @@ def _pointwise_gemm_plan(matrices, cols: int, depth: int, out: torch.Tensor, b_t
     backward-input on operands of `dtype`: rows are the pixels (the first matrix's), `cols` the
     result's channels, `depth` the reduction's; `out` stands in for the result (shape, strides)."""
     rows = matrices[0][0]
-    return _Pointwise(matrices, lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"]), 1),
+    return _Pointwise(_pointwise_gemm_kernel, _gemm_blocks, matrices,
+                      lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"]), 1),
                       (rows, cols, depth, *out.shape[2:], *_strides(out)),
                       dict(B_T=b_t, HAS_BIAS=has_bias, INDEX=_offset_dtype(out), UPCAST=_upcast_dot(dtype)),
                       _tiles_for(cols, POINTWISE_CONFIGS))
+
+
+def _launch_pointwise(plan: _Plan, operands: tuple[torch.Tensor, ...], others: tuple, config, dtype) -> bool:
+    """Launches the plan's pointwise kernel on the GEMM `operands` (as descriptors) and the
+    kernel's `others` tensors, where the plan has one and this call's operands suit descriptors
+    (_descriptors_ready); returns whether it did."""
+    pointwise = plan.pointwise
+    if pointwise is None or not _descriptors_ready(*operands):
+        return False
+    _launch(pointwise.kernel, pointwise.grid, (*_descriptors(pointwise, *operands), *others, *pointwise.scalars),
+            _hooked(config, pointwise.pre_hook), pointwise.tiles, None, PRECISION=_precision(dtype),
+            **pointwise.constexprs)
+    return True
 
 
 def _hooked(config: triton.Config | None, hook=None) -> triton.Config | None:
@@ -947,10 +965,8 @@ def _forward_plan(input, weight, bias, stride, padding, dilation, groups) -> _Pl
 
     scalars = (N, H, W, P, Q, Cg, Kg, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(input), *_strides(weight), *_strides(y))
-    pointwise = None
-    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(input.dtype, input, weight)
-    if matrices:
-        pointwise = _pointwise_gemm_plan(matrices, K, C, y, True, bias is not None, input.dtype)
+    matrices = _pointwise_matrices(R, S, stride, padding, groups, input, weight)
+    pointwise = matrices and _pointwise_gemm_plan(matrices, K, C, y, True, bias is not None, input.dtype)
     return _Plan(shape, fmt, grid, scalars, dict(
         R=R, S=S, FEW_CG=Cg if Cg < FEW_CHANNELS else 0, HAS_BIAS=bias is not None,
         INDEX=_offset_dtype(input, weight, y, extent=_window_extent(H, W, padding)),
@@ -968,12 +984,7 @@ def conv2d_forward(input, weight, bias, stride, padding, dilation, groups, confi
     if y.numel() == 0:
         return y
     input, weight = _as_planned(plan, input, weight)
-    pointwise = plan.pointwise
-    if pointwise is not None and _descriptors_ready(input, weight):
-        _launch(_pointwise_gemm_kernel, pointwise.grid,
-                (*_descriptors(pointwise, input, weight), bias if bias is not None else weight, y, *pointwise.scalars),
-                _hooked(config, _gemm_blocks), pointwise.tiles, None, PRECISION=_precision(input.dtype),
-                **pointwise.constexprs)
+    if _launch_pointwise(plan, (input, weight), (bias if bias is not None else weight, y), config, input.dtype):
         return y
     _launch(_conv2d_forward_kernel, plan.grid, (input, weight, bias if bias is not None else weight, y, *plan.scalars),
             _hooked(config), plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(input.dtype), **plan.constexprs)
@@ -1003,10 +1014,8 @@ def _backward_input_plan(grad_output, weight, input_size, stride, padding, dilat
 
     scalars = (N, H, W, P, Q, Cg, Kg, sh, sw, padding[0], padding[2], dilation[0], dilation[1], step_h, step_w,
                *_strides(grad_output), *_strides(weight), *_strides(dx))
-    pointwise = None
-    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(grad_output.dtype, grad_output, weight)
-    if matrices:
-        pointwise = _pointwise_gemm_plan(matrices, C, K, dx, False, False, grad_output.dtype)
+    matrices = _pointwise_matrices(R, S, stride, padding, groups, grad_output, weight)
+    pointwise = matrices and _pointwise_gemm_plan(matrices, C, K, dx, False, False, grad_output.dtype)
     return _Plan(list(input_size), fmt, grid, scalars, dict(
         R=R, S=S, INDEX=_offset_dtype(dx, weight, grad_output), ACC=_acc_dtype(grad_output.dtype),
         UPCAST=_upcast_dot(grad_output.dtype)), tiles=_tiles_for(Cg), copies=(copy_dy, copy_weight),
@@ -1019,12 +1028,7 @@ def conv2d_backward_input(grad_output, weight, input_size, stride, padding, dila
     if done:
         return dx
     grad_output, weight = _as_planned(plan, grad_output, weight)
-    pointwise = plan.pointwise
-    if pointwise is not None and _descriptors_ready(grad_output, weight):
-        _launch(_pointwise_gemm_kernel, pointwise.grid, (*_descriptors(pointwise, grad_output, weight), dx, dx,
-                                                         *pointwise.scalars),
-                _hooked(config, _gemm_blocks), pointwise.tiles, None, PRECISION=_precision(dx.dtype),
-                **pointwise.constexprs)
+    if _launch_pointwise(plan, (grad_output, weight), (dx, dx), config, dx.dtype):  # dx: the unused bias too
         return dx
     _launch(_conv2d_backward_input_kernel, plan.grid, (grad_output, weight, dx, *plan.scalars), _hooked(config),
             plan.tiles, FLOAT64_TILE_CONFIG, PRECISION=_precision(dx.dtype), **plan.constexprs)
@@ -1062,15 +1066,16 @@ def _backward_weight_plan(grad_output, input, weight_size, stride, padding, dila
 
     dy_pixel = _pixel_stride(grad_output)
     # A 1x1 convolution with stride 1 and no padding reads input pixel m for output pixel m.
-    x_pixel = _pixel_stride(input) if R == S == 1 and tuple(stride) == (1, 1) and not any(padding) else None
+    x_pixel = _pixel_stride(input) if _one_to_one(R, S, stride, padding) else None
     scalars = (N, H, W, P, Q, Cg, Kg, chunk, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
                *_strides(grad_output), dy_pixel or 0, *_strides(input), x_pixel or 0, *_split_strides(out, splits))
     pointwise = None
-    matrices = _is_pointwise(R, S, stride, padding, groups) and _matrices(grad_output.dtype, grad_output, input)
+    matrices = _pointwise_matrices(R, S, stride, padding, groups, grad_output, input)
     if matrices:
         so_split, so_k, so_c = _split_strides(out, splits)[:3]
         pointwise = _Pointwise(
-            matrices, lambda meta: (_cdiv(K, meta["BLOCK_K"]) * _cdiv(C, meta["BLOCK_N"]), splits),
+            _pointwise_weight_kernel, _weight_blocks, matrices,
+            lambda meta: (_cdiv(K, meta["BLOCK_K"]) * _cdiv(C, meta["BLOCK_N"]), splits),
             (K, C, N * P * Q, chunk, so_split, so_k, so_c),
             dict(INDEX=_offset_dtype(out), UPCAST=_upcast_dot(grad_output.dtype), BLOCK_M=block),
             POINTWISE_WEIGHT_CONFIGS)
@@ -1088,13 +1093,7 @@ def conv2d_backward_weight(grad_output, input, weight_size, stride, padding, dil
         return dw
     grad_output, input = _as_planned(plan, grad_output, input)
     out = _reduction_output(dw, plan.splits)
-    pointwise = plan.pointwise
-    if pointwise is not None and _descriptors_ready(grad_output, input):
-        _launch(_pointwise_weight_kernel, pointwise.grid, (*_descriptors(pointwise, grad_output, input), out,
-                                                           *pointwise.scalars),
-                _hooked(config, _weight_blocks), pointwise.tiles, None, PRECISION=_precision(dw.dtype),
-                **pointwise.constexprs)
-    else:
+    if not _launch_pointwise(plan, (grad_output, input), (out,), config, dw.dtype):
         _launch(_conv2d_backward_weight_kernel, plan.grid, (grad_output, input, out, *plan.scalars), _hooked(config),
                 BACKWARD_WEIGHT_CONFIGS, FLOAT64_BACKWARD_WEIGHT_CONFIG, PRECISION=_precision(dw.dtype),
                 **plan.constexprs)
