@@ -40,6 +40,20 @@ def memory_format_of(*tensors: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if any(is_channels_last(t) for t in tensors) else torch.contiguous_format
 
 
+def in_memory_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """t.contiguous(memory_format=memory_format), with strides that say so. Where the two layouts
+    order the elements alike (an (N, C, 1, 1) gradient of a global pooling, say), torch's
+    contiguous() keeps NCHW strides, and an operator given the tensor, deciding its result's layout
+    by torch's rule (is_channels_last), would return NCHW where channels_last was asked for.
+    Giving such a tensor channels_last strides moves no data: every dimension whose stride
+    changes has size 1."""
+    t = t.contiguous(memory_format=memory_format)
+    if memory_format == torch.channels_last and t.dim() == 4 and not is_channels_last(t):
+        _, c, h, w = t.shape
+        t = t.as_strided(t.shape, (h * w * c, 1, w * c, c))
+    return t
+
+
 # Read once, at import: a launcher allocates several buffers a call and os.environ.get costs
 # ~1 us each when the variable is unset. The test suite sets it before importing cnnkernels.
 _POISON_ALLOCATIONS = os.environ.get("CNNKERNELS_POISON_ALLOCATIONS") == "1"

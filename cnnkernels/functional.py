@@ -6,6 +6,7 @@ a keyword-only ``backend=`` ("cpu", "cuda", "triton" or "auto"; see cnnkernels.b
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 
@@ -24,20 +25,52 @@ __all__ = [
 ]
 
 
-def _int_argument(value, name: str, fn: str, whole=None) -> int:
-    """One int of an int or int-list argument. Like torch, anything with __index__ counts (a
-    Python or NumPy integer, a 0-d integer tensor), bool and floats do not."""
-    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
-        return value
+def _is_int(value) -> bool:
+    """Whether torch's argument parser takes `value` as an int: anything with __index__ (a Python
+    or NumPy integer, a 0-d integer tensor), but not a bool."""
     if isinstance(value, torch.Tensor):
-        ok = value.dim() == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
-                                       or value.dtype == torch.bool)
-    else:
-        ok = not isinstance(value, bool) and hasattr(type(value), "__index__")
-    if not ok:
-        shown = type(value).__name__ if whole is None else repr(whole)
+        return value.dim() == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
+                                         or value.dtype == torch.bool)
+    return not isinstance(value, bool) and hasattr(type(value), "__index__")
+
+
+def _is_float(value) -> bool:
+    """Whether torch's argument parser takes `value` as a float: any real number (an int, a bool,
+    a NumPy scalar) or a 0-d tensor that is not complex."""
+    if isinstance(value, (int, float)):  # the common case first (bool is an int)
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.dtype.is_complex
+    return isinstance(value, numbers.Real)
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _int_argument(value, name: str, fn: str, whole=None) -> int:
+    """One int of an int or int-list argument (_is_int)."""
+    if not _is_int(value):
+        shown = _type_name(value) if whole is None else repr(whole)
         raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, not {shown}")
     return operator.index(value)
+
+
+# A scalar argument's type -> (torch's test of a value, the conversion).
+_SCALARS = {int: (_is_int, operator.index), float: (_is_float, float), bool: (lambda v: isinstance(v, bool), bool)}
+
+
+def _scalar(value, kind: type, name: str, fn: str, position: int):
+    """A scalar argument of type `kind` (int, float or bool), converted, where torch's argument
+    parser takes the value (_is_int, _is_float; a bool only for a bool); else its TypeError.
+    Checked here because the operators' schemas would raise a RuntimeError instead, or take
+    what torch refuses."""
+    test, convert = _SCALARS[kind]
+    if not test(value):
+        raise TypeError(f"{fn}(): argument '{name}' (position {position}) must be {kind.__name__}, "
+                        f"not {_type_name(value)}")
+    return convert(value)
 
 
 def _pair(value, name: str, fn: str = "conv2d") -> list[int]:
@@ -110,10 +143,7 @@ def conv2d(
             f"conv2d: expected a 4-D (out_channels, in_channels/groups, kH, kW) weight, "
             f"but got weight of size: {list(weight.shape)}"
         )
-    try:
-        groups = _int_argument(groups, "groups", "conv2d")
-    except TypeError:
-        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}") from None
+    groups = _scalar(groups, int, "groups", "conv2d", 7)
     stride = _pair(stride, "stride")
     dilation = _pair(dilation, "dilation")
     padding = _conv2d_padding(padding, weight, stride, dilation)
@@ -174,9 +204,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stride = _pool_stride(stride, kernel, "max_pool2d")
     padding = _pair(padding, "padding", "max_pool2d")
     dilation = _pair(dilation, "dilation", "max_pool2d")
-    pool2d_output_shape("max_pool2d", x.shape, kernel, stride, padding, dilation, bool(ceil_mode))
+    ceil_mode = _scalar(ceil_mode, bool, "ceil_mode", "max_pool2d", 6)
+    pool2d_output_shape("max_pool2d", x.shape, kernel, stride, padding, dilation, ceil_mode)
     ops = _pool.ops_for("max_pool2d", x, backend)
-    out, indices = ops.max_pool2d(x, kernel, stride, padding, dilation, bool(ceil_mode))
+    out, indices = ops.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
     return _batch((out, indices), unbatched) if return_indices else _batch(out, unbatched)
 
 
@@ -188,27 +219,30 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     kernel = _pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = _pool_stride(stride, kernel, "avg_pool2d")
     padding = _pair(padding, "padding", "avg_pool2d")
+    ceil_mode = _scalar(ceil_mode, bool, "ceil_mode", "avg_pool2d", 5)
+    count_include_pad = _scalar(count_include_pad, bool, "count_include_pad", "avg_pool2d", 6)
     if divisor_override is not None:
-        divisor_override = _int_argument(divisor_override, "divisor_override", "avg_pool2d")
+        divisor_override = _scalar(divisor_override, int, "divisor_override", "avg_pool2d", 7)
         if divisor_override == 0:
             raise RuntimeError("avg_pool2d: divisor must be not zero")
-    pool2d_output_shape("avg_pool2d", x.shape, kernel, stride, padding, [1, 1], bool(ceil_mode))
+    pool2d_output_shape("avg_pool2d", x.shape, kernel, stride, padding, [1, 1], ceil_mode)
     ops = _pool.ops_for("avg_pool2d", x, backend)
-    out = ops.avg_pool2d(x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    out = ops.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
     return _batch(out, unbatched)
 
 
 def _adaptive_size(output_size, x: torch.Tensor, fn: str) -> list[int]:
     """An int, or a pair whose None entries keep the input's extent."""
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        size = [output_size, output_size]
+    if _is_int(output_size):
+        size = [operator.index(output_size)] * 2
     else:
         size = list(output_size)
         if len(size) == 1:
             size = size * 2
         if len(size) != 2:
             raise RuntimeError(f"{fn}: output_size must be 2, but got {len(size)}")
-        size = [x.shape[2 + d] if v is None else v for d, v in enumerate(size)]
+        size = [x.shape[2 + d] if v is None else _int_argument(v, "output_size", fn, output_size)
+                for d, v in enumerate(size)]
     adaptive_output_shape(fn, x.shape, size)
     return size
 
@@ -250,7 +284,7 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     if output_size is None:
         size = default
     else:
-        size = list(output_size)[-2:]
+        size = [_int_argument(v, "output_size", "max_unpool2d", output_size) for v in list(output_size)[-2:]]
         if len(list(output_size)) not in (2, 3, 4):
             raise ValueError(f"output_size must have 2, 3 or 4 elements, got {len(list(output_size))}")
         for d in range(2):
@@ -279,6 +313,19 @@ def _check_vector(t, name: str, channels: int) -> None:
         raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
 
 
+def _check_parameter_dtypes(fn: str, input: torch.Tensor, **parameters) -> None:
+    """torch's rule for a normalisation's parameters and running statistics: those given share
+    one dtype, the input's, or float32 for a float16 or bfloat16 input (mixed precision)."""
+    given = {name: t for name, t in parameters.items() if t is not None}
+    dtypes = {t.dtype for t in given.values()}
+    allowed = {input.dtype, torch.float32} if input.dtype in (torch.float16, torch.bfloat16) else {input.dtype}
+    if len(dtypes) > 1 or not dtypes <= allowed:
+        mixed = " or float32" if len(allowed) > 1 else ""
+        got = ", ".join(f"{name} {t.dtype}" for name, t in given.items())
+        raise RuntimeError(f"{fn}: expected {', '.join(given)} to share one dtype, the input's ({input.dtype})"
+                           f"{mixed}, but got {got}")
+
+
 def _activation(activation: str | None) -> str:
     name = "none" if activation is None else activation
     if name not in _norm.ACTIVATIONS:
@@ -289,6 +336,10 @@ def _activation(activation: str | None) -> str:
 def _batch_norm(input, residual, running_mean, running_var, weight, bias, training, momentum, eps, activation,
                 backend, fn):
     _norm_input(input, fn)
+    training_position = 6 if residual is None else 7  # batch_norm_add_relu's residual comes second
+    training = _scalar(training, bool, "training", fn, training_position)
+    momentum = _scalar(momentum, float, "momentum", fn, training_position + 1)
+    eps = _scalar(eps, float, "eps", fn, training_position + 2)
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     channels = input.shape[1]
@@ -303,6 +354,7 @@ def _batch_norm(input, residual, running_mean, running_var, weight, bias, traini
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         _check_vector(t, name, channels)
+    _check_parameter_dtypes(fn, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if residual is not None and residual.shape != input.shape:
         raise RuntimeError(f"{fn}: expected residual of the input's shape {list(input.shape)}, got {list(residual.shape)}")
     ops = _norm.ops_for(fn, input, backend)
@@ -345,6 +397,8 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
     """Group normalisation, as torch.nn.functional.group_norm, with an optional fused
     activation (None, "relu", "silu" or "gelu") applied in the same pass."""
     _norm_input(input, "group_norm")
+    num_groups = _scalar(num_groups, int, "num_groups", "group_norm", 2)
+    eps = _scalar(eps, float, "eps", "group_norm", 5)
     channels = input.shape[1]
     if num_groups <= 0 or channels % num_groups != 0:
         raise RuntimeError(
@@ -359,6 +413,7 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
             raise RuntimeError(
                 f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
                 f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
+    _check_parameter_dtypes("group_norm", input, weight=weight, bias=bias)
     ops = _norm.ops_for("group_norm", input, backend)
     return ops.group_norm(input, weight, bias, num_groups, eps, _activation(activation))[0]
 
@@ -366,7 +421,10 @@ def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5
 def _normalized_rows(input, normalized_shape, weight, bias, fn: str) -> list[int]:
     """normalized_shape as a list, after torch's checks of it and of the parameters' shapes."""
     _check_tensor(input, "input", fn)
-    shape = [normalized_shape] if isinstance(normalized_shape, int) else list(normalized_shape)
+    if _is_int(normalized_shape):
+        shape = [operator.index(normalized_shape)]
+    else:
+        shape = [_int_argument(v, "normalized_shape", fn, normalized_shape) for v in normalized_shape]
     if len(shape) == 0:
         raise RuntimeError(
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, but "
@@ -389,6 +447,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-
     per-"channel" parameters are the elementwise weight and bias. The result is contiguous, as
     torch's."""
     shape = _normalized_rows(input, normalized_shape, weight, bias, "layer_norm")
+    eps = _scalar(eps, float, "eps", "layer_norm", 5)
+    _check_parameter_dtypes("layer_norm", input, weight=weight, bias=bias)
     width = math.prod(shape)
     rows = input.reshape(-1, width)
     ops = _norm.ops_for("layer_norm", input, backend)
@@ -401,8 +461,7 @@ def rms_norm(input, normalized_shape, weight=None, eps: float | None = None, *, 
     """RMS normalisation, as torch.nn.functional.rms_norm: x / sqrt(mean(x^2) + eps) * weight over
     the trailing dimensions; eps=None means the input dtype's machine epsilon."""
     shape = _normalized_rows(input, normalized_shape, weight, None, "rms_norm")
-    if eps is None:
-        eps = torch.finfo(input.dtype).eps
+    eps = torch.finfo(input.dtype).eps if eps is None else _scalar(eps, float, "eps", "rms_norm", 4)
     ops = _norm.ops_for("rms_norm", input, backend)
     return ops.rms_norm(input, weight, len(shape), eps)[0]
 
@@ -413,6 +472,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     (1, N*C, *) view, so every (sample, channel) plane gets its own statistics; the running
     statistics (when given) move toward the planes' statistics averaged over the batch."""
     _norm_input(input, "instance_norm")
+    use_input_stats = _scalar(use_input_stats, bool, "use_input_stats", "instance_norm", 6)
+    momentum = _scalar(momentum, float, "momentum", "instance_norm", 7)
+    eps = _scalar(eps, float, "eps", "instance_norm", 8)
     if use_input_stats and math.prod(input.shape[2:]) <= 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
     if not use_input_stats and (running_mean is None or running_var is None):
@@ -422,6 +484,8 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                     ("bias", bias)):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {batch * channels} elements not {t.numel() * batch}")
+    _check_parameter_dtypes("instance_norm", input, running_mean=running_mean, running_var=running_var,
+                            weight=weight, bias=bias)
     planes = input.reshape(1, batch * channels, *input.shape[2:])
     per_plane = (lambda t: None if t is None else t.repeat(batch))
     ops = _norm.ops_for("instance_norm", input, backend)
@@ -443,11 +507,14 @@ def local_response_norm(input, size: int, alpha: float = 1e-4, beta: float = 0.7
     _check_tensor(input, "input", "local_response_norm")
     if input.dim() < 3:
         raise ValueError(f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)")
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+    size = _scalar(size, int, "size", "local_response_norm", 2)
+    alpha, beta, k = (_scalar(v, float, name, "local_response_norm", position)
+                      for v, name, position in ((alpha, "alpha", 3), (beta, "beta", 4), (k, "k", 5)))
+    if size <= 0:
         raise RuntimeError(f"local_response_norm: size should be greater than zero, but got {size}")
     if input.numel() == 0:
         return input
     if not input.dtype.is_floating_point:
         raise NotImplementedError(f'"local_response_norm" not implemented for {input.dtype}')
     ops = _norm.ops_for("local_response_norm", input, backend)
-    return ops.local_response_norm(input, size, float(alpha), float(beta), float(k))
+    return ops.local_response_norm(input, size, alpha, beta, k)

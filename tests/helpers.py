@@ -70,6 +70,20 @@ def raises_like_torch(ours, theirs, match: str):
         ours()
 
 
+def behaves_like_torch(ours, theirs) -> None:
+    """Our call and torch's both raise, an exception of the same type, or both return: a tensor
+    of the same shape and dtype, and values within the dtype's tolerance."""
+    try:
+        expected = theirs()
+    except Exception as torch_error:  # noqa: BLE001  (whichever torch raises, ours must too)
+        with pytest.raises(type(torch_error)):
+            ours()
+        return
+    actual = ours()
+    assert (actual.shape, actual.dtype) == (expected.shape, expected.dtype)
+    assert_close(actual, expected, expected.dtype)
+
+
 def operator_raises(backend_ops: dict, target, call: tuple) -> None:
     """call = (operator name, arguments, message pattern): the target backend's operator, called
     directly on the arguments (tensors moved to the target's device), raises a RuntimeError

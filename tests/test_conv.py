@@ -369,6 +369,8 @@ BAD_CALLS = {
     "same_with_stride": ((X, W), {"padding": "same", "stride": 2}, "'same' is not supported for strided"),
     "bad_padding_string": ((X, W), {"padding": "full"}, "Invalid padding string: 'full'"),
     "float_stride": ((X, W), {"stride": 1.5}, "stride"),
+    "float_groups": ((X, W), {"groups": 1.0}, "groups"),
+    "bool_groups": ((X, W), {"groups": True}, "groups"),
     "weight_dtype": ((X, W.double()), {}, message_names("weight", "same")),
     "bias_dtype": ((X, W, torch.randn(6).double()), {}, message_names("bias", "same")),
     "bias_size": ((X, W, torch.randn(5)), {}, message_names("bias", "6 elements", "[5]")),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -14,7 +15,8 @@ import cnnkernels.functional as F
 import cnnkernels.nn as cnn
 from cnnkernels._layout import memory_format_of
 from cnnkernels.ops import norm as norm_ops
-from helpers import assert_close, message_names, operator_raises, raises_like_torch, targets_for
+from helpers import (assert_close, behaves_like_torch, message_names, operator_raises, raises_like_torch,
+                     targets_for)
 
 CL = torch.channels_last
 TARGETS = targets_for(norm_ops.IMPLEMENTED)
@@ -537,6 +539,91 @@ def test_errors():
     ]
     for call, words in cases:
         raises_like_torch(lambda: call(F), lambda: call(TF), message_names(*words))
+
+
+# Scalar arguments as torch's argument parser takes them: NumPy numbers and 0-d tensors where it
+# does, its TypeError for the rest (the operators' schemas would raise a RuntimeError instead, or
+# take a bool where torch wants an int). Fresh running statistics per call: training updates them.
+_XS = torch.randn(2, 4, 3, 3)
+
+
+def _stats():
+    return torch.zeros(4), torch.ones(4)
+
+
+SCALAR_CALLS = {
+    "bn_momentum_none": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=None),
+    "bn_momentum_numpy": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=np.float32(0.3)),
+    "bn_momentum_0d_tensor": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=torch.tensor(0.3)),
+    "bn_momentum_1d_tensor": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=torch.tensor([0.3])),
+    "bn_momentum_int": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=1),
+    "bn_momentum_complex": lambda f: f.batch_norm(_XS, *_stats(), training=True, momentum=0.1j),
+    "bn_eps_str": lambda f: f.batch_norm(_XS, *_stats(), eps="1e-5"),
+    "bn_training_int": lambda f: f.batch_norm(_XS, *_stats(), training=1),
+    "bn_training_none": lambda f: f.batch_norm(_XS, *_stats(), training=None),
+    "gn_groups_float": lambda f: f.group_norm(_XS, 2.0),
+    "gn_groups_bool": lambda f: f.group_norm(_XS, True),
+    "gn_groups_numpy": lambda f: f.group_norm(_XS, np.int64(2)),
+    "gn_groups_0d_tensor": lambda f: f.group_norm(_XS, torch.tensor(2)),
+    "gn_groups_float_tensor": lambda f: f.group_norm(_XS, torch.tensor(2.0)),
+    "gn_eps_none": lambda f: f.group_norm(_XS, 2, eps=None),
+    "ln_shape_floats": lambda f: f.layer_norm(_XS, (3.0,)),
+    "ln_shape_numpy": lambda f: f.layer_norm(_XS, (np.int64(3), 3)),
+    "ln_eps_none": lambda f: f.layer_norm(_XS, [3], eps=None),
+    "rms_eps_str": lambda f: f.rms_norm(_XS, [3], eps="a"),
+    "rms_eps_numpy": lambda f: f.rms_norm(_XS, [3], eps=np.float64(1e-3)),
+    "in_use_input_stats_int": lambda f: f.instance_norm(_XS, use_input_stats=1),
+    "in_momentum_none": lambda f: f.instance_norm(_XS, *_stats(), momentum=None),
+    "in_eps_numpy": lambda f: f.instance_norm(_XS, eps=np.float32(1e-3)),
+    "lrn_size_float": lambda f: f.local_response_norm(_XS, 2.0),
+    "lrn_size_bool": lambda f: f.local_response_norm(_XS, True),
+    "lrn_size_numpy": lambda f: f.local_response_norm(_XS, np.int64(3)),
+    "lrn_size_0d_tensor": lambda f: f.local_response_norm(_XS, torch.tensor(3)),
+    "lrn_alpha_none": lambda f: f.local_response_norm(_XS, 2, alpha=None),
+    "lrn_k_0d_tensor": lambda f: f.local_response_norm(_XS, 2, k=torch.tensor(2.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(SCALAR_CALLS))
+def test_scalar_arguments_are_taken_like_torch(name):
+    call = SCALAR_CALLS[name]
+    behaves_like_torch(lambda: call(F), lambda: call(TF))
+
+
+def test_scalar_argument_errors_name_the_argument():
+    rm, rv = _stats()
+    with pytest.raises(TypeError, match=message_names("batch_norm_add_relu()", "'momentum'", "position 8",
+                                                     "float", "NoneType")):
+        F.batch_norm_add_relu(_XS, _XS, rm, rv, training=True, momentum=None)
+    with pytest.raises(TypeError, match=message_names("'num_groups'", "position 2", "int", "numpy.float64")):
+        F.group_norm(_XS, np.float64(2))
+
+
+# torch's mixed-precision rule for a normalisation's parameters and running statistics: one dtype
+# for all of them, the input's, or float32 under a float16 / bfloat16 input.
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@pytest.mark.parametrize("input_dtype,parameter_dtype", list(itertools.product(_DTYPES, _DTYPES)))
+@pytest.mark.parametrize("fn", ["batch_norm", "group_norm", "layer_norm", "instance_norm"])
+def test_parameter_dtypes_follow_torchs_mixed_precision_rule(fn, input_dtype, parameter_dtype):
+    x = torch.randn(2, 4, 3, 3).to(input_dtype)
+    width = 3 if fn == "layer_norm" else 4
+    weight, bias = torch.randn(2, width).to(parameter_dtype)
+    calls = {
+        "batch_norm": lambda f: f.batch_norm(x, *(t.to(parameter_dtype) for t in _stats()), weight, bias, training=True),
+        "group_norm": lambda f: f.group_norm(x, 2, weight, bias),
+        "layer_norm": lambda f: f.layer_norm(x, [3], weight, bias),
+        "instance_norm": lambda f: f.instance_norm(x, None, None, weight, bias),
+    }
+    behaves_like_torch(lambda: calls[fn](F), lambda: calls[fn](TF))
+
+
+def test_parameters_of_two_dtypes_are_rejected_like_torch():
+    x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)
+    weight, bias = torch.randn(4), torch.randn(4, dtype=torch.bfloat16)
+    raises_like_torch(lambda: F.group_norm(x, 2, weight, bias), lambda: TF.group_norm(x, 2, weight, bias),
+                      message_names("group_norm", "weight torch.float32", "bias torch.bfloat16"))
 
 
 def test_batch_norm_eps_must_be_positive_in_training():

@@ -12,6 +12,7 @@ import torch.nn.functional as TF
 import cnnkernels
 import cnnkernels.models
 import cnnkernels.functional as F
+from cnnkernels._layout import memory_format_of
 from cnnkernels.ops import pool as pool_ops
 from helpers import assert_close, message_names, operator_raises, raises_like_torch, targets_for
 
@@ -310,6 +311,13 @@ BAD_CALLS = {
     "stride_past_int32": ("max_pool2d", (XP, 2), dict(stride=2**31), "cannot be converted to type int"),
     "dilation_past_int32": ("max_pool2d", (XP, 1), dict(dilation=(1, 2**62)), "cannot be converted to type int"),
     "avg_stride_past_int32": ("avg_pool2d", (XP, 2), dict(stride=(2**31, 1)), "cannot be converted to type int"),
+    # Scalar arguments torch's argument parser refuses: a bool must be a bool, an int an int.
+    "ceil_mode_int": ("max_pool2d", (XP, 2), dict(ceil_mode=1), message_names("'ceil_mode'", "bool", "int")),
+    "avg_ceil_mode_none": ("avg_pool2d", (XP, 2), dict(ceil_mode=None), message_names("'ceil_mode'", "NoneType")),
+    "count_include_pad_int": ("avg_pool2d", (XP, 2), dict(count_include_pad=1), "'count_include_pad'"),
+    "divisor_override_float": ("avg_pool2d", (XP, 2), dict(divisor_override=2.0), "'divisor_override'"),
+    "adaptive_float_size": ("adaptive_avg_pool2d", (XP, (2.0, 2)), {}, message_names("'output_size'", "(2.0, 2)")),
+    "adaptive_bool_size": ("adaptive_max_pool2d", (XP, (True, 2)), {}, "'output_size'"),
 }
 
 
@@ -317,6 +325,37 @@ BAD_CALLS = {
 def test_bad_arguments_raise_like_torch(name):
     fn, args, kwargs, match = BAD_CALLS[name]
     raises_like_torch(lambda: getattr(F, fn)(*args, **kwargs), lambda: getattr(TF, fn)(*args, **kwargs), match)
+
+
+def test_integer_like_sizes_are_taken_like_torch():
+    # NumPy integers and 0-d integer tensors count as ints, as in torch's argument parser.
+    for size in ((np.int64(2), np.int32(3)), (torch.tensor(2), 3)):
+        torch.testing.assert_close(F.adaptive_avg_pool2d(XP, size), TF.adaptive_avg_pool2d(XP, size))
+    torch.testing.assert_close(F.avg_pool2d(XP, 2, divisor_override=np.int64(3)),
+                               TF.avg_pool2d(XP, 2, divisor_override=np.int64(3)))
+    pooled, indices = TF.max_pool2d(XP, 2, return_indices=True)
+    with pytest.raises(TypeError, match=message_names("max_unpool2d", "'output_size'", "[4.0, 5]")):
+        F.max_unpool2d(pooled, indices, 2, output_size=[4.0, 5])
+
+
+@pytest.mark.parametrize("fn", ["max_pool2d", "avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool2d"])
+def test_global_pooling_keeps_the_input_gradient_channels_last(fn, target):
+    # A global pooling's (N, C, 1, 1) output, and the plain contiguous gradient a flatten and a
+    # linear layer hand back, are laid out alike in both formats, and torch's contiguous() keeps
+    # NCHW strides: the input gradient must still come back channels_last, as torch's does
+    # (adaptive_avg_pool2d's too, where torch's own goes through mean() and comes back NCHW).
+    pools = {"max_pool2d": lambda f, x: f.max_pool2d(x, 4), "avg_pool2d": lambda f, x: f.avg_pool2d(x, 4),
+             "adaptive_max_pool2d": lambda f, x: f.adaptive_max_pool2d(x, 1),
+             "adaptive_avg_pool2d": lambda f, x: f.adaptive_avg_pool2d(x, 1)}
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=CL)
+    grad = torch.randn(2, 8, 1, 1)
+    ref = _leaf(x, "cpu")
+    (expected,) = torch.autograd.grad(pools[fn](TF, ref), ref, grad)
+    ours = _leaf(x, target.device)
+    with cnnkernels.backend(target.backend):
+        (actual,) = torch.autograd.grad(pools[fn](F, ours), ours, grad.to(target.device))
+    assert memory_format_of(actual) == CL
+    torch.testing.assert_close(actual.cpu(), expected)
 
 
 # Direct operator calls whose tensors disagree in size, or whose arguments the functional would

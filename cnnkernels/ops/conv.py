@@ -25,7 +25,7 @@ import torch
 
 from cnnkernels import _extension
 from cnnkernels._conv_geometry import conv2d_output_shape
-from cnnkernels._layout import memory_format_of
+from cnnkernels._layout import in_memory_format, memory_format_of
 from cnnkernels.ops import _registry
 
 _extension.load()  # registers the C++ schemas and kernels
@@ -120,7 +120,7 @@ def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
         # Autograd may hand over an expanded or transposed gradient; give the kernels the layout
         # of the forward output (a no-op in the common case), and return each gradient in the
         # layout torch's convolution gives it.
-        grad_output = grad_output.contiguous(memory_format=fmt)
+        grad_output = in_memory_format(grad_output, fmt)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_input = ops.backward_input(grad_output, weight, list(input.shape), *ctx.conv_args)
@@ -134,7 +134,7 @@ def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
 
     def backward_input(ctx, grad):
         grad_output, weight = _saved_conjugated(ctx)
-        grad = grad.contiguous(memory_format=ctx.memory_format)
+        grad = in_memory_format(grad, ctx.memory_format)
         d_grad_output = d_weight = None
         if ctx.needs_input_grad[0]:
             d_grad_output = ops.forward(grad, weight, None, *ctx.conv_args)
@@ -144,7 +144,7 @@ def _make_autograd(ops: Conv2dOps) -> dict[str, tuple[Callable, Callable]]:
 
     def backward_weight(ctx, grad):
         grad_output, input = _saved_conjugated(ctx)
-        grad = grad.contiguous(memory_format=ctx.memory_format)
+        grad = in_memory_format(grad, ctx.memory_format)
         d_grad_output = d_input = None
         if ctx.needs_input_grad[0]:
             d_grad_output = ops.forward(input, grad, None, *ctx.conv_args)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from cnnkernels import _extension
-from cnnkernels._layout import memory_format_of
+from cnnkernels._layout import in_memory_format, memory_format_of
 from cnnkernels._pool_geometry import adaptive_output_shape, check_pool_input, pool2d_output_shape
 from cnnkernels.ops import _registry
 
@@ -126,7 +126,7 @@ def _setup_unpool_backward(ctx, inputs, output):
 
 def _make_backwards(ops: PoolOps):
     def grad_in(ctx, grad):
-        return grad.contiguous(memory_format=ctx.memory_format)
+        return in_memory_format(grad, ctx.memory_format)
 
     def max_pool2d(ctx, grad, _):
         kernel_size, stride, padding, dilation, _ceil = ctx.args
@@ -157,7 +157,7 @@ def _make_backwards(ops: PoolOps):
     # undone by unpooling's scatter.
     def gather_at_indices(ctx, grad):
         (indices,) = ctx.saved_tensors
-        d_grad = ops.max_unpool2d_backward(grad.contiguous(memory_format=ctx.memory_format), indices)
+        d_grad = ops.max_unpool2d_backward(in_memory_format(grad, ctx.memory_format), indices)
         return (d_grad,) + (None,) * (ctx.operands - 1)
 
     def avg_pool2d_backward(ctx, grad):
