@@ -541,6 +541,22 @@ def test_errors():
         raises_like_torch(lambda: call(F), lambda: call(TF), message_names(*words))
 
 
+def test_batch_norm_gradient_with_odd_strides_on_size_one_dimensions(target):
+    # A (1, 2, 3, 1) gradient with strides (6, 1, 2, 1): channels_last by torch's rule (the size-1
+    # dimensions' strides carry no layout), but not the strides contiguous() would give it. torch's
+    # own CPU batch_norm backward gets this wrong (0.71 off), so the reference is the formula's
+    # autograd.
+    x = torch.randn(1, 2, 3, 1, dtype=torch.float64)
+    grad = torch.randn(6, dtype=torch.float64).as_strided((1, 2, 3, 1), (6, 1, 2, 1))
+    ref = x.clone().requires_grad_()
+    mean, var = ref.mean((0, 2, 3), keepdim=True), ref.var((0, 2, 3), unbiased=False, keepdim=True)
+    (expected,) = torch.autograd.grad((ref - mean) / (var + 1e-5).sqrt(), ref, grad)
+    ours = x.to(target.device).requires_grad_()
+    out = F.batch_norm(ours, None, None, training=True, backend=target.backend)
+    (actual,) = torch.autograd.grad(out, ours, grad.to(target.device))
+    assert_close(actual.cpu(), expected, torch.float64)
+
+
 # Scalar arguments as torch's argument parser takes them: NumPy numbers and 0-d tensors where it
 # does, its TypeError for the rest (the operators' schemas would raise a RuntimeError instead, or
 # take a bool where torch wants an int). Fresh running statistics per call: training updates them.
