@@ -28,6 +28,8 @@ __all__ = [
 def _is_int(value) -> bool:
     """Whether torch's argument parser takes `value` as an int: anything with __index__ (a Python
     or NumPy integer, a 0-d integer tensor), but not a bool."""
+    if isinstance(value, (int, torch.SymInt)):  # the common case first
+        return not isinstance(value, bool)
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not (value.dtype.is_floating_point or value.dtype.is_complex
                                          or value.dtype == torch.bool)
@@ -37,11 +39,22 @@ def _is_int(value) -> bool:
 def _is_float(value) -> bool:
     """Whether torch's argument parser takes `value` as a float: any real number (an int, a bool,
     a NumPy scalar) or a 0-d tensor that is not complex."""
-    if isinstance(value, (int, float)):  # the common case first (bool is an int)
+    if isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):  # the common case first (bool is an int)
         return True
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.dtype.is_complex
     return isinstance(value, numbers.Real)
+
+
+def _as_int(value):
+    """An _is_int value as an int. A SymInt (a size under torch.compile's dynamic shapes) stays
+    symbolic: operator.index would specialise the graph to its current value."""
+    return value if isinstance(value, (int, torch.SymInt)) else operator.index(value)
+
+
+def _as_float(value):
+    """An _is_float value as a float; a SymFloat stays symbolic (see _as_int)."""
+    return value if isinstance(value, (float, torch.SymFloat)) else float(value)
 
 
 def _type_name(value) -> str:
@@ -54,11 +67,11 @@ def _int_argument(value, name: str, fn: str, whole=None) -> int:
     if not _is_int(value):
         shown = _type_name(value) if whole is None else repr(whole)
         raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of ints, not {shown}")
-    return operator.index(value)
+    return _as_int(value)
 
 
 # A scalar argument's type -> (torch's test of a value, the conversion).
-_SCALARS = {int: (_is_int, operator.index), float: (_is_float, float), bool: (lambda v: isinstance(v, bool), bool)}
+_SCALARS = {int: (_is_int, _as_int), float: (_is_float, _as_float), bool: (lambda v: isinstance(v, bool), bool)}
 
 
 def _scalar(value, kind: type, name: str, fn: str, position: int):
@@ -234,7 +247,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def _adaptive_size(output_size, x: torch.Tensor, fn: str) -> list[int]:
     """An int, or a pair whose None entries keep the input's extent."""
     if _is_int(output_size):
-        size = [operator.index(output_size)] * 2
+        size = [_as_int(output_size)] * 2
     else:
         size = list(output_size)
         if len(size) == 1:
@@ -422,7 +435,7 @@ def _normalized_rows(input, normalized_shape, weight, bias, fn: str) -> list[int
     """normalized_shape as a list, after torch's checks of it and of the parameters' shapes."""
     _check_tensor(input, "input", fn)
     if _is_int(normalized_shape):
-        shape = [operator.index(normalized_shape)]
+        shape = [_as_int(normalized_shape)]
     else:
         shape = [_int_argument(v, "normalized_shape", fn, normalized_shape) for v in normalized_shape]
     if len(shape) == 0:
