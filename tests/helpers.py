@@ -70,7 +70,7 @@ def raises_like_torch(ours, theirs, match: str):
         ours()
 
 
-def behaves_like_torch(ours, theirs) -> None:
+def assert_behaves_like_torch(ours, theirs) -> None:
     """Our call and torch's both raise, an exception of the same type, or both return: a tensor
     of the same shape and dtype, and values within the dtype's tolerance."""
     try:

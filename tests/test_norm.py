@@ -15,7 +15,7 @@ import cnnkernels.functional as F
 import cnnkernels.nn as cnn
 from cnnkernels._layout import memory_format_of
 from cnnkernels.ops import norm as norm_ops
-from helpers import (assert_close, behaves_like_torch, message_names, operator_raises, raises_like_torch,
+from helpers import (assert_behaves_like_torch, assert_close, message_names, operator_raises, raises_like_torch,
                      targets_for)
 
 CL = torch.channels_last
@@ -603,7 +603,7 @@ SCALAR_CALLS = {
 @pytest.mark.parametrize("name", list(SCALAR_CALLS))
 def test_scalar_arguments_are_taken_like_torch(name):
     call = SCALAR_CALLS[name]
-    behaves_like_torch(lambda: call(F), lambda: call(TF))
+    assert_behaves_like_torch(lambda: call(F), lambda: call(TF))
 
 
 def test_scalar_argument_errors_name_the_argument():
@@ -632,7 +632,7 @@ def test_parameter_dtypes_follow_torchs_mixed_precision_rule(fn, input_dtype, pa
         "layer_norm": lambda f: f.layer_norm(x, [3], weight, bias),
         "instance_norm": lambda f: f.instance_norm(x, None, None, weight, bias),
     }
-    behaves_like_torch(lambda: calls[fn](F), lambda: calls[fn](TF))
+    assert_behaves_like_torch(lambda: calls[fn](F), lambda: calls[fn](TF))
 
 
 def test_parameters_of_two_dtypes_are_rejected_like_torch():
