@@ -71,7 +71,10 @@ def extension():
     sources = [os.path.join(CSRC, "module.cpp"), os.path.join(CSRC, "ops.cpp")]
     sources += glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
     include_dirs = [os.path.join(CSRC, "include"), CSRC]
-    cxx = ["-O3", "-std=c++20", "-fopenmp-simd"]
+    # -fopenmp: at::parallel_for is an OpenMP loop compiled into the caller; without it (and
+    # -fopenmp-simd alone) every CPU kernel runs on one thread. The extension then needs
+    # libgomp.so.1, which torch has already loaded (its wheel ships that library).
+    cxx = ["-O3", "-std=c++20", "-fopenmp"]
     macros = []
     if with_cuda:
         archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -93,6 +96,7 @@ def extension():
         include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
     )
 
 
