@@ -40,6 +40,10 @@ def require_cuda(what: str) -> None:
 
 
 def build_info() -> dict:
-    """What the extension contains: {'cuda': bool, 'cuda_archs': str}."""
+    """What the extension contains: {'cuda': bool, 'cuda_archs': str, 'cpu_parallel': bool}.
+
+    cpu_parallel: the CPU kernels were compiled with OpenMP, so they run on
+    torch.get_num_threads() threads (at::parallel_for is serial without it).
+    """
     c = load()
-    return {"cuda": bool(c.with_cuda), "cuda_archs": c.cuda_archs}
+    return {"cuda": bool(c.with_cuda), "cuda_archs": c.cuda_archs, "cpu_parallel": bool(c.cpu_parallel)}

@@ -11,8 +11,14 @@ import cnnkernels
 
 def test_build_info_reports_cuda_consistently():
     info = cnnkernels.build_info()
-    assert set(info) == {"cuda", "cuda_archs"}
+    assert set(info) == {"cuda", "cuda_archs", "cpu_parallel"}
     assert info["cuda"] == bool(info["cuda_archs"])
+
+
+def test_cpu_kernels_are_built_to_run_on_torchs_threads():
+    # Without -fopenmp, at::parallel_for compiles to a serial loop: the kernels stay correct and
+    # deterministic, only every one of them runs on a single thread.
+    assert cnnkernels.build_info()["cpu_parallel"]
 
 
 def test_every_operator_is_registered():

@@ -40,6 +40,9 @@ namespace {
 
 // Pixels gathered per block: 64 rows of patches stay in L2 for any layer of the classic nets.
 constexpr int64_t kBlockPixels = 64;
+// Multiply-adds a parallel task should hold at least, so that small layers are not split into
+// tasks that cost less than handing them to a thread.
+constexpr int64_t kTaskWork = int64_t{1} << 16;
 // Pixels per partial sum in the reductions over N*P*Q (weight and bias gradients): a multiple of
 // kBlockPixels. The split depends only on the problem size, never on the thread count, so
 // results are reproducible.
@@ -229,8 +232,8 @@ std::vector<conv_acc_t<scalar_t>> depthwise_weight_by_tap(const at::Tensor& weig
 // Per group, the product of the block's patch rows [pixels][R*S*Cg] and the packed weight
 // [R*S*Cg][Kg rounded up to a tile].
 template <typename scalar_t>
-void conv2d_forward_tiled(const at::Tensor& x_nhwc, const at::Tensor& weight, const std::vector<conv_acc_t<scalar_t>>& bias,
-                          at::Tensor& out, const Conv2dParams& p) {
+void conv2d_forward_tiled(const at::Tensor& x_nhwc, const at::Tensor& weight,
+                          const std::vector<conv_acc_t<scalar_t>>& bias, at::Tensor& out, const Conv2dParams& p) {
   using acc = conv_acc_t<scalar_t>;
   constexpr int64_t TC = kTileCols<acc>;
   const int64_t G = p.groups, Kg = p.out_per_group();
@@ -241,9 +244,9 @@ void conv2d_forward_tiled(const at::Tensor& x_nhwc, const at::Tensor& weight, co
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   const int64_t ys_n = out.stride(0), ys_k = out.stride(1), ys_p = out.stride(2), ys_q = out.stride(3);
   const int64_t pixels = p.batch * p.out_h * p.out_w;
-  const int64_t block_cost = kBlockPixels * G * J * Kp;
+  const int64_t block_cost = std::max<int64_t>(1, kBlockPixels * G * J * Kp);
 
-  at::parallel_for(0, ceil_div(pixels, kBlockPixels), std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, block_cost)),
+  at::parallel_for(0, ceil_div(pixels, kBlockPixels), std::max<int64_t>(1, kTaskWork / block_cost),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> patches(static_cast<size_t>(kBlockPixels * J));
     Pixel block_pixels[kBlockPixels];
@@ -287,7 +290,7 @@ void conv2d_forward_depthwise(const at::Tensor& x_nhwc, const at::Tensor& weight
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   const int64_t ys_n = out.stride(0), ys_k = out.stride(1), ys_p = out.stride(2), ys_q = out.stride(3);
   const int64_t row_cost = p.out_w * C * R * S;
-  at::parallel_for(0, p.batch * p.out_h, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.out_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> accum(static_cast<size_t>(C));
     for (int64_t row = begin; row < end; ++row) {
@@ -426,7 +429,7 @@ void conv2d_backward_input_tiled(const at::Tensor& dy_nhwc, const at::Tensor& we
   const int64_t xs_n = dx.stride(0), xs_c = dx.stride(1), xs_h = dx.stride(2), xs_w = dx.stride(3);
   const int64_t row_cost = p.in_w * C * Kg * ceil_div(R, sh) * ceil_div(S, sw);
 
-  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> gathered(static_cast<size_t>(kBlockPixels * R * S * Kg));
     acc tile[kTileRows][TC];
@@ -480,7 +483,7 @@ void conv2d_backward_input_depthwise(const at::Tensor& dy_nhwc, const at::Tensor
   scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
   const int64_t xs_n = dx.stride(0), xs_c = dx.stride(1), xs_h = dx.stride(2), xs_w = dx.stride(3);
   const int64_t row_cost = p.in_w * C * ceil_div(R, p.stride_h) * ceil_div(S, p.stride_w);
-  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> accum(static_cast<size_t>(C));
     for (int64_t row = begin; row < end; ++row) {
@@ -495,7 +498,8 @@ void conv2d_backward_input_depthwise(const at::Tensor& dy_nhwc, const at::Tensor
           for (int64_t s = st.first; s < S; s += st.step) {
             const int64_t ow = backward_input_out_coord(iw + p.pad_left, s, p.stride_w, p.dilation_w);
             if (ow < 0 || ow >= p.out_w) continue;
-            add_products(accum.data(), dy + ((n * p.out_h + oh) * p.out_w + ow) * C, w_by_tap.data() + (r * S + s) * C, C);
+            add_products(accum.data(), dy + ((n * p.out_h + oh) * p.out_w + ow) * C,
+                         w_by_tap.data() + (r * S + s) * C, C);
           }
         }
         scalar_t* xp = dxp + n * xs_n + ih * xs_h + iw * xs_w;
