@@ -43,6 +43,9 @@ constexpr int64_t kBlockPixels = 64;
 // Multiply-adds a parallel task should hold at least, so that small layers are not split into
 // tasks that cost less than handing them to a thread.
 constexpr int64_t kTaskWork = int64_t{1} << 16;
+
+// at::parallel_for's grain for a loop whose iterations cost `cost` multiply-adds each.
+inline int64_t grain_for(int64_t cost) { return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, cost)); }
 // Pixels per partial sum in the reductions over N*P*Q (weight and bias gradients): a multiple of
 // kBlockPixels. The split depends only on the problem size, never on the thread count, so
 // results are reproducible.
@@ -100,14 +103,30 @@ CNNK_TILE_CLONES void multiply_add_tile(acc_t* __restrict__ c, int64_t ldc, int6
   }
 }
 
-// A row of `count` elements converted to the accumulator type, or zeros when src is null.
+// A row of `count` elements converted to the accumulator type.
 template <typename acc_t, typename scalar_t>
 inline void load_row(acc_t* dst, const scalar_t* src, int64_t count) {
-  if (src == nullptr) {
-    std::fill(dst, dst + count, acc_t(0));
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<acc_t>(src[i]);
+}
+
+// One kernel row's part of a gathered row: `slots` runs of `width` values (one per tap), slot t
+// read from base + offset + t * step for begin <= t < end and zero elsewhere; all zero when base
+// is null (the kernel row lies outside the tensor). When step == width the slots in range are
+// one run of memory, converted in one pass.
+template <typename acc_t, typename scalar_t>
+void gather_kernel_row(acc_t* dst, const scalar_t* base, int64_t offset, int64_t step, int64_t width, int64_t slots,
+                       int64_t begin, int64_t end) {
+  if (base == nullptr) {
+    std::fill(dst, dst + slots * width, acc_t(0));
     return;
   }
-  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<acc_t>(src[i]);
+  std::fill(dst, dst + begin * width, acc_t(0));
+  if (step == width) {
+    load_row(dst + begin * width, base + (offset + begin * step), (end - begin) * width);
+  } else {
+    for (int64_t t = begin; t < end; ++t) load_row(dst + t * width, base + (offset + t * step), width);
+  }
+  std::fill(dst + end * width, dst + slots * width, acc_t(0));
 }
 
 // An output pixel m = (n * P + oh) * Q + ow, decomposed once per block (no divisions per tile).
@@ -137,8 +156,6 @@ template <typename acc_t, typename scalar_t>
 void gather_patches(acc_t* col, int64_t ld, const scalar_t* x_nhwc, const Conv2dParams& p, int64_t g,
                     const Pixel* pixels, int64_t count, int64_t rows) {
   const int64_t Cg = p.in_per_group(), C = p.in_channels, R = p.kernel_h, S = p.kernel_w, dw = p.dilation_w;
-  // One group, no dilation: a kernel row's taps are one contiguous run of the NHWC input row.
-  const bool runs = Cg == C && dw == 1;
   for (int64_t i = 0; i < rows; ++i) {
     acc_t* row = col + i * ld;
     if (i >= count) {
@@ -152,20 +169,10 @@ void gather_patches(acc_t* col, int64_t ld, const scalar_t* x_nhwc, const Conv2d
     const int64_t s_begin = std::min(S, iw0 >= 0 ? int64_t{0} : ceil_div(-iw0, dw));
     const int64_t s_end = std::clamp(floor_div(p.in_w - 1 - iw0, dw) + 1, s_begin, S);
     for (int64_t r = 0; r < R; ++r) {
-      acc_t* taps = row + r * S * Cg;
       const int64_t ih = conv_in_coord(px.oh, r, p.stride_h, p.pad_top, p.dilation_h);
-      if (ih < 0 || ih >= p.in_h) {
-        std::fill(taps, taps + S * Cg, acc_t(0));
-        continue;
-      }
-      const scalar_t* x_row = image + ih * p.in_w * C;
-      std::fill(taps, taps + s_begin * Cg, acc_t(0));
-      if (runs) {
-        load_row(taps + s_begin * Cg, x_row + (iw0 + s_begin) * C, (s_end - s_begin) * Cg);
-      } else {
-        for (int64_t s = s_begin; s < s_end; ++s) load_row(taps + s * Cg, x_row + (iw0 + s * dw) * C, Cg);
-      }
-      std::fill(taps + s_end * Cg, taps + S * Cg, acc_t(0));
+      const bool inside = ih >= 0 && ih < p.in_h;
+      gather_kernel_row(row + r * S * Cg, inside ? image + ih * p.in_w * C : nullptr, iw0 * C, dw * C, Cg, S, s_begin,
+                        s_end);
     }
     std::fill(row + R * S * Cg, row + ld, acc_t(0));
   }
@@ -244,10 +251,8 @@ void conv2d_forward_tiled(const at::Tensor& x_nhwc, const at::Tensor& weight,
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   const int64_t ys_n = out.stride(0), ys_k = out.stride(1), ys_p = out.stride(2), ys_q = out.stride(3);
   const int64_t pixels = p.batch * p.out_h * p.out_w;
-  const int64_t block_cost = std::max<int64_t>(1, kBlockPixels * G * J * Kp);
-
-  at::parallel_for(0, ceil_div(pixels, kBlockPixels), std::max<int64_t>(1, kTaskWork / block_cost),
-                   [&](int64_t begin, int64_t end) {
+  const int64_t blocks = ceil_div(pixels, kBlockPixels);
+  at::parallel_for(0, blocks, grain_for(kBlockPixels * G * J * Kp), [&](int64_t begin, int64_t end) {
     std::vector<acc> patches(static_cast<size_t>(kBlockPixels * J));
     Pixel block_pixels[kBlockPixels];
     int64_t y_offset[kBlockPixels];
@@ -290,7 +295,7 @@ void conv2d_forward_depthwise(const at::Tensor& x_nhwc, const at::Tensor& weight
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
   const int64_t ys_n = out.stride(0), ys_k = out.stride(1), ys_p = out.stride(2), ys_q = out.stride(3);
   const int64_t row_cost = p.out_w * C * R * S;
-  at::parallel_for(0, p.batch * p.out_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.out_h, grain_for(row_cost),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> accum(static_cast<size_t>(C));
     for (int64_t row = begin; row < end; ++row) {
@@ -359,8 +364,6 @@ void gather_output_gradients(acc_t* col, const scalar_t* dy_nhwc, const Conv2dPa
   const int64_t T = static_cast<int64_t>(ss.size()), depth = static_cast<int64_t>(rs.size()) * T * Kg;
   const int64_t out_step = backward_input_steps(sw, dw).out;
   const int64_t o0 = backward_input_out_coord(first_iw + p.pad_left, ss.front(), sw, dw);
-  // One group, consecutive output columns: a kernel row's taps are one contiguous run of dy.
-  const bool runs = Kg == K && out_step == 1;
   for (int64_t i = 0; i < rows; ++i) {
     acc_t* row = col + i * depth;
     if (i >= count) {
@@ -372,21 +375,11 @@ void gather_output_gradients(acc_t* col, const scalar_t* dy_nhwc, const Conv2dPa
     const int64_t t_begin = std::min(T, o >= 0 ? int64_t{0} : ceil_div(-o, out_step));
     const int64_t t_end = std::clamp(floor_div(p.out_w - 1 - o, out_step) + 1, t_begin, T);
     for (int64_t r : rs) {
-      acc_t* taps = row;
-      row += T * Kg;
       const int64_t oh = backward_input_out_coord(ih + p.pad_top, r, p.stride_h, p.dilation_h);
-      if (oh < 0 || oh >= p.out_h) {
-        std::fill(taps, taps + T * Kg, acc_t(0));
-        continue;
-      }
-      const scalar_t* dy_row = dy_nhwc + (n * p.out_h + oh) * p.out_w * K + g * Kg;
-      std::fill(taps, taps + t_begin * Kg, acc_t(0));
-      if (runs) {
-        load_row(taps + t_begin * Kg, dy_row + (o + t_begin) * K, (t_end - t_begin) * Kg);
-      } else {
-        for (int64_t t = t_begin; t < t_end; ++t) load_row(taps + t * Kg, dy_row + (o + t * out_step) * K, Kg);
-      }
-      std::fill(taps + t_end * Kg, taps + T * Kg, acc_t(0));
+      const bool inside = oh >= 0 && oh < p.out_h;
+      gather_kernel_row(row, inside ? dy_nhwc + (n * p.out_h + oh) * p.out_w * K + g * Kg : nullptr, o * K,
+                        out_step * K, Kg, T, t_begin, t_end);
+      row += T * Kg;
     }
   }
 }
@@ -429,7 +422,7 @@ void conv2d_backward_input_tiled(const at::Tensor& dy_nhwc, const at::Tensor& we
   const int64_t xs_n = dx.stride(0), xs_c = dx.stride(1), xs_h = dx.stride(2), xs_w = dx.stride(3);
   const int64_t row_cost = p.in_w * C * Kg * ceil_div(R, sh) * ceil_div(S, sw);
 
-  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.in_h, grain_for(row_cost),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> gathered(static_cast<size_t>(kBlockPixels * R * S * Kg));
     acc tile[kTileRows][TC];
@@ -483,7 +476,7 @@ void conv2d_backward_input_depthwise(const at::Tensor& dy_nhwc, const at::Tensor
   scalar_t* dxp = dx.mutable_data_ptr<scalar_t>();
   const int64_t xs_n = dx.stride(0), xs_c = dx.stride(1), xs_h = dx.stride(2), xs_w = dx.stride(3);
   const int64_t row_cost = p.in_w * C * ceil_div(R, p.stride_h) * ceil_div(S, p.stride_w);
-  at::parallel_for(0, p.batch * p.in_h, std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, row_cost)),
+  at::parallel_for(0, p.batch * p.in_h, grain_for(row_cost),
                    [&](int64_t begin, int64_t end) {
     std::vector<acc> accum(static_cast<size_t>(C));
     for (int64_t row = begin; row < end; ++row) {
