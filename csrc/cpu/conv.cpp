@@ -63,8 +63,6 @@ using conv_acc_t =
     std::conditional_t<std::is_integral_v<scalar_t>, uint64_t,
                        std::conditional_t<c10::is_complex<scalar_t>::value, scalar_t, acc_t<scalar_t>>>;
 
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
 // ---- the tile product ----------------------------------------------------------------------
 // A tile is kTileRows rows by one 64-byte cache line of columns (16 floats, 8 doubles): with
 // AVX2 its 4 x 64 bytes are eight vector registers, leaving room for one row of b and the
@@ -195,27 +193,20 @@ inline int64_t reduction_chunks(int64_t pixels, int64_t partial_size) {
   return std::min({by_work, by_memory, kMaxReductionChunks});
 }
 
-// The weight (K, Cg, R, S) repacked per group and tap as a [Cg][ld] matrix (kInputMajor: the
-// forward, whose product runs over (r, s, c) into output channels) or a [Kg][ld] matrix
-// (kOutputMajor: the backward-input's channel swap), converted to the accumulator type and
-// zero-padded to ld columns: packed[g][r][s][row][ld].
-enum class WeightOrder { kInputMajor, kOutputMajor };
-
+// The weight (K, Cg, R, S) as the forward's right-hand operand: per group, a [R*S*Cg][ld] matrix
+// whose row (r, s, c) holds the Kg output channels, converted to the accumulator type and
+// zero-padded to ld columns: packed[g][r][s][c][ld].
 template <typename scalar_t>
-std::vector<conv_acc_t<scalar_t>> pack_weight(const at::Tensor& weight, const Conv2dParams& p, WeightOrder order,
-                                              int64_t ld) {
+std::vector<conv_acc_t<scalar_t>> pack_weight(const at::Tensor& weight, const Conv2dParams& p, int64_t ld) {
   const int64_t G = p.groups, Cg = p.in_per_group(), Kg = p.out_per_group(), R = p.kernel_h, S = p.kernel_w;
-  const int64_t rows = order == WeightOrder::kInputMajor ? Cg : Kg;
-  std::vector<conv_acc_t<scalar_t>> packed(static_cast<size_t>(G * R * S * rows * ld));
+  std::vector<conv_acc_t<scalar_t>> packed(static_cast<size_t>(G * R * S * Cg * ld));
   const auto w = weight.accessor<scalar_t, 4>();
   for (int64_t g = 0; g < G; ++g)
     for (int64_t r = 0; r < R; ++r)
       for (int64_t s = 0; s < S; ++s) {
-        conv_acc_t<scalar_t>* tap = packed.data() + ((g * R + r) * S + s) * rows * ld;
+        conv_acc_t<scalar_t>* tap = packed.data() + ((g * R + r) * S + s) * Cg * ld;
         for (int64_t k = 0; k < Kg; ++k)
-          for (int64_t c = 0; c < Cg; ++c)
-            tap[order == WeightOrder::kInputMajor ? c * ld + k : k * ld + c] =
-                static_cast<conv_acc_t<scalar_t>>(w[g * Kg + k][c][r][s]);
+          for (int64_t c = 0; c < Cg; ++c) tap[c * ld + k] = static_cast<conv_acc_t<scalar_t>>(w[g * Kg + k][c][r][s]);
       }
   return packed;
 }
@@ -245,7 +236,7 @@ void conv2d_forward_tiled(const at::Tensor& x_nhwc, const at::Tensor& weight,
   constexpr int64_t TC = kTileCols<acc>;
   const int64_t G = p.groups, Kg = p.out_per_group();
   const int64_t J = p.kernel_h * p.kernel_w * p.in_per_group(), Kp = round_up(Kg, TC);
-  const std::vector<acc> w = pack_weight<scalar_t>(weight, p, WeightOrder::kInputMajor, Kp);
+  const std::vector<acc> w = pack_weight<scalar_t>(weight, p, Kp);
 
   const scalar_t* x = x_nhwc.const_data_ptr<scalar_t>();
   scalar_t* y = out.mutable_data_ptr<scalar_t>();
@@ -401,20 +392,18 @@ void conv2d_backward_input_tiled(const at::Tensor& dy_nhwc, const at::Tensor& we
     s_taps[pw] = phase_taps(pw, S, sw, p.dilation_w);
     std::reverse(s_taps[pw].begin(), s_taps[pw].end());  // see gather_output_gradients
   }
-  const std::vector<acc> wt = pack_weight<scalar_t>(weight, p, WeightOrder::kOutputMajor, Cp);  // [g][r][s][k][Cp]
-  std::vector<acc> w_phase(wt.size());
+  std::vector<acc> w_phase(static_cast<size_t>(G * R * S * Kg * Cp));
   std::vector<int64_t> phase_offset(static_cast<size_t>(sh * sw * G));
+  const auto w = weight.accessor<scalar_t, 4>();
   int64_t filled = 0;
   for (int64_t ph = 0; ph < sh; ++ph)
     for (int64_t pw = 0; pw < sw; ++pw)
       for (int64_t g = 0; g < G; ++g) {
         phase_offset[(ph * sw + pw) * G + g] = filled;
         for (int64_t r : r_taps[ph])
-          for (int64_t s : s_taps[pw]) {
-            const acc* tap = wt.data() + ((g * R + r) * S + s) * Kg * Cp;
-            std::copy(tap, tap + Kg * Cp, w_phase.begin() + filled);
-            filled += Kg * Cp;
-          }
+          for (int64_t s : s_taps[pw])
+            for (int64_t k = 0; k < Kg; ++k, filled += Cp)
+              for (int64_t c = 0; c < Cg; ++c) w_phase[filled + c] = static_cast<acc>(w[g * Kg + k][c][r][s]);
       }
 
   const scalar_t* dy = dy_nhwc.const_data_ptr<scalar_t>();
@@ -503,6 +492,27 @@ void conv2d_backward_input_depthwise(const at::Tensor& dy_nhwc, const at::Tensor
 }
 
 // ---- backward-weight -----------------------------------------------------------------------
+// Writes dw[k, c, r, s] = the sum over chunks, in chunk order, of part[chunk * chunk_stride +
+// at(k, c, r, s)]: the weight gradient's partials reduced the same way for any number of threads.
+template <typename scalar_t, typename acc_t, typename Offset>
+void sum_partials_in_chunk_order(at::Tensor& dw, const acc_t* part, int64_t chunks, int64_t chunk_stride,
+                                 const Offset& at) {
+  scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
+  const int64_t C = dw.size(1), R = dw.size(2), S = dw.size(3);
+  const int64_t ws_k = dw.stride(0), ws_c = dw.stride(1), ws_r = dw.stride(2), ws_s = dw.stride(3);
+  at::parallel_for(0, dw.size(0), grain_for(C * R * S * chunks), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t offset = at(k, c, r, s);
+            acc_t sum = 0;
+            for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += part[chunk * chunk_stride + offset];
+            dwp[k * ws_k + c * ws_c + r * ws_r + s * ws_s] = static_cast<scalar_t>(sum);
+          }
+  });
+}
+
 // dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh - pt + r*dh, q*sw - pl + s*dw]
 // The N*P*Q reduction is split into fixed chunks; each (chunk, group) task accumulates a
 // [R*S*Cg][Kg] partial as the product of the transposed patch rows and the output-gradient rows
@@ -551,19 +561,11 @@ void conv2d_backward_weight_tiled(const at::Tensor& dy_nhwc, const at::Tensor& x
     }
   });
 
-  // Sum the partials in chunk order and write through dw's strides.
-  scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
-  const int64_t ws_k = dw.stride(0), ws_c = dw.stride(1), ws_r = dw.stride(2), ws_s = dw.stride(3);
-  at::parallel_for(0, G * J, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t gj = begin; gj < end; ++gj) {
-      const int64_t g = gj / J, j = gj % J, c = j % Cg, s = (j / Cg) % S, r = j / (Cg * S);
-      for (int64_t k = 0; k < Kg; ++k) {
-        acc sum = 0;
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += part[((chunk * G + g) * Jp + j) * Kp + k];
-        dwp[(g * Kg + k) * ws_k + c * ws_c + r * ws_r + s * ws_s] = static_cast<scalar_t>(sum);
-      }
-    }
-  });
+  sum_partials_in_chunk_order<scalar_t>(dw, part, chunks, partial_size,
+                                        [&](int64_t k, int64_t c, int64_t r, int64_t s) {
+                                          const int64_t g = k / Kg;
+                                          return (g * Jp + (r * S + s) * Cg + c) * Kp + k % Kg;
+                                        });
 }
 
 // Depthwise: one task per (chunk, tap) sums every channel at once, dy and x rows being
@@ -600,16 +602,8 @@ void conv2d_backward_weight_depthwise(const at::Tensor& dy_nhwc, const at::Tenso
     }
   });
 
-  scalar_t* dwp = dw.mutable_data_ptr<scalar_t>();
-  const int64_t ws_k = dw.stride(0), ws_r = dw.stride(2), ws_s = dw.stride(3);
-  at::parallel_for(0, weight_size, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      acc sum = 0;
-      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += part[chunk * weight_size + i];
-      const int64_t c = i % C, s = (i / C) % S, r = i / (C * S);
-      dwp[c * ws_k + r * ws_r + s * ws_s] = static_cast<scalar_t>(sum);
-    }
-  });
+  sum_partials_in_chunk_order<scalar_t>(dw, part, chunks, weight_size,
+                                        [&](int64_t k, int64_t, int64_t r, int64_t s) { return (r * S + s) * C + k; });
 }
 
 // ---- bias gradient -------------------------------------------------------------------------

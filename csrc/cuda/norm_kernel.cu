@@ -130,8 +130,6 @@ __device__ __forceinline__ void store_vec(T* p, int n, const acc_t<T> (&in)[V]) 
 
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
 // ---- partitions ------------------------------------------------------------------------------
 
 // The "rows" path: segs segments of seg_rows rows of a (rows, C) matrix.
@@ -158,7 +156,7 @@ RowsPlan make_rows_plan(int V, int64_t C, int64_t segs, int64_t seg_rows) {
   const int64_t max_chunks = std::max<int64_t>(1, ceil_div<int64_t>(seg_rows, int64_t{p.ytile} * 4));
   const int64_t want = std::max<int64_t>(1, ceil_div<int64_t>(kTargetBlocks, std::max<int64_t>(1, p.ctiles * segs)));
   int64_t chunks = std::min(want, max_chunks);
-  p.chunk_rows = std::max<int64_t>(p.ytile, round_up(ceil_div<int64_t>(seg_rows, chunks), p.ytile));
+  p.chunk_rows = std::max<int64_t>(p.ytile, round_up<int64_t>(ceil_div<int64_t>(seg_rows, chunks), p.ytile));
   p.chunks = std::max<int64_t>(1, ceil_div<int64_t>(seg_rows, p.chunk_rows));
   return p;
 }
@@ -247,7 +245,7 @@ RunsPlan make_runs_plan(int V, int64_t S, int64_t M, int64_t P, int64_t run_stri
   const int64_t max_chunks = std::max<int64_t>(1, ceil_div<int64_t>(M, int64_t{p.threads} * V * 4));
   const int64_t want = std::max<int64_t>(1, ceil_div<int64_t>(kTargetBlocks, std::max<int64_t>(1, S)));
   const int64_t chunks = std::min(want, max_chunks);
-  p.E = std::max<int64_t>(V, round_up(ceil_div<int64_t>(M, chunks), V));
+  p.E = std::max<int64_t>(V, round_up<int64_t>(ceil_div<int64_t>(M, chunks), V));
   p.chunks = std::max<int64_t>(1, ceil_div<int64_t>(M, p.E));
   p.small = M + int64_t{p.threads} * V * 2 < (int64_t{1} << 31);
   return p;

@@ -33,6 +33,12 @@ CNNK_HOST_DEVICE T ceil_div(T a, T b) {
   return (a + b - 1) / b;
 }
 
+// The smallest multiple of b that is at least a (a >= 0, b > 0).
+template <typename T>
+CNNK_HOST_DEVICE T round_up(T a, T b) {
+  return ceil_div(a, b) * b;
+}
+
 // Floor division that is correct for negative numerators (C++ '/' truncates toward zero).
 template <typename T>
 CNNK_HOST_DEVICE T floor_div(T a, T b) {
