@@ -495,6 +495,27 @@ def test_non_integer_kernel_sizes_raise_like_torch(value):
     raises_like_torch(lambda: F.max_pool2d(XP, value), lambda: TF.max_pool2d(XP, value), "kernel_size")
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_backward_ignores_indices_outside_their_window(channels_last, target):
+    """A window gives its gradient only to a pixel that is one of its taps: an index elsewhere in
+    the plane, past it or negative adds nothing (every backend alike, and never out of bounds)."""
+    x = _input((2, 3, 7, 6), torch.float64, channels_last=channels_last)
+    kernel, stride, padding, dilation = [3, 2], [2, 1], [1, 0], [1, 2]
+    _, idx = TF.max_pool2d(x, kernel, stride, padding, dilation, return_indices=True)
+    g = torch.randn(idx.shape, dtype=torch.float64)
+    bad = torch.rand(idx.shape) < 0.4
+    # Three rows down (cyclically) leaves a window's three rows; then past the plane, negative.
+    strays = torch.stack([(idx + 3 * 6) % 42, torch.full_like(idx, 42), idx + 100, torch.full_like(idx, -1),
+                          -idx - 7])
+    wrong = torch.where(bad, strays.gather(0, torch.randint(0, 5, (1, *idx.shape))).squeeze(0), idx)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(
+        g.masked_fill(bad, 0), x, kernel, stride, padding, dilation, False, idx)
+    ops = pool_ops.ops_for("max_pool2d", x.to(target.device), target.backend)
+    ours = ops.max_pool2d_backward(g.to(target.device), wrong.to(target.device), list(x.shape), kernel, stride,
+                                   padding, dilation)
+    assert_close(ours.cpu(), expected, torch.float64)
+
+
 def test_empty_batch(target):
     x = torch.randn(0, 3, 6, 6, device=target.device, requires_grad=True)
     out = F.max_pool2d(x, 2, backend=target.backend)

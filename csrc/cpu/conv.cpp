@@ -24,6 +24,7 @@
 #include "host/alloc.h"
 #include "host/dtypes.h"
 #include "host/conv.h"
+#include "host/parallel.h"
 
 // multiply_add_tile is compiled twice on x86-64 with GCC, for the baseline ISA (SSE2) and for
 // x86-64-v3 (AVX2 + FMA), and the loader picks the one the CPU runs (an ifunc), so a build made
@@ -40,12 +41,6 @@ namespace {
 
 // Pixels gathered per block: 64 rows of patches stay in L2 for any layer of the classic nets.
 constexpr int64_t kBlockPixels = 64;
-// Multiply-adds a parallel task should hold at least, so that small layers are not split into
-// tasks that cost less than handing them to a thread.
-constexpr int64_t kTaskWork = int64_t{1} << 16;
-
-// at::parallel_for's grain for a loop whose iterations cost `cost` multiply-adds each.
-inline int64_t grain_for(int64_t cost) { return std::max<int64_t>(1, kTaskWork / std::max<int64_t>(1, cost)); }
 // Pixels per partial sum in the reductions over N*P*Q (weight and bias gradients): a multiple of
 // kBlockPixels. The split depends only on the problem size, never on the thread count, so
 // results are reproducible.

@@ -1,67 +1,180 @@
 // Pooling on the CPU: max, average and adaptive pooling with their backward gathers, and max
-// unpooling. Each (n, c) plane is independent: the kernels run parallel over planes and read
-// and write through the tensors' strides, so NCHW and channels_last need no copies.
+// unpooling. The kernels read and write through the tensors' strides, so NCHW, channels_last
+// and the expanded gradients autograd hands over need no copies.
+//
+// A tensor is walked as a grid of pixels (PixelGrid): channels_last tensors as N images whose
+// pixels are runs of C channels at unit stride, so that every per-window loop runs over the
+// channels and vectorises; anything else as N * C planes of single-element pixels. The forward
+// kernels reduce each output's window (a product of two Spans, one per axis); the backward
+// kernels are gathers: each input pixel collects from the windows that cover it (Covers), in
+// increasing window order, so the sums are deterministic and need no atomics. Work is split by
+// rows of pixels; a row's result depends on the row alone, never on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <limits>
-#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "cnnkernels/conv.h"
 #include "cnnkernels/pool.h"
 #include "host/alloc.h"
 #include "host/dtypes.h"
+#include "host/parallel.h"
 #include "host/pool.h"
 
 namespace cnnkernels {
 namespace {
 
-// A 4-D tensor's data seen through its strides.
-template <typename T>
-struct Strided4 {
+// ---- pixel grids -----------------------------------------------------------------------------
+
+// The pixels of one group (an image, or one channel plane of it): pixel (h, w) starts at
+// at(h, w), and its lanes() lanes follow at unit stride. The planar walk's lane count is the
+// constant 1, so its lane loops vanish at compile time.
+template <typename T, bool kInterleaved>
+struct GroupPixels {
+  T* base;
+  int64_t stride_h, stride_w, channels;
+  T* at(int64_t h, int64_t w) const { return base + h * stride_h + w * stride_w; }
+  int64_t lanes() const { return kInterleaved ? channels : 1; }
+};
+
+// A 4-D (N, C, H, W) tensor as groups of H x W pixels. Interleaved (channels at unit stride):
+// N groups of C lanes. Planar (any other strides): N * C groups of one lane.
+template <typename T, bool kInterleaved>
+struct PixelGrid {
   T* data;
-  int64_t s[4];
-  Strided4(const at::Tensor& t, T* ptr) : data(ptr) {
-    for (int d = 0; d < 4; ++d) s[d] = t.stride(d);
-  }
-  T& operator()(int64_t n, int64_t c, int64_t h, int64_t w) const {
-    return data[n * s[0] + c * s[1] + h * s[2] + w * s[3]];
+  int64_t channels, stride_n, stride_c, stride_h, stride_w;
+
+  PixelGrid(const at::Tensor& t, T* ptr)
+      : data(ptr), channels(t.size(1)), stride_n(t.stride(0)), stride_c(t.stride(1)), stride_h(t.stride(2)),
+        stride_w(t.stride(3)) {}
+
+  int64_t lanes() const { return kInterleaved ? channels : 1; }
+  GroupPixels<T, kInterleaved> group(int64_t g) const {
+    const int64_t offset = kInterleaved ? g * stride_n : (g / channels) * stride_n + (g % channels) * stride_c;
+    return {data + offset, stride_h, stride_w, channels};
   }
 };
 
-template <typename T>
-Strided4<const T> reader(const at::Tensor& t) {
-  return Strided4<const T>(t, t.const_data_ptr<T>());
-}
-template <typename T>
-Strided4<T> writer(at::Tensor& t) {
-  return Strided4<T>(t, t.mutable_data_ptr<T>());
+template <bool kInterleaved>
+int64_t group_count(int64_t batch, int64_t channels) {
+  return kInterleaved ? batch : batch * channels;
 }
 
-// Runs fn(n, c) for every plane, in parallel.
+// The interleaved walk serves tensors whose channels all sit at unit stride (channels_last, or
+// NCHW with 1x1 planes); planar serves every layout.
+bool channels_interleaved(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors) {
+    if (t->size(1) < 2 || t->stride(1) != 1) return false;
+  }
+  return true;
+}
+
+// Calls fn(std::integral_constant<bool, interleaved>) so that each kernel is compiled once per
+// walk, with the lane count of the planar walk a constant 1.
 template <class Fn>
-void for_each_plane(int64_t batch, int64_t channels, int64_t plane_cost, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_cost));
-  at::parallel_for(0, batch * channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) fn(i / channels, i % channels);
+void with_walk(bool interleaved, const Fn& fn) {
+  if (interleaved) {
+    fn(std::true_type{});
+  } else {
+    fn(std::false_type{});
+  }
+}
+
+template <typename scalar_t, bool kInterleaved>
+PixelGrid<const scalar_t, kInterleaved> grid_reader(const at::Tensor& t) {
+  return {t, t.const_data_ptr<scalar_t>()};
+}
+template <typename scalar_t, bool kInterleaved>
+PixelGrid<scalar_t, kInterleaved> grid_writer(at::Tensor& t) {
+  return {t, t.mutable_data_ptr<scalar_t>()};
+}
+
+// A pixel's per-lane running values (sums, maxima): a buffer of one per channel for the
+// interleaved walk, a single value, which stays in a register, for the planar one.
+template <typename T, bool kInterleaved>
+struct LaneValues {
+  std::vector<T> buffer;
+  T single{};
+  explicit LaneValues(int64_t lanes) : buffer(kInterleaved ? static_cast<size_t>(lanes) : 0) {}
+  T* data() { return kInterleaved ? buffer.data() : &single; }
+};
+
+// Runs fn(g, row) for every row of every group, in parallel; `row_cost` is a row's work.
+template <class Fn>
+void for_each_row(int64_t groups, int64_t rows, int64_t row_cost, const Fn& fn) {
+  at::parallel_for(0, groups * rows, grain_for(row_cost), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i / rows, i % rows);
   });
 }
 
-// A window's starting maximum: -inf (torch's rule), or the lowest value of an integer type; a
-// window whose taps all equal it keeps its first tap.
-template <typename acc>
-constexpr acc max_pool_start() {
-  return std::numeric_limits<acc>::has_infinity ? -std::numeric_limits<acc>::infinity()
-                                                : std::numeric_limits<acc>::lowest();
+// ---- windows along one axis ------------------------------------------------------------------
+
+// The in-bounds taps of one output's window along an axis: coordinates begin, begin + step, ...
+// (count of them). origin is the coordinate the window's maximum starts at, torch's rule: its
+// first tap at or past 0, even when that lies past the input (a window all in the padding).
+struct Span {
+  int64_t begin, step, count, origin;
+};
+
+// The most taps a window has along the axis (the work estimate).
+int64_t longest(const std::vector<Span>& spans) {
+  int64_t most = 1;
+  for (const Span& s : spans) most = std::max(most, s.count);
+  return most;
+}
+
+// Sliding windows (kernel, stride, padding, dilation): output o's taps o * stride - pad +
+// t * dilation for t < kernel, cut to [0, in).
+std::vector<Span> sliding_spans(int64_t out, int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                                int64_t dilation) {
+  std::vector<Span> spans(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t start = o * stride - pad;
+    const int64_t first = start < 0 ? ceil_div(-start, dilation) : 0;  // first tap at or past 0
+    const int64_t end = std::min(kernel, in > start ? ceil_div(in - start, dilation) : int64_t{0});
+    const int64_t origin = start + first * dilation;
+    spans[o] = {origin, dilation, std::max<int64_t>(0, end - first), origin};
+  }
+  return spans;
+}
+
+// Adaptive windows: output o covers [adaptive_start, adaptive_end).
+std::vector<Span> adaptive_spans(int64_t out, int64_t in) {
+  std::vector<Span> spans(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t start = adaptive_start(o, out, in);
+    spans[o] = {start, 1, adaptive_end(o, out, in) - start, start};
+  }
+  return spans;
+}
+
+// Average pooling's divisor of every window (avg_pool_divisor), row-major over the outputs.
+std::vector<int64_t> avg_pool_divisors(const Pool2dParams& p, bool count_include_pad, int64_t divisor_override) {
+  std::vector<int64_t> divisors(static_cast<size_t>(p.out_h * p.out_w));
+  for (int64_t oh = 0; oh < p.out_h; ++oh)
+    for (int64_t ow = 0; ow < p.out_w; ++ow)
+      divisors[oh * p.out_w + ow] = avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override);
+  return divisors;
+}
+
+// Adaptive average pooling's divisor: the number of taps of every window.
+std::vector<int64_t> window_sizes(const std::vector<Span>& rows, const std::vector<Span>& cols) {
+  std::vector<int64_t> sizes(rows.size() * cols.size());
+  for (size_t oh = 0; oh < rows.size(); ++oh)
+    for (size_t ow = 0; ow < cols.size(); ++ow) sizes[oh * cols.size() + ow] = rows[oh].count * cols[ow].count;
+  return sizes;
 }
 
 // For every input coordinate along one axis, the output coordinates whose window reaches it
-// (input i: out[begin[i] .. begin[i+1])), listed once per call, so that the backward gathers do
-// no index arithmetic per element.
+// (input i: out[begin[i] .. begin[i+1])), in increasing order, listed once per call so that the
+// gathers do no index arithmetic per element.
 struct Covers {
   std::vector<int64_t> begin{0};
   std::vector<int64_t> out;
@@ -69,11 +182,16 @@ struct Covers {
   void close_input() { begin.push_back(static_cast<int64_t>(out.size())); }
   const int64_t* first(int64_t i) const { return out.data() + begin[i]; }
   const int64_t* last(int64_t i) const { return out.data() + begin[i + 1]; }
+  int64_t most() const {
+    int64_t m = 0;
+    for (size_t i = 0; i + 1 < begin.size(); ++i) m = std::max(m, begin[i + 1] - begin[i]);
+    return m;
+  }
 };
 
-// Pooling windows (kernel, stride, padding, dilation): those input i is a tap of, in
-// increasing order (the same arithmetic as the convolution's input gradient, conv.h).
-Covers window_covers(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+// Sliding windows that input i is a tap of (the same arithmetic as the convolution's input
+// gradient, conv.h).
+Covers sliding_covers(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
   Covers c;
   const BackwardInputSteps<int64_t> steps = backward_input_steps(stride, dilation);
   for (int64_t i = 0; i < in; ++i) {
@@ -86,7 +204,7 @@ Covers window_covers(int64_t in, int64_t out, int64_t kernel, int64_t stride, in
   return c;
 }
 
-// Adaptive windows: the outputs o whose [adaptive_start, adaptive_end) holds i, in order.
+// Adaptive windows whose [adaptive_start, adaptive_end) holds i.
 Covers adaptive_covers(int64_t in, int64_t out) {
   Covers c;
   for (int64_t i = 0; i < in; ++i) {
@@ -97,222 +215,257 @@ Covers adaptive_covers(int64_t in, int64_t out) {
   return c;
 }
 
-// ---- max pooling ---------------------------------------------------------------------------
+// A window's starting maximum: -inf (torch's rule), or the lowest value of an integer type; a
+// window whose taps all equal it keeps its first tap.
+template <typename acc>
+constexpr acc max_pool_start() {
+  return std::numeric_limits<acc>::has_infinity ? -std::numeric_limits<acc>::infinity()
+                                                : std::numeric_limits<acc>::lowest();
+}
 
-// The window of output (oh, ow): its first in-bounds tap starts as the maximum at -inf (torch's
-// rule), and every tap that max_pool_takes replaces it.
-template <typename scalar_t>
-void max_pool2d_cpu(const at::Tensor& input, at::Tensor& out, at::Tensor& indices, const Pool2dParams& p) {
+// ---- forward: a reduction over each output's window ------------------------------------------
+
+// Max and adaptive max pooling: each lane's maximum over the window (max_pool_takes: NaN
+// propagates, the first of equal values wins) and its flat index h * W + w in the plane.
+template <typename scalar_t, bool kInterleaved>
+void max_pool_forward(const at::Tensor& input, at::Tensor& out, at::Tensor& indices, const std::vector<Span>& rows,
+                      const std::vector<Span>& cols) {
   using acc = acc_t<scalar_t>;
-  const auto x = reader<scalar_t>(input);
-  const auto y = writer<scalar_t>(out);
-  const auto idx = writer<int64_t>(indices);
-  for_each_plane(p.batch, p.channels, p.out_h * p.out_w * p.kernel_h * p.kernel_w, [&](int64_t n, int64_t c) {
-    for (int64_t oh = 0; oh < p.out_h; ++oh) {
-      for (int64_t ow = 0; ow < p.out_w; ++ow) {
-        int64_t h0 = oh * p.stride_h - p.pad_h, w0 = ow * p.stride_w - p.pad_w;
-        while (h0 < 0) h0 += p.dilation_h;
-        while (w0 < 0) w0 += p.dilation_w;
-        acc best = max_pool_start<acc>();
-        int64_t best_index = h0 * p.in_w + w0;
-        for (int64_t r = 0; r < p.kernel_h; ++r) {
-          const int64_t ih = conv_in_coord(oh, r, p.stride_h, p.pad_h, p.dilation_h);
-          if (ih < 0 || ih >= p.in_h) continue;
-          for (int64_t s = 0; s < p.kernel_w; ++s) {
-            const int64_t iw = conv_in_coord(ow, s, p.stride_w, p.pad_w, p.dilation_w);
-            if (iw < 0 || iw >= p.in_w) continue;
-            const acc v = static_cast<acc>(x(n, c, ih, iw));
-            if (max_pool_takes(v, best)) {
-              best = v;
-              best_index = ih * p.in_w + iw;
-            }
+  const auto x = grid_reader<scalar_t, kInterleaved>(input);
+  const auto y = grid_writer<scalar_t, kInterleaved>(out);
+  const auto idx = grid_writer<int64_t, kInterleaved>(indices);
+  const int64_t in_w = input.size(3), out_w = out.size(3);
+  for_each_row(group_count<kInterleaved>(input.size(0), input.size(1)), out.size(2),
+               out_w * longest(rows) * longest(cols) * x.lanes(),
+               [&](int64_t g, int64_t oh) {
+    const auto xg = x.group(g);
+    const auto yg = y.group(g);
+    const auto ig = idx.group(g);
+    const Span r = rows[oh];
+    LaneValues<acc, kInterleaved> best_values(xg.lanes());
+    LaneValues<int32_t, kInterleaved> tap_values(xg.lanes());
+    acc* __restrict best = best_values.data();
+    int32_t* __restrict tap = tap_values.data();  // the maximum's tap, numbered row-major in the window
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const Span c = cols[ow];
+      for (int64_t l = 0; l < xg.lanes(); ++l) {
+        best[l] = max_pool_start<acc>();
+        tap[l] = 0;
+      }
+      int32_t t = 0;
+      for (int64_t i = 0, ih = r.begin; i < r.count; ++i, ih += r.step) {
+        for (int64_t j = 0, iw = c.begin; j < c.count; ++j, iw += c.step, ++t) {
+          const scalar_t* __restrict px = xg.at(ih, iw);
+          // Selects of 32-bit values (value and tap), which GCC vectorises across the lanes.
+          for (int64_t l = 0; l < xg.lanes(); ++l) {
+            const acc v = static_cast<acc>(px[l]);
+            const bool takes = max_pool_takes(v, best[l]);
+            best[l] = takes ? v : best[l];
+            tap[l] = takes ? t : tap[l];
           }
         }
-        y(n, c, oh, ow) = static_cast<scalar_t>(best);
-        idx(n, c, oh, ow) = best_index;
+      }
+      scalar_t* __restrict y_out = yg.at(oh, ow);
+      int64_t* __restrict idx_out = ig.at(oh, ow);
+      for (int64_t l = 0; l < xg.lanes(); ++l) {
+        y_out[l] = static_cast<scalar_t>(best[l]);
+        // Tap 0 is the origin when the window has taps; an empty window points at its origin.
+        idx_out[l] = (r.origin + tap[l] / std::max<int64_t>(c.count, 1) * r.step) * in_w + c.origin +
+                     tap[l] % std::max<int64_t>(c.count, 1) * c.step;
       }
     }
   });
 }
 
-// Gather: input (ih, iw) is a tap of the windows window_covers lists (the same phase
-// arithmetic as the convolution's input gradient); it collects the gradient of those that
-// chose it, in increasing window order, the order torch's gather sums them in.
-template <typename scalar_t>
-void max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices, at::Tensor& grad_input,
-                             const Pool2dParams& p) {
+// Average and adaptive average pooling: each lane's sum over the window, in row-major tap
+// order, divided by the window's divisor (divisors[oh * out_w + ow]).
+template <typename scalar_t, bool kInterleaved>
+void avg_pool_forward(const at::Tensor& input, at::Tensor& out, const std::vector<Span>& rows,
+                      const std::vector<Span>& cols, const std::vector<int64_t>& divisors) {
   using acc = acc_t<scalar_t>;
-  const auto dy = reader<scalar_t>(grad_output);
-  const auto idx = reader<int64_t>(indices);
-  const auto dx = writer<scalar_t>(grad_input);
-  const Covers rows = window_covers(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
-  const Covers cols = window_covers(p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
-  for_each_plane(p.batch, p.channels, p.in_h * p.in_w * p.kernel_h * p.kernel_w, [&](int64_t n, int64_t c) {
-    for (int64_t ih = 0; ih < p.in_h; ++ih) {
-      for (int64_t iw = 0; iw < p.in_w; ++iw) {
-        const int64_t self = ih * p.in_w + iw;
-        acc sum = 0;
-        for (const int64_t* oh = rows.first(ih); oh != rows.last(ih); ++oh)
-          for (const int64_t* ow = cols.first(iw); ow != cols.last(iw); ++ow)
-            if (idx(n, c, *oh, *ow) == self) sum += static_cast<acc>(dy(n, c, *oh, *ow));
-        dx(n, c, ih, iw) = static_cast<scalar_t>(sum);
-      }
-    }
-  });
-}
-
-// ---- average pooling -----------------------------------------------------------------------
-
-template <typename scalar_t>
-void avg_pool2d_cpu(const at::Tensor& input, at::Tensor& out, const Pool2dParams& p, bool count_include_pad,
-                    int64_t divisor_override) {
-  using acc = acc_t<scalar_t>;
-  const auto x = reader<scalar_t>(input);
-  const auto y = writer<scalar_t>(out);
-  for_each_plane(p.batch, p.channels, p.out_h * p.out_w * p.kernel_h * p.kernel_w, [&](int64_t n, int64_t c) {
-    for (int64_t oh = 0; oh < p.out_h; ++oh) {
-      const int64_t h0 = std::max<int64_t>(oh * p.stride_h - p.pad_h, 0);
-      const int64_t h1 = std::min(oh * p.stride_h - p.pad_h + p.kernel_h, p.in_h);
-      for (int64_t ow = 0; ow < p.out_w; ++ow) {
-        const int64_t w0 = std::max<int64_t>(ow * p.stride_w - p.pad_w, 0);
-        const int64_t w1 = std::min(ow * p.stride_w - p.pad_w + p.kernel_w, p.in_w);
-        acc sum = 0;
-        for (int64_t ih = h0; ih < h1; ++ih)
-          for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc>(x(n, c, ih, iw));
-        const int64_t divisor = avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override);
-        y(n, c, oh, ow) = static_cast<scalar_t>(sum / static_cast<acc>(divisor));
-      }
-    }
-  });
-}
-
-// Gather: input (ih, iw) collects grad/divisor from every window that covers it.
-template <typename scalar_t>
-void avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::Tensor& grad_input, const Pool2dParams& p,
-                             bool count_include_pad, int64_t divisor_override) {
-  using acc = acc_t<scalar_t>;
-  const auto dy = reader<scalar_t>(grad_output);
-  const auto dx = writer<scalar_t>(grad_input);
-  for_each_plane(p.batch, p.channels, p.in_h * p.in_w * p.kernel_h * p.kernel_w, [&](int64_t n, int64_t c) {
-    for (int64_t ih = 0; ih < p.in_h; ++ih) {
-      const int64_t oh0 = window_first_covering(ih, p.kernel_h, p.pad_h, p.stride_h);
-      const int64_t oh1 = window_last_covering(ih, p.pad_h, p.stride_h, p.out_h);
-      for (int64_t iw = 0; iw < p.in_w; ++iw) {
-        const int64_t ow0 = window_first_covering(iw, p.kernel_w, p.pad_w, p.stride_w);
-        const int64_t ow1 = window_last_covering(iw, p.pad_w, p.stride_w, p.out_w);
-        acc sum = 0;
-        for (int64_t oh = oh0; oh <= oh1; ++oh)
-          for (int64_t ow = ow0; ow <= ow1; ++ow)
-            sum += static_cast<acc>(dy(n, c, oh, ow)) /
-                   static_cast<acc>(avg_pool_divisor(p, oh, ow, count_include_pad, divisor_override));
-        dx(n, c, ih, iw) = static_cast<scalar_t>(sum);
-      }
-    }
-  });
-}
-
-// ---- adaptive pooling ----------------------------------------------------------------------
-
-template <typename scalar_t, bool kMax>
-void adaptive_pool2d_cpu(const at::Tensor& input, at::Tensor& out, at::Tensor* indices, const Pool2dParams& p) {
-  using acc = acc_t<scalar_t>;
-  const auto x = reader<scalar_t>(input);
-  const auto y = writer<scalar_t>(out);
-  for_each_plane(p.batch, p.channels, p.in_h * p.in_w, [&](int64_t n, int64_t c) {
-    for (int64_t oh = 0; oh < p.out_h; ++oh) {
-      const int64_t h0 = adaptive_start(oh, p.out_h, p.in_h), h1 = adaptive_end(oh, p.out_h, p.in_h);
-      for (int64_t ow = 0; ow < p.out_w; ++ow) {
-        const int64_t w0 = adaptive_start(ow, p.out_w, p.in_w), w1 = adaptive_end(ow, p.out_w, p.in_w);
-        if constexpr (kMax) {
-          acc best = max_pool_start<acc>();
-          int64_t best_index = h0 * p.in_w + w0;
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) {
-              const acc v = static_cast<acc>(x(n, c, ih, iw));
-              if (max_pool_takes(v, best)) {
-                best = v;
-                best_index = ih * p.in_w + iw;
-              }
-            }
-          y(n, c, oh, ow) = static_cast<scalar_t>(best);
-          writer<int64_t>(*indices)(n, c, oh, ow) = best_index;
-        } else {
-          acc sum = 0;
-          for (int64_t ih = h0; ih < h1; ++ih)
-            for (int64_t iw = w0; iw < w1; ++iw) sum += static_cast<acc>(x(n, c, ih, iw));
-          y(n, c, oh, ow) = static_cast<scalar_t>(sum / static_cast<acc>((h1 - h0) * (w1 - w0)));
+  const auto x = grid_reader<scalar_t, kInterleaved>(input);
+  const auto y = grid_writer<scalar_t, kInterleaved>(out);
+  const int64_t out_w = out.size(3);
+  for_each_row(group_count<kInterleaved>(input.size(0), input.size(1)), out.size(2),
+               out_w * longest(rows) * longest(cols) * x.lanes(), [&](int64_t g, int64_t oh) {
+    const auto xg = x.group(g);
+    const auto yg = y.group(g);
+    const Span r = rows[oh];
+    LaneValues<acc, kInterleaved> sums(xg.lanes());
+    acc* __restrict s = sums.data();
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const Span c = cols[ow];
+      for (int64_t l = 0; l < xg.lanes(); ++l) s[l] = 0;
+      for (int64_t i = 0, ih = r.begin; i < r.count; ++i, ih += r.step) {
+        for (int64_t j = 0, iw = c.begin; j < c.count; ++j, iw += c.step) {
+          const scalar_t* __restrict px = xg.at(ih, iw);
+          for (int64_t l = 0; l < xg.lanes(); ++l) s[l] += static_cast<acc>(px[l]);
         }
       }
+      const acc divisor = static_cast<acc>(divisors[oh * out_w + ow]);
+      scalar_t* __restrict dst = yg.at(oh, ow);
+      for (int64_t l = 0; l < xg.lanes(); ++l) dst[l] = static_cast<scalar_t>(s[l] / divisor);
     }
   });
 }
 
-// Gather over the adaptive windows containing each input element (max: only where chosen).
-template <typename scalar_t, bool kMax>
-void adaptive_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor* indices, at::Tensor& grad_input,
-                                  const Pool2dParams& p) {
+// ---- backward: gathers over the covering windows ---------------------------------------------
+
+// dx(ih, iw) = the sum, over the windows (oh, ow) covering it in increasing order, of their
+// terms for it. window_terms(g) gives group g's adder: add(oh, ow, self, sum) adds window
+// (oh, ow)'s terms for the pixel at flat index self = ih * W + iw to its lane sums.
+template <typename scalar_t, bool kInterleaved, class WindowTerms>
+void gather_windows(at::Tensor& grad_input, const Covers& rows, const Covers& cols, const WindowTerms& window_terms) {
   using acc = acc_t<scalar_t>;
-  const auto dy = reader<scalar_t>(grad_output);
-  const auto dx = writer<scalar_t>(grad_input);
-  const Covers rows = adaptive_covers(p.in_h, p.out_h), cols = adaptive_covers(p.in_w, p.out_w);
-  std::optional<Strided4<const int64_t>> idx;  // max: where each window's maximum is
-  if constexpr (kMax) idx.emplace(reader<int64_t>(*indices));
-  // Window extents, for the average's divisor.
-  std::vector<int64_t> height(p.out_h), width(p.out_w);
-  for (int64_t o = 0; o < p.out_h; ++o) height[o] = adaptive_end(o, p.out_h, p.in_h) - adaptive_start(o, p.out_h, p.in_h);
-  for (int64_t o = 0; o < p.out_w; ++o) width[o] = adaptive_end(o, p.out_w, p.in_w) - adaptive_start(o, p.out_w, p.in_w);
-  for_each_plane(p.batch, p.channels, p.in_h * p.in_w * 4, [&](int64_t n, int64_t c) {
-    for (int64_t ih = 0; ih < p.in_h; ++ih) {
-      for (int64_t iw = 0; iw < p.in_w; ++iw) {
-        acc sum = 0;
-        for (const int64_t* oh = rows.first(ih); oh != rows.last(ih); ++oh)
-          for (const int64_t* ow = cols.first(iw); ow != cols.last(iw); ++ow) {
-            if constexpr (kMax) {
-              if ((*idx)(n, c, *oh, *ow) == ih * p.in_w + iw)
-                sum += static_cast<acc>(dy(n, c, *oh, *ow));
-            } else {
-              sum += static_cast<acc>(dy(n, c, *oh, *ow)) / static_cast<acc>(height[*oh] * width[*ow]);
-            }
-          }
-        dx(n, c, ih, iw) = static_cast<scalar_t>(sum);
-      }
+  const auto dx = grid_writer<scalar_t, kInterleaved>(grad_input);
+  const int64_t in_w = grad_input.size(3);
+  for_each_row(group_count<kInterleaved>(grad_input.size(0), grad_input.size(1)), grad_input.size(2),
+               in_w * rows.most() * cols.most() * dx.lanes(), [&](int64_t g, int64_t ih) {
+    const auto dxg = dx.group(g);
+    const auto add = window_terms(g);
+    LaneValues<acc, kInterleaved> sums(dxg.lanes());
+    acc* __restrict sum = sums.data();
+    for (int64_t iw = 0; iw < in_w; ++iw) {
+      for (int64_t l = 0; l < dxg.lanes(); ++l) sum[l] = 0;
+      for (const int64_t* oh = rows.first(ih); oh != rows.last(ih); ++oh)
+        for (const int64_t* ow = cols.first(iw); ow != cols.last(iw); ++ow) add(*oh, *ow, ih * in_w + iw, sum);
+      scalar_t* __restrict dst = dxg.at(ih, iw);
+      for (int64_t l = 0; l < dxg.lanes(); ++l) dst[l] = static_cast<scalar_t>(sum[l]);
     }
   });
 }
 
-// ---- max unpooling -------------------------------------------------------------------------
+// Whether flat index i is one of the taps of the window with spans r (rows) and c (columns):
+// the row that puts i's column inside c is i's row, as c lies within [0, in_w).
+bool window_holds(const Span& r, const Span& c, int64_t in_w, int64_t i) {
+  // i's row: a double division is exact for |i| < 2^53 and, unlike a loop over the window's rows,
+  // has no data-dependent branch.
+  const int64_t ih = static_cast<int64_t>(static_cast<double>(i) / static_cast<double>(in_w));
+  const int64_t dh = ih - r.begin, dw = i - ih * in_w - c.begin;
+  return dh >= 0 && dh < r.count * r.step && (r.step == 1 || dh % r.step == 0) && dw >= 0 &&
+         dw < c.count * c.step && (c.step == 1 || dw % c.step == 0);
+}
 
-template <typename scalar_t>
-void max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, at::Tensor& out) {
-  const auto x = reader<scalar_t>(input);
-  const auto idx = reader<int64_t>(indices);
-  const auto y = writer<scalar_t>(out);
-  const int64_t H = input.size(2), W = input.size(3), OW = out.size(3), plane = out.size(2) * out.size(3);
-  for_each_plane(input.size(0), input.size(1), H * W, [&](int64_t n, int64_t c) {
-    for (int64_t oh = 0; oh < out.size(2); ++oh)
-      for (int64_t ow = 0; ow < OW; ++ow) y(n, c, oh, ow) = scalar_t(0);
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const int64_t i = idx(n, c, h, w);
-        TORCH_CHECK(i >= 0 && i < plane, "max_unpool2d: found an invalid max index ", i,
-                    " (output planes are of size ", out.size(2), "x", OW, ")");
-        y(n, c, i / OW, i % OW) = x(n, c, h, w);
+// Channels per task of the max pooling backward's interleaved walk.
+constexpr int64_t kLaneBlock = 64;
+
+// Max and adaptive max pooling, the "upsample": each window hands its gradient to the pixel its
+// index names, if that pixel is one of its taps (as the GPU backends' gathers read it). One task
+// owns a group's lanes [l0, l1) and visits the windows in row-major order, so every input sums
+// its windows' gradients in the order of a gather over them (deterministic, no atomics), at one
+// index read per output instead of one per covering window for each input.
+template <typename scalar_t, bool kInterleaved>
+void max_pool_backward(const at::Tensor& grad_output, const at::Tensor& indices, at::Tensor& grad_input,
+                       const std::vector<Span>& rows, const std::vector<Span>& cols) {
+  using acc = acc_t<scalar_t>;
+  const auto dy = grid_reader<scalar_t, kInterleaved>(grad_output);
+  const auto idx = grid_reader<int64_t, kInterleaved>(indices);
+  const auto dx = grid_writer<scalar_t, kInterleaved>(grad_input);
+  const int64_t in_h = grad_input.size(2), in_w = grad_input.size(3);
+  const int64_t out_h = grad_output.size(2), out_w = grad_output.size(3);
+  const int64_t lanes = dx.lanes(), block = std::min(lanes, kLaneBlock), blocks = ceil_div(lanes, block);
+  const int64_t groups = group_count<kInterleaved>(grad_input.size(0), grad_input.size(1));
+  // grad_input is ours, dense: pixel i = ih * W + iw of a group starts at i * stride_w.
+  TORCH_INTERNAL_ASSERT(grad_input.stride(2) == in_w * grad_input.stride(3));
+  at::parallel_for(0, groups * blocks, grain_for((in_h * in_w + out_h * out_w) * block), [&](int64_t begin, int64_t end) {
+    std::vector<acc> sums(static_cast<size_t>(in_h * in_w * block));  // pixel-major, `block` lanes each
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / blocks, l0 = task % blocks * block;
+      const int64_t len = kInterleaved ? std::min(block, lanes - l0) : 1;
+      const auto dyg = dy.group(g);
+      const auto ig = idx.group(g);
+      std::fill(sums.begin(), sums.end(), acc(0));
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const scalar_t* d = dyg.at(oh, ow) + l0;
+          const int64_t* chosen = ig.at(oh, ow) + l0;
+          for (int64_t l = 0; l < len; ++l) {
+            if (window_holds(rows[oh], cols[ow], in_w, chosen[l])) sums[chosen[l] * block + l] += static_cast<acc>(d[l]);
+          }
+        }
       }
+      scalar_t* __restrict dst = dx.group(g).base + l0;
+      const acc* __restrict src = sums.data();
+      const int64_t pixel_stride = grad_input.stride(3);
+      for (int64_t i = 0; i < in_h * in_w; ++i)
+        for (int64_t l = 0; l < len; ++l) dst[i * pixel_stride + l] = static_cast<scalar_t>(src[i * block + l]);
+    }
   });
 }
 
-template <typename scalar_t>
-void max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices, at::Tensor& grad_input) {
-  const auto dy = reader<scalar_t>(grad_output);
-  const auto idx = reader<int64_t>(indices);
-  const auto dx = writer<scalar_t>(grad_input);
-  const int64_t OW = grad_output.size(3), plane = grad_output.size(2) * OW;
-  for_each_plane(indices.size(0), indices.size(1), indices.size(2) * indices.size(3), [&](int64_t n, int64_t c) {
-    for (int64_t h = 0; h < indices.size(2); ++h)
-      for (int64_t w = 0; w < indices.size(3); ++w) {
-        const int64_t i = idx(n, c, h, w);
-        dx(n, c, h, w) = (i >= 0 && i < plane) ? dy(n, c, i / OW, i % OW) : scalar_t(0);
+// Average and adaptive average pooling: a window spreads gradient / divisor over its taps.
+template <typename scalar_t, bool kInterleaved>
+void avg_pool_backward(const at::Tensor& grad_output, at::Tensor& grad_input, const Covers& rows,
+                       const Covers& cols, const std::vector<int64_t>& divisors) {
+  using acc = acc_t<scalar_t>;
+  const auto dy = grid_reader<scalar_t, kInterleaved>(grad_output);
+  const int64_t out_w = grad_output.size(3);
+  const int64_t* divisor = divisors.data();
+  gather_windows<scalar_t, kInterleaved>(grad_input, rows, cols, [&](int64_t g) {
+    const auto dyg = dy.group(g);
+    return [=](int64_t oh, int64_t ow, int64_t, acc* __restrict sum) {
+      const scalar_t* __restrict d = dyg.at(oh, ow);
+      const acc div = static_cast<acc>(divisor[oh * out_w + ow]);
+      for (int64_t l = 0; l < dyg.lanes(); ++l) sum[l] += static_cast<acc>(d[l]) / div;
+    };
+  });
+}
+
+// ---- max unpooling ---------------------------------------------------------------------------
+
+// Each input element goes to the output position its index names; the rest of the output is 0.
+// A group's scatter stays in one task, so repeated indices keep the last element, every time.
+template <typename scalar_t, bool kInterleaved>
+void max_unpool_forward(const at::Tensor& input, const at::Tensor& indices, at::Tensor& out) {
+  const auto x = grid_reader<scalar_t, kInterleaved>(input);
+  const auto idx = grid_reader<int64_t, kInterleaved>(indices);
+  const auto y = grid_writer<scalar_t, kInterleaved>(out);
+  const int64_t H = input.size(2), W = input.size(3), OH = out.size(2), OW = out.size(3);
+  const int64_t groups = group_count<kInterleaved>(input.size(0), input.size(1));
+  const int64_t cost = (H * W + OH * OW) * x.lanes();
+  at::parallel_for(0, groups, grain_for(cost), [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      const auto xg = x.group(g);
+      const auto ig = idx.group(g);
+      const auto yg = y.group(g);
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) std::fill_n(yg.at(oh, ow), yg.lanes(), scalar_t(0));
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) {
+          const scalar_t* px = xg.at(h, w);
+          const int64_t* at = ig.at(h, w);
+          for (int64_t l = 0; l < xg.lanes(); ++l) {
+            const int64_t i = at[l];
+            TORCH_CHECK(i >= 0 && i < OH * OW, "max_unpool2d: found an invalid max index ", i,
+                        " (output planes are of size ", OH, "x", OW, ")");
+            yg.at(i / OW, i % OW)[l] = px[l];
+          }
+        }
+    }
+  });
+}
+
+// The gradient of unpooling: each input element reads the output gradient at its index (0 for
+// an index outside the plane).
+template <typename scalar_t, bool kInterleaved>
+void max_unpool_backward(const at::Tensor& grad_output, const at::Tensor& indices, at::Tensor& grad_input) {
+  const auto dy = grid_reader<scalar_t, kInterleaved>(grad_output);
+  const auto idx = grid_reader<int64_t, kInterleaved>(indices);
+  const auto dx = grid_writer<scalar_t, kInterleaved>(grad_input);
+  const int64_t W = indices.size(3), OW = grad_output.size(3), plane = grad_output.size(2) * OW;
+  for_each_row(group_count<kInterleaved>(indices.size(0), indices.size(1)), indices.size(2), W * dx.lanes(),
+               [&](int64_t g, int64_t h) {
+    const auto dyg = dy.group(g);
+    const auto ig = idx.group(g);
+    const auto dxg = dx.group(g);
+    for (int64_t w = 0; w < W; ++w) {
+      const int64_t* at = ig.at(h, w);
+      scalar_t* dst = dxg.at(h, w);
+      for (int64_t l = 0; l < dxg.lanes(); ++l) {
+        const int64_t i = at[l];
+        dst[l] = (i >= 0 && i < plane) ? dyg.at(i / OW, i % OW)[l] : scalar_t(0);
       }
+    }
   });
 }
 
@@ -330,8 +483,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
   if (out.numel() == 0) return {out, indices};
-  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_cpu",
-                             [&] { max_pool2d_cpu<scalar_t>(input, out, indices, p); });
+  const auto rows = sliding_spans(p.out_h, p.in_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+  const auto cols = sliding_spans(p.out_w, p.in_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_cpu", [&] {
+    with_walk(channels_interleaved({&input, &out, &indices}), [&](auto interleaved) {
+      max_pool_forward<scalar_t, decltype(interleaved)::value>(input, out, indices, rows, cols);
+    });
+  });
   return {out, indices};
 }
 
@@ -344,8 +502,13 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   check_pool_indices(op, indices, grad_output);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (dx.numel() == 0) return dx;
-  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "max_pool2d_backward_cpu",
-                     [&] { max_pool2d_backward_cpu<scalar_t>(grad_output, indices, dx, p); });
+  const auto rows = sliding_spans(p.out_h, p.in_h, p.kernel_h, p.stride_h, p.pad_h, p.dilation_h);
+  const auto cols = sliding_spans(p.out_w, p.in_w, p.kernel_w, p.stride_w, p.pad_w, p.dilation_w);
+  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "max_pool2d_backward_cpu", [&] {
+    with_walk(channels_interleaved({&grad_output, &indices, &dx}), [&](auto interleaved) {
+      max_pool_backward<scalar_t, decltype(interleaved)::value>(grad_output, indices, dx, rows, cols);
+    });
+  });
   return dx;
 }
 
@@ -359,8 +522,14 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
   const int64_t divisor = check_divisor_override(op, divisor_override);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), "avg_pool2d_cpu",
-                                  [&] { avg_pool2d_cpu<scalar_t>(input, out, p, count_include_pad, divisor); });
+  const auto rows = sliding_spans(p.out_h, p.in_h, p.kernel_h, p.stride_h, p.pad_h, 1);
+  const auto cols = sliding_spans(p.out_w, p.in_w, p.kernel_w, p.stride_w, p.pad_w, 1);
+  const auto divisors = avg_pool_divisors(p, count_include_pad, divisor);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), "avg_pool2d_cpu", [&] {
+    with_walk(channels_interleaved({&input, &out}), [&](auto interleaved) {
+      avg_pool_forward<scalar_t, decltype(interleaved)::value>(input, out, rows, cols, divisors);
+    });
+  });
   return out;
 }
 
@@ -374,8 +543,14 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, at::IntArrayRef in
   const int64_t divisor = check_divisor_override(op, divisor_override);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (dx.numel() == 0) return dx;
-  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "avg_pool2d_backward_cpu",
-                     [&] { avg_pool2d_backward_cpu<scalar_t>(grad_output, dx, p, count_include_pad, divisor); });
+  const Covers rows = sliding_covers(p.in_h, p.out_h, p.kernel_h, p.stride_h, p.pad_h, 1);
+  const Covers cols = sliding_covers(p.in_w, p.out_w, p.kernel_w, p.stride_w, p.pad_w, 1);
+  const auto divisors = avg_pool_divisors(p, count_include_pad, divisor);
+  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "avg_pool2d_backward_cpu", [&] {
+    with_walk(channels_interleaved({&grad_output, &dx}), [&](auto interleaved) {
+      avg_pool_backward<scalar_t, decltype(interleaved)::value>(grad_output, dx, rows, cols, divisors);
+    });
+  });
   return dx;
 }
 
@@ -385,8 +560,12 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
   const Pool2dParams p = make_adaptive_pool2d_params(op, input.sizes(), output_size);
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   if (out.numel() == 0) return out;
-  CNNK_DISPATCH_POOL(input.scalar_type(), "adaptive_avg_pool2d_cpu",
-                     [&] { adaptive_pool2d_cpu<scalar_t, false>(input, out, nullptr, p); });
+  const auto rows = adaptive_spans(p.out_h, p.in_h), cols = adaptive_spans(p.out_w, p.in_w);
+  CNNK_DISPATCH_POOL(input.scalar_type(), "adaptive_avg_pool2d_cpu", [&] {
+    with_walk(channels_interleaved({&input, &out}), [&](auto interleaved) {
+      avg_pool_forward<scalar_t, decltype(interleaved)::value>(input, out, rows, cols, window_sizes(rows, cols));
+    });
+  });
   return out;
 }
 
@@ -397,8 +576,13 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, at::IntAr
   const Pool2dParams p = make_adaptive_pool2d_params(op, input_size, grad_output.sizes().slice(2));
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (dx.numel() == 0) return dx;
-  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "adaptive_avg_pool2d_backward_cpu",
-                     [&] { adaptive_pool2d_backward_cpu<scalar_t, false>(grad_output, nullptr, dx, p); });
+  const auto divisors = window_sizes(adaptive_spans(p.out_h, p.in_h), adaptive_spans(p.out_w, p.in_w));
+  const Covers rows = adaptive_covers(p.in_h, p.out_h), cols = adaptive_covers(p.in_w, p.out_w);
+  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "adaptive_avg_pool2d_backward_cpu", [&] {
+    with_walk(channels_interleaved({&grad_output, &dx}), [&](auto interleaved) {
+      avg_pool_backward<scalar_t, decltype(interleaved)::value>(grad_output, dx, rows, cols, divisors);
+    });
+  });
   return dx;
 }
 
@@ -409,8 +593,12 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d(const at::Tensor& input, 
   at::Tensor out = new_pool_output(input, p, input.scalar_type());
   at::Tensor indices = new_pool_output(input, p, at::kLong);
   if (out.numel() == 0) return {out, indices};
-  CNNK_DISPATCH_POOL(input.scalar_type(), "adaptive_max_pool2d_cpu",
-                     [&] { adaptive_pool2d_cpu<scalar_t, true>(input, out, &indices, p); });
+  const auto rows = adaptive_spans(p.out_h, p.in_h), cols = adaptive_spans(p.out_w, p.in_w);
+  CNNK_DISPATCH_POOL(input.scalar_type(), "adaptive_max_pool2d_cpu", [&] {
+    with_walk(channels_interleaved({&input, &out, &indices}), [&](auto interleaved) {
+      max_pool_forward<scalar_t, decltype(interleaved)::value>(input, out, indices, rows, cols);
+    });
+  });
   return {out, indices};
 }
 
@@ -423,8 +611,12 @@ at::Tensor adaptive_max_pool2d_backward(const at::Tensor& grad_output, const at:
   check_pool_indices(op, indices, grad_output);
   at::Tensor dx = new_buffer(input_size, grad_output.options(), grad_output.suggest_memory_format());
   if (dx.numel() == 0) return dx;
-  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "adaptive_max_pool2d_backward_cpu",
-                     [&] { adaptive_pool2d_backward_cpu<scalar_t, true>(grad_output, &indices, dx, p); });
+  const auto rows = adaptive_spans(p.out_h, p.in_h), cols = adaptive_spans(p.out_w, p.in_w);
+  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "adaptive_max_pool2d_backward_cpu", [&] {
+    with_walk(channels_interleaved({&grad_output, &indices, &dx}), [&](auto interleaved) {
+      max_pool_backward<scalar_t, decltype(interleaved)::value>(grad_output, indices, dx, rows, cols);
+    });
+  });
   return dx;
 }
 
@@ -435,7 +627,11 @@ at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices, at::
   at::Tensor out = new_buffer({input.size(0), input.size(1), output_size[0], output_size[1]}, input.options(),
                               input.suggest_memory_format());
   if (out.numel() == 0) return out;
-  CNNK_DISPATCH_POOL(input.scalar_type(), "max_unpool2d_cpu", [&] { max_unpool2d_cpu<scalar_t>(input, indices, out); });
+  CNNK_DISPATCH_POOL(input.scalar_type(), "max_unpool2d_cpu", [&] {
+    with_walk(channels_interleaved({&input, &indices, &out}), [&](auto interleaved) {
+      max_unpool_forward<scalar_t, decltype(interleaved)::value>(input, indices, out);
+    });
+  });
   return out;
 }
 
@@ -445,8 +641,11 @@ at::Tensor max_unpool2d_backward(const at::Tensor& grad_output, const at::Tensor
   check_unpool_backward_args(op, grad_output, indices);
   at::Tensor dx = new_buffer(indices.sizes(), grad_output.options(), indices.suggest_memory_format());
   if (dx.numel() == 0) return dx;
-  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "max_unpool2d_backward_cpu",
-                     [&] { max_unpool2d_backward_cpu<scalar_t>(grad_output, indices, dx); });
+  CNNK_DISPATCH_POOL(grad_output.scalar_type(), "max_unpool2d_backward_cpu", [&] {
+    with_walk(channels_interleaved({&grad_output, &indices, &dx}), [&](auto interleaved) {
+      max_unpool_backward<scalar_t, decltype(interleaved)::value>(grad_output, indices, dx);
+    });
+  });
   return dx;
 }
 

@@ -41,10 +41,10 @@ CNNK_HOST_DEVICE int64_t pool_out_size(int64_t in, int64_t kernel, int64_t pad, 
 
 // Max pooling's comparison, torch's rule: a larger value or a NaN takes the place of the
 // current maximum, so NaN propagates and, among equal values, the first one in window order
-// (row-major) wins.
+// (row-major) wins. Both tests are evaluated (no short circuit), so that loops over it vectorise.
 template <typename acc>
 CNNK_HOST_DEVICE bool max_pool_takes(acc value, acc current) {
-  return value > current || value != value;
+  return (value > current) | (value != value);
 }
 
 // Average pooling's divisor for the window of output (oh, ow), torch's rule: the window is cut
