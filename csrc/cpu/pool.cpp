@@ -234,9 +234,8 @@ void max_pool_forward(const at::Tensor& input, at::Tensor& out, at::Tensor& indi
   const auto x = grid_reader<scalar_t, kInterleaved>(input);
   const auto y = grid_writer<scalar_t, kInterleaved>(out);
   const auto idx = grid_writer<int64_t, kInterleaved>(indices);
-  const int64_t in_w = input.size(3), out_w = out.size(3);
-  for_each_row(group_count<kInterleaved>(input.size(0), input.size(1)), out.size(2),
-               out_w * longest(rows) * longest(cols) * x.lanes(),
+  const int64_t in_w = input.size(3), out_w = out.size(3), window_taps = longest(rows) * longest(cols);
+  for_each_row(group_count<kInterleaved>(input.size(0), input.size(1)), out.size(2), out_w * window_taps * x.lanes(),
                [&](int64_t g, int64_t oh) {
     const auto xg = x.group(g);
     const auto yg = y.group(g);
@@ -246,6 +245,7 @@ void max_pool_forward(const at::Tensor& input, at::Tensor& out, at::Tensor& indi
     LaneValues<int32_t, kInterleaved> tap_values(xg.lanes());
     acc* __restrict best = best_values.data();
     int32_t* __restrict tap = tap_values.data();  // the maximum's tap, numbered row-major in the window
+    std::vector<int64_t> tap_offset(kInterleaved ? static_cast<size_t>(window_taps) : 0);  // [0] stays 0
     for (int64_t ow = 0; ow < out_w; ++ow) {
       const Span c = cols[ow];
       for (int64_t l = 0; l < xg.lanes(); ++l) {
@@ -265,13 +265,23 @@ void max_pool_forward(const at::Tensor& input, at::Tensor& out, at::Tensor& indi
           }
         }
       }
+      // Tap t's flat index: t = i * c.count + j is at (r.begin + i * r.step, c.begin + j * c.step).
+      // Tap 0 is the origin when the window has taps; an empty window points at its origin.
+      const int64_t origin = r.origin * in_w + c.origin;
+      if constexpr (kInterleaved) {  // a table, rather than a division for every lane
+        for (int64_t i = 0; i < r.count; ++i)
+          for (int64_t j = 0; j < c.count; ++j) tap_offset[i * c.count + j] = i * r.step * in_w + j * c.step;
+      }
       scalar_t* __restrict y_out = yg.at(oh, ow);
       int64_t* __restrict idx_out = ig.at(oh, ow);
       for (int64_t l = 0; l < xg.lanes(); ++l) {
         y_out[l] = static_cast<scalar_t>(best[l]);
-        // Tap 0 is the origin when the window has taps; an empty window points at its origin.
-        idx_out[l] = (r.origin + tap[l] / std::max<int64_t>(c.count, 1) * r.step) * in_w + c.origin +
-                     tap[l] % std::max<int64_t>(c.count, 1) * c.step;
+        if constexpr (kInterleaved) {
+          idx_out[l] = origin + tap_offset[tap[l]];
+        } else {
+          const int64_t columns = std::max<int64_t>(c.count, 1);
+          idx_out[l] = origin + tap[l] / columns * r.step * in_w + tap[l] % columns * c.step;
+        }
       }
     }
   });
