@@ -1,14 +1,15 @@
-// Pooling on the CPU: max, average and adaptive pooling with their backward gathers, and max
+// Pooling on the CPU: max, average and adaptive pooling with their backward operators, and max
 // unpooling. The kernels read and write through the tensors' strides, so NCHW, channels_last
 // and the expanded gradients autograd hands over need no copies.
 //
 // A tensor is walked as a grid of pixels (PixelGrid): channels_last tensors as N images whose
 // pixels are runs of C channels at unit stride, so that every per-window loop runs over the
 // channels and vectorises; anything else as N * C planes of single-element pixels. The forward
-// kernels reduce each output's window (a product of two Spans, one per axis); the backward
-// kernels are gathers: each input pixel collects from the windows that cover it (Covers), in
-// increasing window order, so the sums are deterministic and need no atomics. Work is split by
-// rows of pixels; a row's result depends on the row alone, never on the thread count.
+// kernels reduce each output's window (a product of two Spans, one per axis). The average
+// backward is a gather: each input pixel collects from the windows that cover it (Covers), in
+// increasing window order. The max backward is the ordered scatter that sums the same terms in
+// the same order (see max_pool_backward). Both are deterministic and need no atomics: a result
+// depends on the problem alone, never on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -16,7 +17,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cmath>
 #include <limits>
 #include <type_traits>
 #include <vector>
