@@ -738,7 +738,10 @@ def test_resnet_sized(backend):
         our_in = [t.detach().requires_grad_() for t in tensors]
         ref, out = torch_fn(*ref_in), ours_fn(*our_in)
         assert out.dtype == x.dtype
-        assert out.is_contiguous(memory_format=CL) == ref.is_contiguous(memory_format=CL)
+        # The layout torch gives on the CPU (the grid tests compare with it): torch's CUDA
+        # group_norm alone returns NCHW for channels_last input (torch 2.11, H100, 2026-11-24).
+        cpu_ref = torch_fn(*[t.detach().cpu()[:1] if t.dim() == 4 else t.detach().cpu() for t in ref_in])
+        assert out.is_contiguous(memory_format=CL) == cpu_ref.is_contiguous(memory_format=CL)
         assert_close(out.float(), ref, torch.bfloat16)
         g = torch.randn_like(ref)
         grads = torch.autograd.grad(out, our_in, g.to(out.dtype))

@@ -23,7 +23,8 @@ def _by_call(launches):
 
 
 def test_repeated_launches_go_direct_with_the_same_arguments(probe):
-    calls = _by_call(probe["launches"])
+    calls = {name: launches for name, launches in _by_call(probe["launches"]).items()
+             if not name.startswith("group_norm")}
     assert set(calls) == {"conv2d explicit config", "conv2d unaligned", "conv2d_backward_bias (two untuned kernels)",
                           "max_pool2d autotuned", "batch_norm training", "conv2d pointwise autotuned"}
     for name, launches in calls.items():
@@ -58,3 +59,20 @@ def test_alignment_is_part_of_the_key(probe):
     assert aligned["args"][0]["tensor"][2] == 0 and unaligned["args"][0]["tensor"][2] != 0
     assert unaligned["compiled"] != aligned["compiled"]
     assert probe["remembered"] == 9
+
+
+def test_direct_launches_take_the_grid_of_their_own_call(probe):
+    """The statistics kernel of a group norm runs one program per (sample, group) and is not
+    passed the batch: a direct launch that reused the grid of an earlier launch with the same
+    arguments normalised only the first batch's worth of rows (on an H100, 2026-11-24)."""
+    calls = _by_call(probe["launches"])
+    first, again, larger = (calls[f"group_norm, {name}"] for name in ("6 rows", "6 rows again", "24 rows"))
+    stats = [launches[0] for launches in (first, again, larger)]
+    assert {launch["kernel"] for launch in stats} == {"_group_stats_kernel"}
+    # The same scalar arguments each time (only the tensors' sizes differ): the second and third
+    # launches go direct.
+    assert [launch["through_triton"] for launch in stats] == [True, False, False]
+    scalars = [[a for a in launch["args"] if not isinstance(a, dict)] for launch in stats]
+    assert scalars[2] == scalars[0]
+    assert [launch["compiled"] for launch in stats] == [stats[0]["compiled"]] * 3  # one compiled kernel
+    assert [launch["grid"][0] for launch in stats] == [6, 6, 24]

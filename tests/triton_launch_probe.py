@@ -91,7 +91,17 @@ def main() -> None:
     running = [torch.zeros(8), torch.ones(8)]
     calls("batch_norm training", lambda: norm.batch_norm_forward(z.clone(), channel, channel, None, *running, True, 0.1,
                                                                  1e-5, "relu"))
-    print(json.dumps({"launches": LAUNCHES, "remembered": len(common._LAUNCHES)}))
+    remembered = len(common._LAUNCHES)
+    # Layer norm's rows (group norm with one group over (rows, 5)): the statistics kernel runs
+    # N * G programs, and N is none of its arguments. Six rows twice (Triton's path, then the
+    # direct one), then 24 rows, which must get a grid of their own.
+    for attempt, (name, rows) in enumerate((("6 rows", 6), ("6 rows again", 6), ("24 rows", 24))):
+        before = len(LAUNCHES)
+        norm.group_norm_forward(torch.empty(rows, 5), None, None, 1, 1e-5, "none")
+        for index in range(before, len(LAUNCHES)):
+            LAUNCHES[index].update(call=f"group_norm, {name}", attempt=attempt,
+                                   through_triton=index in LAUNCHES_THROUGH_TRITON)
+    print(json.dumps({"launches": LAUNCHES, "remembered": remembered}))
 
 
 if __name__ == "__main__":

@@ -109,11 +109,11 @@ def planned(make, *problem):
 # autotuned) builds the autotuner's key: 25-45 us of host time per call on the development
 # machine, longer than many of these kernels run on a GPU. A training loop repeats the same few
 # launches, so the first launch of each specialization records what Triton chose (the compiled
-# kernel, the config's meta-parameters, the grid) and the later ones call the compiled kernel
-# directly, which costs about 5 us. Set to False to always go through Triton (a compile-only
+# kernel and the config's meta-parameters) and the later ones call the compiled kernel
+# directly, over the grid the call's own grid function gives, which costs about 5 us. Set to False to always go through Triton (a compile-only
 # check does, see scripts/triton_aot_check.py).
 DIRECT_LAUNCH = True
-_LAUNCHES: dict[tuple, tuple[CompiledKernel, tuple, tuple]] = {}
+_LAUNCHES: dict[tuple, tuple[CompiledKernel, dict, tuple, triton.Config | None]] = {}
 # Distinct launches remembered before the table starts over (shapes that never repeat would
 # otherwise grow it without bound); a training loop has a few dozen.
 _MAX_LAUNCHES = 4096
@@ -143,10 +143,10 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
     key = (kernel, config, driver.active.get_current_device(), tuple(constexprs.items()), _specialization(args))
     known = _LAUNCHES.get(key)
     if known is not None:
-        compiled, grid_size, trailing, picked = known
+        compiled, meta, trailing, picked = known
         if picked is not None:  # the autotuner's config, whose pre_hook it ran on the first launch
             _pre_hook(picked, kernel, args, constexprs)
-        compiled[grid_size](*args, *trailing)
+        compiled[_grid_size(grid, meta)](*args, *trailing)
         return
     compiled = _launch_through_triton(kernel, grid, args, constexprs, config, tuned)
     picked = None
@@ -159,10 +159,17 @@ def launch(kernel, grid, args: tuple, constexprs: dict, config: triton.Config | 
     # going through Triton. tests/test_triton_launch.py checks that the two match.
     if isinstance(compiled, CompiledKernel) and len(compiled.src.signature) == len(kernel.arg_names):
         meta = {**constexprs, **(config.all_kwargs() if config is not None else {})}
-        grid_size = (*(grid(meta) if callable(grid) else grid), 1, 1)[:3]  # a compiled kernel takes all three
         if len(_LAUNCHES) >= _MAX_LAUNCHES:
             _LAUNCHES.clear()
-        _LAUNCHES[key] = (compiled, grid_size, tuple(meta[name] for name in kernel.arg_names[len(args):]), picked)
+        _LAUNCHES[key] = (compiled, meta, tuple(meta[name] for name in kernel.arg_names[len(args):]), picked)
+
+
+def _grid_size(grid, meta: dict) -> tuple:
+    """The launch's (x, y, z) grid (a compiled kernel takes all three), worked out on every call:
+    a grid may depend on sizes the kernel is not passed (group norm's N * G programs, with N
+    nowhere among its arguments), so one remembered from an earlier launch of the same key can be
+    wrong (on an H100, 2026-11-24: layer norm of 24 rows after one of 6 normalised only 6)."""
+    return (*(grid(meta) if callable(grid) else grid), 1, 1)[:3]
 
 
 def _pre_hook(config: triton.Config, kernel, args: tuple, constexprs: dict) -> None:
