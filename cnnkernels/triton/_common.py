@@ -110,8 +110,8 @@ def planned(make, *problem):
 # machine, longer than many of these kernels run on a GPU. A training loop repeats the same few
 # launches, so the first launch of each specialization records what Triton chose (the compiled
 # kernel and the config's meta-parameters) and the later ones call the compiled kernel
-# directly, over the grid the call's own grid function gives, which costs about 5 us. Set to False to always go through Triton (a compile-only
-# check does, see scripts/triton_aot_check.py).
+# directly, over the grid their own grid function gives, which costs about 5 us. Set to False
+# to always go through Triton (a compile-only check does, see scripts/triton_aot_check.py).
 DIRECT_LAUNCH = True
 _LAUNCHES: dict[tuple, tuple[CompiledKernel, dict, tuple, triton.Config | None]] = {}
 # Distinct launches remembered before the table starts over (shapes that never repeat would
