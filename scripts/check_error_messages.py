@@ -91,8 +91,8 @@ def main() -> int:
         if result.startswith("killed"):
             crashed[name] = code
         print(f"{name:40s} {result}")
-    library = compiler_libstdcxx()
-    if crashed and library:
+    library = compiler_libstdcxx() if crashed else None
+    if library:
         print(f"again, with LD_PRELOAD={library}:")
         cured = True
         for name, code in crashed.items():
